@@ -1,0 +1,3 @@
+from robust_ad.cli import main
+
+main()

@@ -1,0 +1,9 @@
+"""Data layer: layouts (MVTec AD, VisA, folder), splits, image I/O, built-in example data.
+
+Nothing here imports torch.
+"""
+
+from robust_ad.data.dataset import AnomalyDataset
+from robust_ad.data.layouts import Sample
+
+__all__ = ["AnomalyDataset", "Sample"]

@@ -1,0 +1,60 @@
+"""Load samples into memory as arrays at the model's image size (errors name the file)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from robust_ad.data.images import read_image, read_mask, resize_image, resize_mask
+from robust_ad.data.layouts import Sample
+from robust_ad.errors import DataError, ImageReadError
+from robust_ad.progress import track
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageSet:
+    """Images (N, H, W, 3) float32 in [0, 1], masks (N, H, W) bool, labels, and their samples."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    samples: list[Sample]
+
+
+def load_samples(
+    samples: Sequence[Sample], size: int, skip_bad: bool = False, description: str = "loading images"
+) -> ImageSet:
+    """Read, convert and resize ``samples``. A bad file raises, or is skipped with a warning."""
+    images, masks, kept = [], [], []
+    for sample in track(samples, description):
+        try:
+            image = read_image(sample.path)
+            mask = np.zeros(image.shape[:2], bool)
+            if sample.mask_path is not None:
+                mask = read_mask(sample.mask_path)
+                if mask.shape != image.shape[:2]:
+                    raise ImageReadError(
+                        f"{sample.mask_path}: mask size {mask.shape[::-1]} differs from its image "
+                        f"{sample.path.name} {image.shape[1::-1]}"
+                    )
+        except ImageReadError as exc:
+            if not skip_bad:
+                raise ImageReadError(f"{exc} (pass --skip-bad to skip unreadable files)") from exc
+            log.warning("skipping %s", exc)
+            continue
+        images.append(resize_image(image, size))
+        masks.append(resize_mask(mask, size))
+        kept.append(sample)
+    if not kept:
+        raise DataError("no readable images to load")
+    return ImageSet(
+        np.stack(images).astype(np.float32),
+        np.stack(masks),
+        np.array([s.label for s in kept], np.int64),
+        kept,
+    )

@@ -1,0 +1,122 @@
+"""Image I/O with OpenCV. No torch here: the ONNX runtime path uses it too.
+
+Conversion rules (documented in the README):
+- 8-bit images are divided by 255, 16-bit by 65535, float images are clipped to [0, 1].
+- Grayscale is replicated to three channels; RGBA drops its alpha channel; OpenCV's BGR becomes RGB.
+- Masks: any non-zero pixel is a defect pixel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from robust_ad.errors import ImageReadError
+from robust_ad.fileio import atomic_path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+_PNG_END = b"IEND\xaeB`\x82"
+_JPEG_END = b"\xff\xd9"
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else []
+
+
+def _check_complete(data: bytes, path: Path) -> None:
+    """OpenCV decodes truncated PNG/JPEG files silently (grey tail); refuse them instead."""
+    if data.startswith(b"\x89PNG") and not data.rstrip(b"\x00").endswith(_PNG_END):
+        raise ImageReadError(f"{path}: truncated PNG (no IEND chunk)")
+    if data.startswith(b"\xff\xd8") and _JPEG_END not in data[-1024:]:
+        raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
+
+
+def read_raw(path: str | Path) -> np.ndarray:
+    """Decode ``path`` as stored (dtype and channels unchanged, BGR order). Raises ImageReadError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+    if not data:
+        raise ImageReadError(f"{path}: empty file")
+    _check_complete(data, path)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
+    return image
+
+
+def to_float_rgb(image: np.ndarray) -> np.ndarray:
+    """A decoded image (any depth, 1/3/4 channels, BGR) as float32 RGB HxWx3 in [0, 1]."""
+    if image.dtype == np.uint8:
+        out = image.astype(np.float32) / 255.0
+    elif image.dtype == np.uint16:
+        out = image.astype(np.float32) / 65535.0
+    else:
+        out = np.clip(image.astype(np.float32), 0.0, 1.0)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    channels = out.shape[2]
+    if channels == 1:
+        return np.repeat(out, 3, axis=2)
+    if channels == 4:
+        out = out[:, :, :3]
+    elif channels != 3:
+        raise ImageReadError(f"unsupported number of channels: {channels}")
+    return np.ascontiguousarray(out[:, :, ::-1])
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as float32 RGB HxWx3 in [0, 1]."""
+    return to_float_rgb(read_raw(path))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a defect mask as a boolean HxW array (non-zero = defect)."""
+    raw = read_raw(path)
+    if raw.ndim == 3:
+        raw = raw.max(axis=2)
+    return raw > 0
+
+
+def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize to ``size`` (square side or (height, width)) with area/linear interpolation."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = height < image.shape[0] and width < image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    height, width = (size, size) if isinstance(size, int) else size
+    return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def to_uint(image: np.ndarray, dtype: np.dtype | type = np.uint8) -> np.ndarray:
+    """Float RGB in [0, 1] as uint8/uint16 RGB."""
+    scale = 65535.0 if np.dtype(dtype) == np.uint16 else 255.0
+    return (np.clip(image, 0.0, 1.0) * scale + 0.5).astype(dtype)
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write an RGB (HxWx3) or gray (HxW) image atomically; float images are taken as [0, 1] 8-bit."""
+    path = Path(path)
+    if image.dtype not in (np.uint8, np.uint16):
+        image = to_uint(image)
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = image[:, :, ::-1]
+    with atomic_path(path) as tmp:
+        ok, encoded = cv2.imencode(path.suffix or ".png", image)
+        if not ok:
+            raise ImageReadError(f"{path}: OpenCV cannot encode this image format")
+        tmp.write_bytes(encoded.tobytes())
+    return path

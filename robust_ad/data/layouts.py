@@ -1,0 +1,104 @@
+"""Readers for the supported on-disk layouts. Each returns (normal training samples, test samples)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from robust_ad.data.images import list_images
+from robust_ad.errors import DataError
+
+NORMAL = "good"
+LAYOUTS = ("mvtec", "visa", "folder")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: its label (0 normal, 1 anomalous), defect type and optional mask file."""
+
+    path: Path
+    label: int
+    defect_type: str = NORMAL
+    mask_path: Path | None = None
+
+
+def detect_layout(root: Path, category: str) -> str:
+    """Guess the layout from the folder structure."""
+    if (root / category / "train" / NORMAL).is_dir():
+        return "mvtec"
+    if (root / category / "Data" / "Images").is_dir():
+        return "visa"
+    if (root / category / NORMAL).is_dir() or (root / NORMAL).is_dir():
+        return "folder"
+    raise DataError(
+        f"no dataset found for category '{category}' under {root}: expected {category}/train/good "
+        f"(MVTec AD), {category}/Data/Images (VisA) or good/ (plain folder)"
+    )
+
+
+def read_mvtec(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
+    """MVTec AD: train/good, test/<defect>/, ground_truth/<defect>/<stem>_mask.png (masks optional)."""
+    base = root / category
+    train = [Sample(p, 0) for p in list_images(base / "train" / NORMAL)]
+    test: list[Sample] = []
+    test_dir = base / "test"
+    for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []:
+        defect = defect_dir.name
+        for path in list_images(defect_dir):
+            if defect == NORMAL:
+                test.append(Sample(path, 0))
+                continue
+            # MVTec names masks <stem>_mask.png; anomalib's converted VisA (visa_pytorch) uses <stem>.png.
+            masks = [base / "ground_truth" / defect / f"{path.stem}{end}.png" for end in ("_mask", "")]
+            test.append(Sample(path, 1, defect, next((m for m in masks if m.is_file()), None)))
+    return train, test
+
+
+def read_visa(root: Path, category: str, split_csv: Path | None = None) -> tuple[list[Sample], list[Sample]]:
+    """VisA: the split CSV (columns object, split, label, image, mask; paths relative to ``root``)."""
+    split_csv = split_csv or root / "split_csv" / "1cls.csv"
+    if not split_csv.is_file():
+        raise DataError(f"VisA split file {split_csv} not found (expected <root>/split_csv/1cls.csv)")
+    train: list[Sample] = []
+    test: list[Sample] = []
+    with split_csv.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{split_csv}: missing columns {', '.join(sorted(missing))}")
+        for row in reader:
+            if row["object"] != category:
+                continue
+            anomalous = row["label"].strip().lower() == "anomaly"
+            mask = root / row["mask"] if anomalous and row["mask"].strip() else None
+            sample = Sample(
+                root / row["image"],
+                int(anomalous),
+                "anomaly" if anomalous else NORMAL,
+                mask if mask is not None and mask.is_file() else None,
+            )
+            (train if row["split"].strip() == "train" else test).append(sample)
+    return train, test
+
+
+def read_folder(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
+    """Plain folder: good/, defect/ (images, or one subfolder per defect type), optional masks/.
+
+    Masks are matched by stem: masks/<stem>.png or masks/<stem>_mask.png. All images are returned as
+    candidates; the dataset moves a seeded fraction of the good ones to the test split.
+    """
+    base = root / category if (root / category / NORMAL).is_dir() else root
+    good = [Sample(p, 0) for p in list_images(base / NORMAL)]
+    defect_dir = base / "defect"
+    groups = [(defect_dir, "defect")] if list_images(defect_dir) else []
+    if defect_dir.is_dir():
+        groups += [(d, d.name) for d in sorted(defect_dir.iterdir()) if d.is_dir()]
+    masks = base / "masks"
+    defects = []
+    for folder, defect in groups:
+        for path in list_images(folder):
+            candidates = [masks / f"{path.stem}.png", masks / f"{path.stem}_mask.png"]
+            mask = next((m for m in candidates if m.is_file()), None)
+            defects.append(Sample(path, 1, defect, mask))
+    return good, defects

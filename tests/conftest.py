@@ -1,0 +1,36 @@
+"""Shared fixtures: small datasets generated on the fly (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robust_ad.data.images import write_image
+from robust_ad.data.synth import synthesize
+
+os.environ.setdefault("ROBUST_AD_QUIET", "1")
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MVTec-layout 'bottle' and 'fabric' category at 64 px."""
+    root = tmp_path_factory.mktemp("synth")
+    for category in ("bottle", "fabric"):
+        synthesize(root, category, size=64, n_train=24, n_test_good=6, n_per_defect=3, seed=1)
+    return root
+
+
+def make_image(path: Path, value: float = 0.5, size: int = 32, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    image = np.clip(value + rng.normal(0, 0.05, (size, size, 3)), 0, 1)
+    return write_image(path, image)
+
+
+def make_mask(path: Path, size: int = 32, box: tuple[int, int, int, int] = (8, 8, 16, 16)) -> Path:
+    mask = np.zeros((size, size), np.uint8)
+    y0, x0, y1, x1 = box
+    mask[y0:y1, x0:x1] = 255
+    return write_image(path, mask)

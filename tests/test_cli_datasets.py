@@ -1,0 +1,102 @@
+"""The CLI, through typer's runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from robust_ad.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "datasets" in result.output
+
+
+def test_synth_then_check(tmp_path: Path) -> None:
+    args = [
+        "datasets",
+        "synth",
+        "--category",
+        "bottle",
+        "--out",
+        str(tmp_path),
+        "--size",
+        "32",
+        "--n-train",
+        "4",
+        "--n-test-good",
+        "2",
+        "--n-per-defect",
+        "1",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--force" in again.output
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+    result = runner.invoke(app, ["datasets", "check", "--data-root", str(tmp_path), "--category", "bottle"])
+    assert result.exit_code == 0, result.output
+    assert "deformed" in result.output and "usable" in result.output
+
+
+def test_check_unusable_dataset_exits_nonzero(tmp_path: Path) -> None:
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "a.png").write_bytes(b"broken")
+    (tmp_path / "good" / "b.png").write_bytes(b"broken")
+    result = runner.invoke(app, ["datasets", "check", "--data-root", str(tmp_path), "--category", "x"])
+    assert result.exit_code == 2 and "not a readable image" in result.output and "1 more problems" in result.output
+
+
+def test_subprocess_error_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "ROBUST_AD_QUIET": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "robust_ad",
+        "datasets",
+        "check",
+        "--data-root",
+        str(tmp_path / "missing"),
+        "--category",
+        "bottle",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_subprocess_synth_and_check(tmp_path: Path) -> None:
+    env = {**os.environ, "ROBUST_AD_QUIET": "1"}
+    base = [sys.executable, "-m", "robust_ad", "datasets"]
+    synth = [
+        *base,
+        "synth",
+        "--category",
+        "gravel",
+        "--out",
+        str(tmp_path),
+        "--size",
+        "32",
+        "--n-train",
+        "3",
+        "--n-test-good",
+        "1",
+        "--n-per-defect",
+        "1",
+    ]
+    assert subprocess.run(synth, capture_output=True, env=env, timeout=120).returncode == 0
+    check = subprocess.run(
+        [*base, "check", "--data-root", str(tmp_path), "--category", "gravel"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stderr

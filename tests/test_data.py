@@ -1,0 +1,185 @@
+"""Data layer: layouts, splits, masks, image conversion, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import make_image, make_mask
+
+from robust_ad.data import AnomalyDataset
+from robust_ad.data.arrays import load_samples
+from robust_ad.data.check import check_dataset
+from robust_ad.data.images import read_image, read_mask
+from robust_ad.data.synth import defect_types, synthesize
+from robust_ad.errors import DataError, ImageReadError, OverwriteError
+
+
+def test_mvtec_layout_and_splits(synth_root: Path) -> None:
+    ds = AnomalyDataset.load(synth_root, "bottle", val_fraction=0.25, seed=3)
+    assert ds.layout == "mvtec"
+    assert len(ds.train) + len(ds.val) == 24 and len(ds.val) == 6
+    assert not {s.path for s in ds.train} & {s.path for s in ds.val}
+    assert ds.defect_types == sorted(defect_types("bottle"))
+    assert sum(s.label for s in ds.test) == 15 and len(ds.test) == 21
+    assert ds.has_masks()
+    # The validation split is chosen by seed, and the same seed gives the same split.
+    again = AnomalyDataset.load(synth_root, "bottle", val_fraction=0.25, seed=3)
+    other = AnomalyDataset.load(synth_root, "bottle", val_fraction=0.25, seed=4)
+    assert [s.path for s in again.val] == [s.path for s in ds.val]
+    assert [s.path for s in other.val] != [s.path for s in ds.val]
+
+
+def test_masks_align_with_defects(synth_root: Path) -> None:
+    ds = AnomalyDataset.load(synth_root, "fabric")
+    data = load_samples(ds.test, 64)
+    for image_mask, label in zip(data.masks, data.labels, strict=True):
+        assert image_mask.any() == bool(label)
+    # The painted defect really is where the mask says: pixels inside differ from a normal image more.
+    defect = next(i for i, s in enumerate(data.samples) if s.defect_type == "hole")
+    inside = data.images[defect][data.masks[defect]].mean()
+    outside = data.images[defect][~data.masks[defect]].mean()
+    assert inside < outside  # holes are dark
+
+
+def test_synth_is_deterministic_and_refuses_overwrite(tmp_path: Path) -> None:
+    a = synthesize(tmp_path / "a", "gravel", size=32, n_train=2, n_test_good=1, n_per_defect=1, seed=5)
+    b = synthesize(tmp_path / "b", "gravel", size=32, n_train=2, n_test_good=1, n_per_defect=1, seed=5)
+    c = synthesize(tmp_path / "c", "gravel", size=32, n_train=2, n_test_good=1, n_per_defect=1, seed=6)
+    first = (a / "train/good/000.png").read_bytes()
+    assert first == (b / "train/good/000.png").read_bytes()
+    assert first != (c / "train/good/000.png").read_bytes()
+    with pytest.raises(OverwriteError):
+        synthesize(tmp_path / "a", "gravel", size=32, n_train=2, n_test_good=1, n_per_defect=1, seed=5)
+
+
+def test_normal_images_vary(synth_root: Path) -> None:
+    ds = AnomalyDataset.load(synth_root, "bottle")
+    images = load_samples(ds.train[:6], 64).images
+    assert np.abs(images[0] - images[1]).mean() > 0.01
+
+
+def _visa(root: Path, with_masks: bool = True) -> Path:
+    base = root / "candle" / "Data"
+    rows = ["object,split,label,image,mask"]
+    for i in range(4):
+        make_image(base / "Images" / "Normal" / f"{i:03d}.JPG", seed=i)
+        rows.append(f"candle,train,normal,candle/Data/Images/Normal/{i:03d}.JPG,")
+    make_image(base / "Images" / "Normal" / "100.JPG", seed=9)
+    rows.append("candle,test,normal,candle/Data/Images/Normal/100.JPG,")
+    for i in range(2):
+        make_image(base / "Images" / "Anomaly" / f"{i:03d}.JPG", value=0.8, seed=i)
+        mask = f"candle/Data/Masks/Anomaly/{i:03d}.png"
+        if with_masks:
+            make_mask(root / mask)
+        rows.append(f"candle,test,anomaly,candle/Data/Images/Anomaly/{i:03d}.JPG,{mask}")
+    rows.append("other,train,normal,other/x.JPG,")
+    (root / "split_csv").mkdir()
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_visa_layout(tmp_path: Path) -> None:
+    ds = AnomalyDataset.load(_visa(tmp_path), "candle", val_fraction=0.25)
+    assert ds.layout == "visa"
+    assert len(ds.train) == 3 and len(ds.val) == 1 and len(ds.test) == 3
+    assert ds.has_masks() and check_dataset(ds).usable
+
+
+def test_defects_without_masks_still_load(tmp_path: Path) -> None:
+    ds = AnomalyDataset.load(_visa(tmp_path, with_masks=False), "candle")
+    assert not ds.has_masks()
+    report = check_dataset(ds)
+    assert report.usable and report.defects_without_mask == 2
+    assert not load_samples(ds.test, 16).masks.any()
+
+
+def test_folder_layout_with_defect_subfolders(tmp_path: Path) -> None:
+    for i in range(10):
+        make_image(tmp_path / "good" / f"g{i}.png", seed=i)
+    make_image(tmp_path / "defect" / "scratch" / "s0.png", value=0.9)
+    make_image(tmp_path / "defect" / "dent" / "d0.png", value=0.1)
+    make_mask(tmp_path / "masks" / "s0_mask.png")
+    ds = AnomalyDataset.load(tmp_path, "parts", test_normal_fraction=0.2, val_fraction=0.25, seed=0)
+    assert ds.layout == "folder"
+    assert ds.defect_types == ["dent", "scratch"]
+    assert len(ds.test) == 4 and len(ds.train) + len(ds.val) == 8
+    assert ds.has_masks("scratch") and not ds.has_masks("dent")
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: np.full((8, 8), 128, np.uint8), [128 / 255] * 3),
+        (lambda: np.full((8, 8), 65535, np.uint16), [1.0] * 3),
+        (lambda: np.dstack([np.full((8, 8), v, np.uint8) for v in (10, 20, 30, 255)]), [30 / 255, 20 / 255, 10 / 255]),
+        (lambda: np.dstack([np.full((8, 8), v, np.uint16) for v in (0, 0, 65535)]), [1.0, 0.0, 0.0]),
+    ],
+    ids=["gray8", "gray16", "bgra8", "bgr16"],
+)
+def test_image_conversion(tmp_path: Path, make, expected) -> None:
+    path = tmp_path / "img.png"
+    cv2.imwrite(str(path), make())
+    image = read_image(path)
+    assert image.shape == (8, 8, 3) and image.dtype == np.float32
+    np.testing.assert_allclose(image[0, 0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "empty file"), (b"not an image at all", "not a readable image"), (None, "truncated PNG")],
+)
+def test_bad_images_name_the_file(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "bad.png"
+    if content is None:
+        make_image(path)
+        path.write_bytes(path.read_bytes()[:-40])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=message) as info:
+        read_image(path)
+    assert "bad.png" in str(info.value)
+
+
+def test_truncated_jpeg_is_refused(tmp_path: Path) -> None:
+    path = make_image(tmp_path / "x.jpg")
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(ImageReadError, match="truncated JPEG"):
+        read_image(path)
+
+
+def test_skip_bad_skips_and_default_raises(synth_root: Path, tmp_path: Path) -> None:
+    for i in range(3):
+        make_image(tmp_path / "good" / f"{i}.png", seed=i)
+    (tmp_path / "good" / "3.png").write_bytes(b"garbage")
+    ds = AnomalyDataset.load(tmp_path, "x", val_fraction=0.0)
+    with pytest.raises(ImageReadError, match=r"3\.png.*--skip-bad"):
+        load_samples(ds.train, 16)
+    assert len(load_samples(ds.train, 16, skip_bad=True).samples) == 3
+    assert not check_dataset(ds).usable
+
+
+def test_mask_size_mismatch_is_reported(tmp_path: Path) -> None:
+    make_image(tmp_path / "good" / "g.png")
+    make_image(tmp_path / "good" / "h.png")
+    make_image(tmp_path / "defect" / "d.png", size=32)
+    make_mask(tmp_path / "masks" / "d.png", size=16)
+    report = check_dataset(AnomalyDataset.load(tmp_path, "x"))
+    assert not report.usable and "differs" in report.reason()
+
+
+def test_missing_and_empty_datasets(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        AnomalyDataset.load(tmp_path / "nope", "bottle")
+    with pytest.raises(DataError, match="no dataset found"):
+        AnomalyDataset.load(tmp_path, "bottle")
+    (tmp_path / "bottle" / "train" / "good").mkdir(parents=True)
+    with pytest.raises(DataError, match="no normal training images"):
+        AnomalyDataset.load(tmp_path, "bottle")
+
+
+def test_read_mask_is_boolean(tmp_path: Path) -> None:
+    mask = read_mask(make_mask(tmp_path / "m.png"))
+    assert mask.dtype == bool and mask.sum() == 64
