@@ -1,0 +1,1 @@
+"""Models: robust encoder, mirror decoder, patch discriminator."""

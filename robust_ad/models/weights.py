@@ -1,0 +1,72 @@
+"""Load encoder weights: the ``robustness`` library's checkpoints, plain torchvision state dicts, or robust-ad's own."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from robust_ad.errors import ModelError
+from robust_ad.models.encoder import Encoder
+
+# robustness checkpoints wrap the model twice: module.model.* (used) and module.attacker.model.* (a copy);
+# module.normalizer.* / module.attacker.normalize.* hold the normaliser, which our encoder has built in.
+# robust-ad's own encoder checkpoints keep the friendly stage names under encoder.stages.*
+_PREFIXES = ("module.model.", "model.", "module.", "encoder.stages.")
+_IGNORED = ("module.attacker.", "attacker.", "module.normalizer.", "normalizer.")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict inside a checkpoint file, with wrapper prefixes removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"encoder weights {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({first})") from exc
+    if isinstance(checkpoint, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(checkpoint.get(key), dict):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ModelError(f"{path}: no state dict found (expected a 'model' or 'state_dict' entry of tensors)")
+    state = {}
+    for key, value in checkpoint.items():
+        if key.startswith(_IGNORED):
+            continue
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        state[key] = value
+    return state
+
+
+def load_encoder_weights(encoder: Encoder, path: str | Path) -> Encoder:
+    """Load torchvision-named weights into ``encoder`` (layers after the cut are ignored)."""
+    state = read_state_dict(path)
+    target = encoder.stages.state_dict()
+    mapped = {}
+    for friendly, source in encoder.source_names.items():
+        for key in target:
+            if key.startswith(f"{friendly}."):
+                rest = key[len(friendly) + 1 :]
+                mapped[key] = state.get(key, state.get(f"{source}.{rest}"))
+    missing = [k for k, v in mapped.items() if v is None]
+    if missing:
+        raise ModelError(
+            f"{path}: does not fit a {encoder.backbone} encoder: {len(missing)} weights missing "
+            f"(first: {encoder.source_names[missing[0].split('.')[0]]}{missing[0][missing[0].index('.') :]})"
+        )
+    for key, value in mapped.items():
+        if value.shape != target[key].shape:
+            raise ModelError(
+                f"{path}: does not fit a {encoder.backbone} encoder: {key} has shape {tuple(value.shape)}, "
+                f"expected {tuple(target[key].shape)}"
+            )
+    encoder.stages.load_state_dict(mapped)
+    return encoder

@@ -1,0 +1,45 @@
+"""Datasets as the training and evaluation code needs them: split, loaded and resized by the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from robust_ad.config import Config
+from robust_ad.data import AnomalyDataset
+from robust_ad.data.arrays import ImageSet, load_samples
+from robust_ad.errors import DataError
+
+
+def open_dataset(config: Config, data_root: str | Path | None = None, category: str | None = None) -> AnomalyDataset:
+    """The dataset of ``category`` under ``data_root`` (defaults from the config), split by the config's seed."""
+    root = data_root or config.data_root
+    category = category or config.category
+    if not root:
+        raise DataError("no data root given (--data-root)")
+    if not category:
+        raise DataError("no category given (--category)")
+    return AnomalyDataset.load(
+        root, category, config.data.layout, config.data.val_fraction, config.data.test_normal_fraction, config.seed
+    )
+
+
+def load_split(dataset: AnomalyDataset, split: str, config: Config, size: int | None = None) -> ImageSet:
+    """Images of one split ('train', 'val' or 'test') at the model's image size."""
+    samples = getattr(dataset, split)
+    if not samples:
+        raise DataError(f"category '{dataset.category}' has no {split} images")
+    return load_samples(
+        samples, size or config.data.image_size, config.data.skip_bad, f"loading {dataset.category}/{split}"
+    )
+
+
+def labelled_images(config: Config, categories: list[str], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Normal images of several categories with the category index as label (the 'labels' proxy task)."""
+    images, labels = [], []
+    for index, category in enumerate(categories):
+        loaded = load_split(open_dataset(config, category=category), split, config)
+        images.append(loaded.images)
+        labels.append(np.full(len(loaded.images), index))
+    return np.concatenate(images), np.concatenate(labels)
