@@ -7,7 +7,7 @@ from pathlib import Path
 from robust_ad.config import Config, load_config
 from robust_ad.device import resolve_device
 from robust_ad.errors import ConfigError
-from robust_ad.fileio import check_writable, write_json
+from robust_ad.fileio import check_writable, write_json, write_text
 
 
 def train_encoder(config: Config, categories: list[str], out: str | Path, resume: bool = False, force: bool = False):
@@ -69,3 +69,90 @@ def evaluate_encoder(
     if out is not None:
         write_json(out, {"encoder": str(encoder), "categories": categories, **result})
     return result
+
+
+def _write_losses(path: Path, history: list[dict[str, float]]) -> None:
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns)
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(path, buffer.getvalue())
+
+
+def _prepare_encoder(model, config: Config, train_images, run_dir: Path, resume: bool, device) -> dict:
+    """Load the user's robust weights, or adversarially train the encoder (resumable) in the run folder."""
+    from robust_ad import rundir
+    from robust_ad.models.weights import load_encoder_weights
+    from robust_ad.training.encoder import train_encoder as _train
+
+    if config.encoder.weights:
+        load_encoder_weights(model.encoder, config.encoder.weights)
+        return {"encoder_source": str(config.encoder.weights), "encoder_minutes": 0.0}
+    path = run_dir / rundir.ENCODER
+    run = _train(train_images, config.encoder, None, device, config.seed, path, resume and path.is_file())
+    model.encoder.load_state_dict(run.encoder.state_dict())
+    return {"encoder_source": "trained", "encoder_minutes": run.minutes, "encoder_history": run.history}
+
+
+def train(config: Config, out: str | Path, resume: bool = False, force: bool = False) -> Path:
+    """``robust-ad train``: robust encoder, then decoder, then calibration; returns the run folder.
+
+    With ``resume`` the run folder's own config.yaml is used and training continues where it stopped.
+    """
+    import time
+
+    from robust_ad import machine, rundir
+    from robust_ad.data.images import write_image
+    from robust_ad.device import seed_everything
+    from robust_ad.fileio import prepare_output_dir, write_yaml
+    from robust_ad.models.autoencoder import RobustAutoencoder
+    from robust_ad.training import checkpoint
+    from robust_ad.training.autoencoder import fit_decoder
+    from robust_ad.training.data import load_split, open_dataset
+    from robust_ad.viz import reconstruction_grid
+
+    run_dir = Path(out)
+    if resume:
+        config = rundir.read_config(run_dir)
+    device = resolve_device(config.device)
+    dataset = open_dataset(config)
+    if not resume:
+        prepare_output_dir(run_dir, force, "run folder")
+        write_yaml(run_dir / rundir.CONFIG, config.to_dict())
+    began = time.perf_counter()
+    seed_everything(config.seed)
+    train_set = load_split(dataset, "train", config)
+    val_set = load_split(dataset, "val", config) if dataset.val else None
+    model = RobustAutoencoder(config)
+    info = _prepare_encoder(model, config, train_set.images, run_dir, resume, device)
+    history = fit_decoder(
+        model,
+        train_set.images,
+        val_set.images if val_set else None,
+        device,
+        config.seed,
+        run_dir / rundir.CHECKPOINT,
+        resume,
+    )
+    _write_losses(run_dir / rundir.LOSSES, history)
+    shown = val_set.images if val_set is not None else train_set.images
+    write_image(run_dir / rundir.GRID, reconstruction_grid(shown, model.reconstruct(shown[:8])))
+    checkpoint.save(run_dir / rundir.MODEL, model.cpu().payload())
+    write_json(
+        run_dir / rundir.TRAINING,
+        {
+            "category": config.category,
+            "eps": config.encoder.eps,
+            "device": str(device),
+            "machine": machine.describe(),
+            "minutes": (time.perf_counter() - began) / 60,
+            "decoder_minutes": sum(row["seconds"] for row in history) / 60,
+            **info,
+        },
+    )
+    (run_dir / rundir.CHECKPOINT).unlink(missing_ok=True)
+    return run_dir

@@ -200,6 +200,46 @@ def encoder_eval(
     console.print(table)
 
 
+@app.command("train")
+def train(
+    category: str = typer.Option(..., "--category", help="Product category to train on (normal images only)."),
+    data_root: Path = DATA_ROOT,
+    recipe: str = RECIPE,
+    eps: float = EPS,
+    backbone: str = BACKBONE,
+    encoder_weights: Path = typer.Option(None, "--encoder-weights", help="Robust checkpoint to use as encoder."),
+    out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<category>)."),
+    epochs: int = typer.Option(None, "--epochs", help="Decoder training epochs."),
+    encoder_epochs: int = typer.Option(None, "--encoder-epochs", help="Robust encoder training epochs."),
+    image_size: int = IMAGE_SIZE,
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
+    seed: int = SEED,
+    resume: bool = RESUME,
+    force: bool = FORCE,
+) -> None:
+    """Train a robust autoencoder for one category: robust encoder, mirror decoder, calibration."""
+    from robust_ad.api import train as train_run
+
+    config = _config(
+        recipe,
+        category=category,
+        data_root=str(data_root) if data_root else None,
+        seed=seed,
+        device=device,
+        data={"image_size": image_size, "batch_size": batch_size},
+        encoder={
+            "eps": eps,
+            "backbone": backbone,
+            "epochs": encoder_epochs,
+            "weights": str(encoder_weights) if encoder_weights else None,
+        },
+        autoencoder={"epochs": epochs},
+    )
+    run_dir = train_run(config, out or Path("runs") / category, resume=resume, force=force)
+    console.print(f"[green]trained[/green] {category}: run folder {run_dir}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -47,7 +47,7 @@ class EncoderConfig:
 @dataclass
 class AutoencoderConfig:
     epochs: int = 30
-    lr: float = 2e-4
+    lr: float = 1e-3
     pixel_loss: str = "l1"  # l1 | l2
     w_pixel: float = 1.0
     w_feature: float = 1.0

@@ -34,3 +34,28 @@ def make_mask(path: Path, size: int = 32, box: tuple[int, int, int, int] = (8, 8
     y0, x0, y1, x1 = box
     mask[y0:y1, x0:x1] = 255
     return write_image(path, mask)
+
+
+def tiny_config(root: Path, category: str = "bottle", **sections: dict):
+    """A model small enough to train in seconds on 32 px images."""
+    from robust_ad.config import load_config
+
+    overrides = {
+        "category": category,
+        "data_root": str(root),
+        "device": "cpu",
+        "data": {"image_size": 32, "batch_size": 8},
+        "encoder": {"width": 0.125, "epochs": 1, "eps": 0.5, "batch_size": 16},
+        "autoencoder": {"epochs": 3, "decoder_width": 0.25},
+    }
+    for section, values in sections.items():
+        overrides[section] = {**overrides.get(section, {}), **values} if isinstance(values, dict) else values
+    return load_config("synthetic", overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained (and calibrated) tiny bottle model, shared by the scoring and export tests."""
+    from robust_ad.api import train
+
+    return train(tiny_config(synth_root, autoencoder={"epochs": 6}), tmp_path_factory.mktemp("runs") / "bottle")

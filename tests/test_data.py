@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import make_image, make_mask
 
 from robust_ad.data import AnomalyDataset
 from robust_ad.data.arrays import load_samples
@@ -15,6 +14,7 @@ from robust_ad.data.check import check_dataset
 from robust_ad.data.images import read_image, read_mask
 from robust_ad.data.synth import defect_types, synthesize
 from robust_ad.errors import DataError, ImageReadError, OverwriteError
+from tests.conftest import make_image, make_mask
 
 
 def test_mvtec_layout_and_splits(synth_root: Path) -> None:

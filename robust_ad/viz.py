@@ -1,0 +1,38 @@
+"""Pictures people would rather look at than numbers: reconstruction grids and heat-map overlays."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def _rows_to_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
+    """Stack rows of (N, H, W, 3) images into one padded grid image."""
+    n, h, w, _ = rows[0].shape
+    grid = np.ones((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), np.float32)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            grid[y : y + h, x : x + w] = image
+    return grid
+
+
+def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, n: int = 8) -> np.ndarray:
+    """Rows: inputs, reconstructions, absolute residuals (amplified 4 times)."""
+    images, reconstructions = images[:n], reconstructions[:n]
+    residual = np.clip(np.abs(images - reconstructions).mean(-1, keepdims=True) * 4, 0, 1).repeat(3, -1)
+    return _rows_to_grid([images, reconstructions, residual])
+
+
+def heatmap(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
+    """A (H, W) map as RGB jet colours in [0, 1], 0 → blue, ``vmax`` and above → red."""
+    scaled = np.clip(anomaly_map / max(vmax, 1e-12), 0, 1)
+    coloured = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+
+
+def overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float = 0.45) -> np.ndarray:
+    """The image with its heat map blended on top, and the heat map beside it."""
+    heat = heatmap(anomaly_map, vmax)
+    blended = (1 - alpha) * image + alpha * heat
+    return np.concatenate([image, blended, heat], axis=1)

@@ -1,0 +1,140 @@
+"""Robust autoencoder: mirror decoder, losses, training, run folder, resume, resolution."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from robust_ad import rundir
+from robust_ad.api import train
+from robust_ad.cli import app
+from robust_ad.models.autoencoder import RobustAutoencoder
+from robust_ad.models.encoder import BACKBONES
+from robust_ad.training.autoencoder import fit_decoder
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("size", [32, 50])
+def test_mirror_decoder_returns_input_sized_images(backbone: str, size: int) -> None:
+    layers = (
+        {"layer": "layer2", "feature_layers": ["layer1"]}
+        if backbone.startswith("resnet")
+        else {"layer": "pool2", "feature_layers": ["relu1_1"]}
+    )
+    config = tiny_config(Path("."), encoder={"backbone": backbone, **layers})
+    out = RobustAutoencoder(config).eval()(torch.rand(2, 3, size, size))
+    assert out.shape == (2, 3, size, size) and out.min() >= 0 and out.max() <= 1
+
+
+def test_run_folder_is_complete_and_loads_back_identically(tiny_run: Path) -> None:
+    for name in (rundir.MODEL, rundir.CONFIG, rundir.GRID, rundir.LOSSES, rundir.TRAINING, rundir.ENCODER):
+        assert (tiny_run / name).is_file(), name
+    assert not (tiny_run / rundir.CHECKPOINT).exists()
+    rows = list(csv.DictReader((tiny_run / rundir.LOSSES).open()))
+    assert float(rows[-1]["train_total"]) < float(rows[0]["train_total"])  # loss decreases
+    assert "val_total" in rows[0]
+    images = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    a = rundir.load_model(tiny_run).reconstruct(images)
+    b = rundir.load_model(tiny_run).reconstruct(images)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_model_trained_at_32_px_reconstructs_64_px(tiny_run: Path) -> None:
+    images = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+    out = rundir.load_model(tiny_run).reconstruct(images)
+    assert out.shape == images.shape and np.isfinite(out).all()
+
+
+def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, autoencoder={"epochs": 1})
+    images = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
+    path = tmp_path / "checkpoint.pt"
+    first = fit_decoder(RobustAutoencoder(config), images, images[:2], torch.device("cpu"), checkpoint_path=path)
+    config.autoencoder.epochs = 3
+    history = fit_decoder(
+        RobustAutoencoder(config), images, None, torch.device("cpu"), checkpoint_path=path, resume=True
+    )
+    assert [row["epoch"] for row in history] == [1, 2, 3] and history[0] == first[0]
+
+
+@pytest.mark.parametrize("switched_off", ["w_feature", "w_gan"])
+def test_each_loss_can_be_switched_off(tmp_path: Path, switched_off: str) -> None:
+    config = tiny_config(tmp_path, autoencoder={"epochs": 1, switched_off: 0.0})
+    images = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
+    history = fit_decoder(RobustAutoencoder(config), images, None, torch.device("cpu"))
+    name = {"w_feature": "train_feature", "w_gan": "train_gan"}[switched_off]
+    assert name not in history[0] and np.isfinite(history[0]["train_total"])
+
+
+def test_eps_zero_and_robust_runs_differ_only_in_the_encoder(synth_root: Path, tmp_path: Path) -> None:
+    runs = {}
+    for eps in (0.0, 0.5):
+        config = tiny_config(synth_root, encoder={"eps": eps}, autoencoder={"epochs": 1})
+        runs[eps] = train(config, tmp_path / f"eps{eps}")
+    configs = [yaml.safe_load((runs[e] / rundir.CONFIG).read_text()) for e in (0.0, 0.5)]
+    assert configs[0]["encoder"].pop("eps") == 0.0 and configs[1]["encoder"].pop("eps") == 0.5
+    assert configs[0] == configs[1]
+    encoders = [rundir.load_model(runs[e]).encoder.state_dict() for e in (0.0, 0.5)]
+    assert not torch.equal(encoders[0]["stages.conv1.weight"], encoders[1]["stages.conv1.weight"])
+    decoders = []
+    for eps in (0.0, 0.5):
+        torch.manual_seed(0)
+        decoders.append(RobustAutoencoder(tiny_config(synth_root, encoder={"eps": eps})).decoder.state_dict())
+    assert all(torch.equal(decoders[0][k], decoders[1][k]) for k in decoders[0])  # same decoder start
+
+
+def test_train_cli_refuses_to_overwrite_and_reports_missing_data(synth_root: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(out), "--epochs", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (out / "precious.txt").read_text() == "keep"
+    result = runner.invoke(
+        app, ["train", "--category", "nope", "--data-root", str(synth_root), "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2 and "no dataset found for category 'nope'" in result.output
+    assert not (tmp_path / "x").exists()  # nothing created for a run that cannot start
+
+
+def test_train_cli_end_to_end(synth_root: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--category",
+            "fabric",
+            "--data-root",
+            str(synth_root),
+            "--out",
+            str(tmp_path / "fabric"),
+            "--epochs",
+            "1",
+            "--encoder-epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--eps",
+            "0.25",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--recipe",
+            "synthetic",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "fabric" / rundir.CONFIG).read_text())
+    assert saved["encoder"]["eps"] == 0.25 and saved["data"]["image_size"] == 32 and saved["seed"] == 3
