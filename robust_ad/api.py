@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from robust_ad.config import Config, load_config
 from robust_ad.device import resolve_device
 from robust_ad.errors import ConfigError
 from robust_ad.fileio import check_writable, write_json, write_text
+
+log = logging.getLogger(__name__)
 
 
 def train_encoder(config: Config, categories: list[str], out: str | Path, resume: bool = False, force: bool = False):
@@ -110,6 +113,8 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad.device import seed_everything
     from robust_ad.fileio import prepare_output_dir, write_yaml
     from robust_ad.models.autoencoder import RobustAutoencoder
+    from robust_ad.scoring.calibration import calibrate
+    from robust_ad.scoring.scorer import AnomalyScorer
     from robust_ad.training import checkpoint
     from robust_ad.training.autoencoder import fit_decoder
     from robust_ad.training.data import load_split, open_dataset
@@ -141,7 +146,14 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     _write_losses(run_dir / rundir.LOSSES, history)
     shown = val_set.images if val_set is not None else train_set.images
     write_image(run_dir / rundir.GRID, reconstruction_grid(shown, model.reconstruct(shown[:8])))
-    checkpoint.save(run_dir / rundir.MODEL, model.cpu().payload())
+    scorer = AnomalyScorer(model, config.scoring, config.data.image_size)
+    if val_set is None:
+        log.warning(
+            "no held-out normal images (val_fraction 0): calibrating on training images, expect a low threshold"
+        )
+    calibration = calibrate(scorer, train_set.images, shown, config.data.batch_size)
+    checkpoint.save(run_dir / rundir.MODEL, model.cpu().payload({"scorer": scorer.cpu().statistics()}))
+    write_json(run_dir / rundir.CALIBRATION, calibration)
     write_json(
         run_dir / rundir.TRAINING,
         {
@@ -156,3 +168,89 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     )
     (run_dir / rundir.CHECKPOINT).unlink(missing_ok=True)
     return run_dir
+
+
+def _torch_predictor(scorer, batch_size: int):
+    from robust_ad.scoring.inference import predict
+
+    def run(images):
+        prediction = predict(scorer, images, batch_size)
+        return prediction.maps, prediction.scores, prediction.raw_scores
+
+    return run
+
+
+def score(
+    paths: list[str | Path],
+    model: str | Path,
+    out: str | Path = "results",
+    threshold: float | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    onnx: str | Path | None = None,
+    force: bool = False,
+):
+    """``robust-ad score``: a verdict, score and heat-map overlay per image; scores.csv / scores.json in ``out``.
+
+    ``onnx`` scores with the exported file through onnxruntime instead of torch (``model`` is then unused).
+    """
+    from robust_ad import rundir
+    from robust_ad.fileio import prepare_output_dir
+    from robust_ad.scoring.files import resolve_paths, score_files
+
+    files = resolve_paths(paths)
+    if onnx is not None:
+        from robust_ad.runtime import InferenceSession
+
+        session = InferenceSession(onnx, device=device)
+        predictor, meta = session.predictor(batch_size), session.metadata
+        size, calibrated, vmax = meta["image_size"], meta["threshold"], meta["map_vmax"]
+    else:
+        scorer = rundir.load_scorer(model, resolve_device(device))
+        calibration = rundir.read_json(model, rundir.CALIBRATION)
+        predictor, size = _torch_predictor(scorer, batch_size), scorer.train_size
+        calibrated, vmax = calibration["threshold"], calibration["map_vmax"]
+    out = prepare_output_dir(out, force, "results folder")
+    return score_files(files, predictor, size, calibrated if threshold is None else threshold, out, vmax, batch_size)
+
+
+def evaluate(
+    model: str | Path,
+    data_root: str | Path | None = None,
+    category: str | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    force: bool = False,
+) -> dict:
+    """``robust-ad eval``: metrics.json, roc.png and report.html for a model on its category's test split."""
+    from robust_ad import machine, rundir
+    from robust_ad.fileio import prepare_output_dir
+    from robust_ad.report import html_report, roc_figure
+    from robust_ad.scoring.evaluate import evaluate as _evaluate
+    from robust_ad.scoring.inference import predict
+    from robust_ad.training.data import load_split, open_dataset
+
+    config = rundir.read_config(model)
+    scorer = rundir.load_scorer(model, resolve_device(device))
+    calibration = rundir.read_json(model, rundir.CALIBRATION)
+    dataset = open_dataset(config, data_root, category)
+    test = load_split(dataset, "test", config)
+    out = prepare_output_dir(out or Path(model) / "eval", force, "evaluation folder")
+    prediction = predict(scorer, test.images, batch_size, "evaluating")
+    metrics = _evaluate(
+        test, prediction, calibration["threshold"], {t: dataset.has_masks(t) for t in dataset.defect_types}
+    )
+    metrics.update(
+        {
+            "category": dataset.category,
+            "model": str(model),
+            "eps": config.encoder.eps,
+            "image_size": config.data.image_size,
+            "machine": machine.describe(),
+        }
+    )
+    write_json(out / "metrics.json", metrics)
+    roc_figure(out / "roc.png", test, prediction, f"{dataset.category} (eps={config.encoder.eps})")
+    html_report(out, metrics, test, prediction, calibration["map_vmax"])
+    return metrics

@@ -240,6 +240,80 @@ def train(
     console.print(f"[green]trained[/green] {category}: run folder {run_dir}")
 
 
+@app.command("score")
+def score(
+    paths: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    model: Path = typer.Option(None, "--model", help="Run folder written by 'robust-ad train'."),
+    onnx: Path = typer.Option(None, "--onnx", help="Score with an exported ONNX file (onnxruntime) instead."),
+    out: Path = typer.Option(Path("results"), "--out", help="Folder for scores.csv, scores.json and overlays."),
+    threshold: float = typer.Option(None, "--threshold", help="Normalised-score threshold (default: calibrated)."),
+    batch: int = typer.Option(16, "--batch", help="Images per inference batch."),
+    fail_on_anomaly: bool = typer.Option(
+        False, "--fail-on-anomaly", help="Exit with code 1 if any image is anomalous."
+    ),
+    device: str = DEVICE,
+    force: bool = FORCE,
+) -> None:
+    """Score images: verdict, score and heat-map overlay per image.
+
+    Exit codes: 0 done; 1 anomalies found (with --fail-on-anomaly); 2 error; 3 some files could not be read.
+    """
+    from robust_ad.api import score as score_images
+    from robust_ad.errors import ConfigError
+
+    if (model is None) == (onnx is None):
+        raise ConfigError("give exactly one of --model RUN_FOLDER or --onnx FILE")
+    run = score_images(paths, model, out, threshold, batch, device, onnx, force)
+    table = Table(title=f"{len(run.rows)} images scored, {run.n_anomalous} anomalous ({out}/scores.csv)")
+    for column in ("path", "score", "normalised", "verdict"):
+        table.add_column(column)
+    for row in run.rows[:50]:
+        colour = "red" if row["verdict"] == "anomalous" else "green"
+        table.add_row(
+            row["path"],
+            f"{row['score']:.3f}",
+            f"{row['normalized_score']:.2f}",
+            f"[{colour}]{row['verdict']}[/{colour}]",
+        )
+    if len(run.rows) > 50:
+        table.add_row("...", "", "", "")
+    console.print(table)
+    for error in run.errors:
+        err_console.print(f"[yellow]skipped:[/yellow] {error['error']}", highlight=False, soft_wrap=True)
+    if fail_on_anomaly and run.n_anomalous:
+        raise typer.Exit(1)
+    if run.errors:
+        raise typer.Exit(3)
+
+
+@app.command("eval")
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="Run folder written by 'robust-ad train'."),
+    category: str = typer.Option(None, "--category", help="Category (default: the model's)."),
+    data_root: Path = DATA_ROOT,
+    out: Path = typer.Option(None, "--out", help="Report folder (default: <model>/eval)."),
+    device: str = DEVICE,
+    force: bool = FORCE,
+) -> None:
+    """Image AUROC, pixel AUROC, AUPRO and F1 on the test split, per defect type; ROC curves and an HTML report."""
+    from robust_ad.api import evaluate as evaluate_model
+
+    metrics = evaluate_model(model, data_root, category, out, device, force=force)
+    table = Table(title=f"{metrics['category']} (eps={metrics['eps']}), threshold {metrics['threshold']:.2f}")
+    keys = ("image_auroc", "pixel_auroc", "aupro", "f1", "recall")
+    for column in ("defect type", "n", *keys):
+        table.add_column(column)
+
+    def cell(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    for defect, values in metrics["per_defect_type"].items():
+        table.add_row(defect, str(values["n"]), *(cell(values[k]) for k in keys))
+    table.add_row("[bold]all[/bold]", str(metrics["n_anomalous"]), *(cell(metrics[k]) for k in keys))
+    console.print(table)
+    console.print(f"report: {out or Path(model) / 'eval'}/report.html")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

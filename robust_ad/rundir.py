@@ -50,12 +50,32 @@ def read_json(run_dir: str | Path, name: str) -> dict[str, Any]:
         raise ModelError(f"{path}: corrupt JSON ({exc.msg})") from exc
 
 
-def load_model(run_dir: str | Path, device: torch.device | str = "cpu"):
-    """The trained model of a run folder (with its scorer when calibrated), in eval mode on ``device``."""
+def _load(run_dir: str | Path):
     from robust_ad.models.autoencoder import RobustAutoencoder
 
     config = read_config(run_dir)
     path = Path(run_dir) / MODEL
     if not path.is_file():
         raise ModelError(f"{run_dir} has no {MODEL}: the run did not finish (rerun 'robust-ad train --resume')")
-    return RobustAutoencoder.from_payload(config, checkpoint.load(path), path).to(device).eval()
+    payload = checkpoint.load(path)
+    return RobustAutoencoder.from_payload(config, payload, path), payload, path
+
+
+def load_model(run_dir: str | Path, device: torch.device | str = "cpu"):
+    """The trained autoencoder of a run folder, in eval mode on ``device``."""
+    return _load(run_dir)[0].to(device).eval()
+
+
+def load_scorer(run_dir: str | Path, device: torch.device | str = "cpu"):
+    """The calibrated detector of a run folder, in eval mode on ``device``."""
+    from robust_ad.scoring.scorer import AnomalyScorer
+
+    model, payload, path = _load(run_dir)
+    if "scorer" not in payload:
+        raise ModelError(f"{path}: the model was not calibrated (rerun 'robust-ad train')")
+    scorer = AnomalyScorer(model, model.config.scoring, model.config.data.image_size)
+    try:
+        scorer.load_state_dict({**payload["scorer"], **{f"model.{k}": v for k, v in model.state_dict().items()}})
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: scorer statistics do not match config.yaml") from exc
+    return scorer.to(device).eval()

@@ -1,0 +1,1 @@
+"""Anomaly scoring: per-pixel maps, fusion, calibration, metrics."""

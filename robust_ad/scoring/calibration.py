@@ -1,0 +1,68 @@
+"""Calibration on normal images only: memory statistics, component normalisation, score threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from robust_ad.scoring.scorer import AnomalyScorer
+from robust_ad.training.encoder import to_tensor
+
+
+@torch.no_grad()
+def fit_memory(scorer: AnomalyScorer, images: np.ndarray, batch_size: int = 16) -> None:
+    """Per-location mean and variance of the normal training features (at the training size)."""
+    scorer.eval()
+    device = scorer.score_mean.device
+    sums = {k: 0.0 for k in scorer.layers}
+    squares = {k: 0.0 for k in scorer.layers}
+    x_all = to_tensor(images)
+    for start in range(0, len(x_all), batch_size):
+        feats = scorer.model.features(x_all[start : start + batch_size].to(device))
+        for layer in scorer.layers:
+            sums[layer] = sums[layer] + feats[layer].sum(0)
+            squares[layer] = squares[layer] + feats[layer].pow(2).sum(0)
+    n = len(x_all)
+    for layer in scorer.layers:
+        mean = sums[layer] / n
+        var = (squares[layer] / n - mean.pow(2)).clamp_min(0)
+        # a floor keeps near-constant channels from dominating the distance
+        var = var + 1e-2 * var.mean() + 1e-6
+        getattr(scorer, f"memory_mean_{layer}").copy_(mean)
+        getattr(scorer, f"memory_var_{layer}").copy_(var)
+
+
+@torch.no_grad()
+def calibrate(scorer: AnomalyScorer, train_images: np.ndarray, val_images: np.ndarray, batch_size: int = 16) -> dict:
+    """Fit every statistic of ``scorer`` and return the calibration record (``calibration.json``).
+
+    The threshold is the ``threshold_quantile`` of the normalised scores of the held-out normal images.
+    """
+    fit_memory(scorer, train_images, batch_size)
+    device = scorer.score_mean.device
+    x_val = to_tensor(val_images)
+    maps = torch.cat(
+        [scorer.component_maps(x_val[s : s + batch_size].to(device))[0].cpu() for s in range(0, len(x_val), batch_size)]
+    )
+    scorer.map_mean.copy_(maps.mean((0, 2, 3)))
+    scorer.map_std.copy_(maps.std((0, 2, 3)).clamp_min(1e-8))
+    fused = scorer.fuse(maps.to(device)).cpu()
+    raw = scorer.raw_score(fused)
+    scorer.score_mean.fill_(float(raw.mean()))
+    scorer.score_std.fill_(float(raw.std(correction=0).clamp_min(1e-6)))
+    normalised = ((raw - scorer.score_mean.cpu()) / scorer.score_std.cpu()).numpy()
+    quantile = scorer.config.threshold_quantile
+    return {
+        "threshold": float(np.quantile(normalised, quantile)),
+        "threshold_rule": f"quantile {quantile} of the normalised scores of {len(val_images)} held-out normal images",
+        "score_mean": float(scorer.score_mean),
+        "score_std": float(scorer.score_std),
+        "map_vmax": float(torch.quantile(fused.flatten()[:: max(1, fused.numel() // 1_000_000)], 0.999)) * 2,
+        "components": {
+            name: {"weight": float(w), "mean": float(m), "std": float(s)}
+            for name, w, m, s in zip(scorer.components, scorer.weights, scorer.map_mean, scorer.map_std, strict=True)
+        },
+        "image_score": scorer.config.image_score,
+        "image_size": scorer.train_size,
+        "normal_scores": [float(v) for v in normalised],
+    }

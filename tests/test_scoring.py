@@ -1,0 +1,188 @@
+"""Anomaly maps, calibration, metrics, and the score / eval commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score, roc_auc_score
+from typer.testing import CliRunner
+
+from robust_ad import rundir
+from robust_ad.cli import app
+from robust_ad.data.arrays import ImageSet
+from robust_ad.data.layouts import Sample
+from robust_ad.scoring import metrics
+from robust_ad.scoring.evaluate import evaluate
+from robust_ad.scoring.inference import Prediction, predict
+from robust_ad.training.data import load_split, open_dataset
+
+runner = CliRunner()
+
+
+def _normal_images(run: Path, split: str = "val") -> np.ndarray:
+    config = rundir.read_config(run)
+    return load_split(open_dataset(config), split, config).images
+
+
+def test_maps_have_input_size_and_are_higher_inside_a_pasted_defect(tiny_run: Path) -> None:
+    scorer = rundir.load_scorer(tiny_run)
+    images = _normal_images(tiny_run, "train")[:4].copy()
+    images[:, 10:18, 12:20] = [1.0, 0.0, 1.0]  # a magenta patch: nothing like the training images
+    prediction = predict(scorer, images)
+    assert prediction.maps.shape == images.shape[:3] and np.isfinite(prediction.maps).all()
+    inside = prediction.maps[:, 10:18, 12:20].mean()
+    outside = np.delete(
+        prediction.maps.reshape(4, -1), np.ravel_multi_index(np.mgrid[10:18, 12:20].reshape(2, -1), (32, 32)), axis=1
+    ).mean()
+    assert inside > outside + 1.0  # in units of normal standard deviations
+    big = predict(scorer, np.stack([cv2.resize(im, (48, 48)) for im in images]))
+    assert big.maps.shape == (4, 48, 48)
+
+
+def test_calibration_threshold_is_the_documented_quantile_of_normal_scores(tiny_run: Path) -> None:
+    calibration = json.loads((tiny_run / rundir.CALIBRATION).read_text())
+    config = rundir.read_config(tiny_run)
+    scores = predict(rundir.load_scorer(tiny_run), _normal_images(tiny_run)).scores
+    np.testing.assert_allclose(scores, calibration["normal_scores"], atol=1e-4)
+    assert abs(np.mean(scores)) < 1e-4 and abs(np.std(scores) - 1) < 1e-3  # standardised on these images
+    expected = np.quantile(scores, config.scoring.threshold_quantile)
+    assert calibration["threshold"] == pytest.approx(expected, abs=1e-4)
+
+
+def _random_evaluation(seed: int, with_masks: bool = True) -> tuple[ImageSet, Prediction, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = 12
+    labels = np.array([0] * 6 + [1] * 6)
+    masks = np.zeros((n, 16, 16), bool)
+    for i in range(6, n):
+        y, x = rng.integers(0, 10, 2)
+        masks[i, y : y + 5, x : x + 4] = True
+    maps = rng.random((n, 16, 16)) + masks * rng.random() * 0.8
+    scores = maps.reshape(n, -1).max(1) + rng.normal(0, 0.1, n)
+    samples = [
+        Sample(Path(f"{i}.png"), int(label), "good" if label == 0 else ("a" if i % 2 else "b"))
+        for i, label in enumerate(labels)
+    ]
+    test = ImageSet(np.zeros((n, 16, 16, 3), np.float32), masks, labels, samples)
+    return test, Prediction(maps, scores, scores, np.zeros((n, 16, 16, 3))), masks
+
+
+def _naive_aupro(masks: np.ndarray, maps: np.ndarray, limit: float = 0.3) -> float:
+    """Reference: loop over every distinct threshold, label regions with OpenCV, integrate with np.interp."""
+    points = []
+    for t in np.unique(maps)[::-1]:
+        predicted = maps >= t
+        fpr = predicted[~masks].mean()
+        overlaps = []
+        for mask, pred in zip(masks, predicted, strict=True):
+            count, labelled = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+            overlaps += [pred[labelled == r].mean() for r in range(1, count)]
+        points.append((fpr, np.mean(overlaps)))
+        if fpr > limit:
+            break
+    fpr, pro = np.array([(0.0, 0.0), *points]).T
+    grid = np.linspace(0, limit, 3001)
+    return float(np.trapezoid(np.interp(grid, fpr, pro), grid) / limit)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_scikit_learn_and_a_reference_aupro(seed: int) -> None:
+    test, prediction, masks = _random_evaluation(seed)
+    result = evaluate(test, prediction, 0.9, {"a": True, "b": True})
+    assert result["image_auroc"] == pytest.approx(roc_auc_score(test.labels, prediction.scores))
+    assert result["pixel_auroc"] == pytest.approx(roc_auc_score(masks.reshape(-1), prediction.maps.reshape(-1)))
+    assert result["f1"] == pytest.approx(f1_score(test.labels, prediction.scores > 0.9))
+    assert result["aupro"] == pytest.approx(_naive_aupro(masks, prediction.maps), abs=0.01)
+    assert set(result["per_defect_type"]) == {"a", "b"}
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1"):
+        assert 0 <= result[key] <= 1
+
+
+def test_pixel_metrics_are_null_without_masks() -> None:
+    test, prediction, _ = _random_evaluation(0)
+    result = evaluate(test, prediction, 0.9, {"a": False, "b": True})
+    assert result["per_defect_type"]["a"]["pixel_auroc"] is None and result["per_defect_type"]["a"]["aupro"] is None
+    assert result["per_defect_type"]["b"]["pixel_auroc"] is not None
+    assert result["pixel_auroc"] is not None  # computed on the images that have masks
+    none = evaluate(test, prediction, 0.9, {"a": False, "b": False})
+    assert none["pixel_auroc"] is None and none["aupro"] is None and none["image_auroc"] is not None
+
+
+def test_aupro_perfect_and_random() -> None:
+    masks = np.zeros((3, 20, 20), bool)
+    masks[1, 3:9, 3:9] = True
+    assert metrics.aupro(masks, masks.astype(float)) == pytest.approx(1.0)
+    many = np.zeros((30, 20, 20), bool)
+    many[1::2, 3:9, 3:9] = True  # enough regions for a random map to sit near the chance level 0.15
+    assert metrics.aupro(many, np.random.default_rng(0).random(many.shape)) == pytest.approx(0.15, abs=0.02)
+
+
+def test_score_cli_reports_corrupt_file_and_scores_the_rest(tiny_run: Path, synth_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for source in sorted((synth_root / "bottle" / "test" / "hole").iterdir())[:3]:
+        (folder / source.name).write_bytes(source.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out = tmp_path / "results"
+    result = runner.invoke(app, ["score", str(folder), "--model", str(tiny_run), "--out", str(out)])
+    assert result.exit_code == 3, result.output
+    assert "broken.png" in result.output
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert list(rows[0]) == ["path", "score", "normalized_score", "verdict"] and len(rows) == 3
+    assert {r["verdict"] for r in rows} <= {"normal", "anomalous"}
+    assert len(list((out / "overlays").iterdir())) == 3
+    assert json.loads((out / "scores.json").read_text())["errors"][0]["path"].endswith("broken.png")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched
+    again = runner.invoke(app, ["score", str(folder / "*.png"), "--model", str(tiny_run), "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    strict = runner.invoke(
+        app,
+        [
+            "score",
+            str(folder / "0*.png"),
+            "--model",
+            str(tiny_run),
+            "--out",
+            str(out),
+            "--force",
+            "--threshold",
+            "-1000",
+            "--fail-on-anomaly",
+        ],
+    )
+    assert strict.exit_code == 1, strict.output
+
+
+def test_score_cli_errors_are_one_line(tiny_run: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["score", str(tmp_path / "nothing"), "--model", str(tiny_run)])
+    assert result.exit_code == 2 and "no such file or folder" in result.output
+    (tmp_path / "a.png").write_bytes(b"x")
+    result = runner.invoke(app, ["score", str(tmp_path), "--model", str(tmp_path)])
+    assert result.exit_code == 2 and "not a robust-ad run folder" in result.output
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    (fake / "model.pt").write_bytes(b"garbage")
+    result = runner.invoke(app, ["score", str(tmp_path / "a.png"), "--model", str(fake)])
+    assert result.exit_code == 2 and "corrupt or not a robust-ad checkpoint" in result.output
+    torch.save({"format": "something else"}, fake / "model.pt")
+    result = runner.invoke(app, ["score", str(tmp_path / "a.png"), "--model", str(fake)])
+    assert result.exit_code == 2 and "not a robust-ad model file" in result.output
+
+
+def test_eval_cli_writes_metrics_report_and_roc(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["eval", "--category", "bottle", "--model", str(tiny_run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1"):
+        assert 0 <= saved[key] <= 1
+    assert set(saved["per_defect_type"]) == {"scratch", "hole", "contamination", "color", "deformed"}
+    assert (out / "roc.png").stat().st_size > 0 and "<html>" in (out / "report.html").read_text()
