@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 from robust_ad.config import Config, load_config
-from robust_ad.device import resolve_device
 from robust_ad.errors import ConfigError
 from robust_ad.fileio import check_writable, write_json, write_text
 
@@ -15,6 +14,7 @@ log = logging.getLogger(__name__)
 
 def train_encoder(config: Config, categories: list[str], out: str | Path, resume: bool = False, force: bool = False):
     """``robust-ad encoder train``: robust proxy training on the normal images of ``categories``."""
+    from robust_ad.device import resolve_device
     from robust_ad.training.data import labelled_images
     from robust_ad.training.encoder import train_encoder as _train
 
@@ -47,6 +47,7 @@ def evaluate_encoder(
     force: bool = False,
 ) -> dict:
     """``robust-ad encoder eval``: clean and PGD accuracy on the held-out normal images of ``categories``."""
+    from robust_ad.device import resolve_device
     from robust_ad.training.data import labelled_images
     from robust_ad.training.encoder import EncoderRun
     from robust_ad.training.encoder import evaluate_encoder as _evaluate
@@ -110,7 +111,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
 
     from robust_ad import machine, rundir
     from robust_ad.data.images import write_image
-    from robust_ad.device import seed_everything
+    from robust_ad.device import resolve_device, seed_everything
     from robust_ad.fileio import prepare_output_dir, write_yaml
     from robust_ad.models.autoencoder import RobustAutoencoder
     from robust_ad.scoring.calibration import calibrate
@@ -194,7 +195,7 @@ def score(
 
     ``onnx`` scores with the exported file through onnxruntime instead of torch (``model`` is then unused).
     """
-    from robust_ad import rundir
+    from robust_ad.device import resolve_device
     from robust_ad.fileio import prepare_output_dir
     from robust_ad.scoring.files import resolve_paths, score_files
 
@@ -206,6 +207,8 @@ def score(
         predictor, meta = session.predictor(batch_size), session.metadata
         size, calibrated, vmax = meta["image_size"], meta["threshold"], meta["map_vmax"]
     else:
+        from robust_ad import rundir
+
         scorer = rundir.load_scorer(model, resolve_device(device))
         calibration = rundir.read_json(model, rundir.CALIBRATION)
         predictor, size = _torch_predictor(scorer, batch_size), scorer.train_size
@@ -225,6 +228,7 @@ def evaluate(
 ) -> dict:
     """``robust-ad eval``: metrics.json, roc.png and report.html for a model on its category's test split."""
     from robust_ad import machine, rundir
+    from robust_ad.device import resolve_device
     from robust_ad.fileio import prepare_output_dir
     from robust_ad.report import html_report, roc_figure
     from robust_ad.scoring.evaluate import evaluate as _evaluate
@@ -254,3 +258,10 @@ def evaluate(
     roc_figure(out / "roc.png", test, prediction, f"{dataset.category} (eps={config.encoder.eps})")
     html_report(out, metrics, test, prediction, calibration["map_vmax"])
     return metrics
+
+
+def export(run_dir: str | Path, out: str | Path | None = None, **options) -> dict:
+    """``robust-ad export``: see :func:`robust_ad.export.export` for the options."""
+    from robust_ad.export import export as _export
+
+    return _export(run_dir, out, **options)

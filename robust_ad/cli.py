@@ -314,6 +314,42 @@ def evaluate(
     console.print(f"report: {out or Path(model) / 'eval'}/report.html")
 
 
+@app.command("export")
+def export(
+    model: Path = typer.Option(..., "--model", help="Run folder written by 'robust-ad train'."),
+    out: Path = typer.Option(None, "--out", help="ONNX file to write (default: <model>/model.onnx)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Half precision (not available yet)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
+    batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
+    size: tuple[int, int] = typer.Option(None, "--size", help="Processing size H W (default: the training size)."),
+    input_format: str = typer.Option("uint8", "--input-format", help="uint8 (0-255) or float ([0, 1])."),
+    reconstruction: bool = typer.Option(False, "--reconstruction", help="Also output the reconstruction."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the onnxruntime-vs-torch parity check."),
+    force: bool = FORCE,
+) -> None:
+    """Export the whole scoring graph (preprocessing, maps, normalised score) as one ONNX file."""
+    from robust_ad.api import export as export_model
+    from robust_ad.errors import ConfigError
+
+    if input_format not in ("uint8", "float"):
+        raise ConfigError(f"--input-format must be uint8 or float, got {input_format}")
+    meta = export_model(
+        model,
+        out,
+        fp16=fp16,
+        opset=opset,
+        batch=batch,
+        size=tuple(size) if size else None,
+        uint8=input_format == "uint8",
+        reconstruction=reconstruction,
+        verify=not no_verify,
+        force=force,
+    )
+    parity = meta.get("parity_max_abs_diff")
+    checked = f", parity with torch: max |difference| {parity:.1e}" if parity is not None else " (not verified)"
+    console.print(f"wrote {out or Path(model) / 'model.onnx'}{checked}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

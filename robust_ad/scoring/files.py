@@ -86,7 +86,10 @@ def score_files(
                 run.errors.append({"path": str(path), "error": str(exc)})
         if not kept:
             continue
-        maps, scores, raw = predict(np.stack([resize_image(im, image_size) for im in images]).astype(np.float32))
+        # Resized (area) to the model's size and rounded to 8-bit steps: the torch and ONNX (uint8 input)
+        # paths then see exactly the same pixels.
+        batch_images = np.stack([resize_image(im, image_size) for im in images])
+        maps, scores, raw = predict((np.round(batch_images * 255) / 255).astype(np.float32))
         for (index, path), image, amap, score, raw_score in zip(kept, images, maps, scores, raw, strict=True):
             verdict = "anomalous" if score > threshold else "normal"
             row = {"path": str(path), "score": float(raw_score), "normalized_score": float(score), "verdict": verdict}

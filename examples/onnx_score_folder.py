@@ -1,0 +1,73 @@
+"""Score a folder of images with an exported robust-ad model: onnxruntime + numpy + OpenCV only.
+
+Copy this file into your inspection pipeline; robust_ad does not need to be installed there.
+
+    python onnx_score_folder.py model.onnx ./images [--heatmaps out/]
+
+Prints one line per image: path, normalised score, verdict (threshold from the file's metadata).
+Exit code 1 when any image is anomalous, so a line controller can act on it.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def load_rgb_uint8(path: Path) -> np.ndarray:
+    """Any 8/16-bit grayscale/RGB/RGBA file as uint8 RGB (the conversion robust-ad uses)."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"{path}: unreadable image")
+    if image.dtype == np.uint16:
+        image = (image / 257.0).round().astype(np.uint8)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    else:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("folder")
+    parser.add_argument("--heatmaps", help="write heat-map PNGs here")
+    args = parser.parse_args()
+
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # quiet when the CUDA provider cannot start; it then runs on the CPU
+    session = ort.InferenceSession(args.model, options, providers=providers)
+    meta = session.get_modelmeta().custom_metadata_map
+    threshold, vmax = float(meta["threshold"]), float(meta["map_vmax"])
+    size = int(meta["image_size"])
+    name = session.get_inputs()[0].name
+    anomalous = 0
+    for path in sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in SUFFIXES):
+        image = load_rgb_uint8(path)
+        # The graph resizes internally; resizing here first only keeps the transfer small.
+        batch = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)[None]
+        if meta["input_format"] != "uint8":
+            batch = batch.astype(np.float32) / 255.0
+        anomaly_map, score = session.run(None, {name: np.ascontiguousarray(batch)})[:2]
+        verdict = "anomalous" if score[0] > threshold else "normal"
+        anomalous += verdict == "anomalous"
+        print(f"{path}\t{score[0]:.3f}\t{verdict}")
+        if args.heatmaps:
+            heat = np.clip(anomaly_map[0] / vmax, 0, 1)
+            heat = cv2.resize((heat * 255).astype(np.uint8), image.shape[1::-1])
+            Path(args.heatmaps).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(Path(args.heatmaps) / f"{path.stem}.png"), cv2.applyColorMap(heat, cv2.COLORMAP_JET))
+    return 1 if anomalous else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Production inference with onnxruntime only: no torch import, so a line PC needs just onnxruntime + numpy.
+
+Picks the TensorRT and CUDA execution providers when they are usable and falls back to the CPU with a
+warning. Thresholds and preprocessing come from the exported file's metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from robust_ad.errors import ModelError
+
+log = logging.getLogger(__name__)
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_NUMERIC = {
+    "threshold": float,
+    "map_vmax": float,
+    "score_mean": float,
+    "score_std": float,
+    "image_size": int,
+    "eps": float,
+}
+
+
+def choose_providers(device: str = "auto") -> list[str]:
+    """Execution providers to try, best first: GPU ones for 'auto'/'cuda' when installed, CPU always last."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    gpu = [p for p in GPU_PROVIDERS if p in available] if device in ("auto", "cuda") else []
+    if gpu and hasattr(ort, "preload_dlls"):
+        try:  # CUDA / cuDNN from the nvidia-* wheels that torch or onnxruntime-gpu[cuda] installed
+            ort.preload_dlls()
+        except Exception as exc:  # a CPU-only machine: the CPU provider is used below
+            log.debug("could not preload CUDA libraries: %s", exc)
+    return [*gpu, "CPUExecutionProvider"]
+
+
+class InferenceSession:
+    """An exported robust-ad model in onnxruntime."""
+
+    def __init__(self, path: str | Path, device: str = "auto", require_robust_ad: bool = True) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"ONNX file {path} not found (write one with 'robust-ad export')")
+        ort.set_default_logger_severity(3)  # GPU providers that cannot start are reported below, once
+        providers = choose_providers(device)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{path}: not a loadable ONNX model ({first})") from exc
+        used = self.session.get_providers()
+        if device in ("auto", "cuda") and not any(p in used for p in GPU_PROVIDERS):
+            log.warning("no usable GPU execution provider: running on CPU")
+        self.providers = used
+        raw = dict(self.session.get_modelmeta().custom_metadata_map)
+        if require_robust_ad and raw.get("format") != "robust-ad":
+            raise ModelError(
+                f"{path}: not a robust-ad model (no robust-ad metadata; export it with 'robust-ad export')"
+            )
+        self.metadata = {k: _NUMERIC[k](v) if k in _NUMERIC else v for k, v in raw.items()}
+        self.input = self.session.get_inputs()[0]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run_raw(self, images: np.ndarray) -> list[np.ndarray]:
+        """Run the graph on an (N, 3, H, W) batch in the input format the file declares."""
+        return self.session.run(None, {self.input.name: images})
+
+    def _to_input(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) float RGB in [0, 1] → the file's input format, NCHW."""
+        nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        if self.input.type == "tensor(uint8)":
+            return np.round(np.clip(nchw, 0, 1) * 255).astype(np.uint8)
+        return nchw.astype(np.float32)
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, H, W, 3) float RGB images in [0, 1] → (anomaly maps, normalised scores, raw scores)."""
+        if self.metadata.get("mode") != "detect":
+            raise ModelError("this ONNX file is a denoising model: it has no anomaly scores")
+        maps, scores = self.run_raw(self._to_input(images))[:2]
+        raw = scores * self.metadata["score_std"] + self.metadata["score_mean"]
+        return maps.astype(np.float32), scores.astype(np.float32), raw.astype(np.float32)
+
+    def denoise(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) float RGB images in [0, 1] → clean images, same shape, float in [0, 1]."""
+        (clean,) = self.run_raw(self._to_input(images))
+        clean = clean.astype(np.float32) / (255.0 if clean.dtype == np.uint8 else 1.0)
+        return clean.transpose(0, 2, 3, 1)
+
+    def predictor(self, batch_size: int):
+        """A function scoring any number of images in batches of ``batch_size`` (fixed-batch files: their size)."""
+        fixed = self.input.shape[0] if isinstance(self.input.shape[0], int) else None
+
+        def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            step = fixed or batch_size
+            parts = []
+            for start in range(0, len(images), step):
+                chunk = images[start : start + step]
+                pad = (fixed - len(chunk)) if fixed else 0
+                if pad:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+                parts.append([a[: len(chunk) - pad] for a in self.predict(chunk)])
+            return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+
+        return run
