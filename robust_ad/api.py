@@ -109,6 +109,8 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     """
     import time
 
+    import torch
+
     from robust_ad import machine, rundir
     from robust_ad.data.images import write_image
     from robust_ad.device import resolve_device, seed_everything
@@ -119,11 +121,15 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad.training import checkpoint
     from robust_ad.training.autoencoder import fit_decoder
     from robust_ad.training.data import load_split, open_dataset
+    from robust_ad.training.encoder import to_tensor
+    from robust_ad.training.noise import random_corruption
     from robust_ad.viz import reconstruction_grid
 
     run_dir = Path(out)
     if resume:
         config = rundir.read_config(run_dir)
+    if config.mode not in ("detect", "denoise"):
+        raise ConfigError(f"unknown mode '{config.mode}' (choose detect or denoise)")
     device = resolve_device(config.device)
     dataset = open_dataset(config)
     if not resume:
@@ -135,6 +141,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     val_set = load_split(dataset, "val", config) if dataset.val else None
     model = RobustAutoencoder(config)
     info = _prepare_encoder(model, config, train_set.images, run_dir, resume, device)
+    corrupt = random_corruption(config.denoise) if config.mode == "denoise" else None
     history = fit_decoder(
         model,
         train_set.images,
@@ -143,18 +150,22 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
         config.seed,
         run_dir / rundir.CHECKPOINT,
         resume,
+        corrupt,
     )
     _write_losses(run_dir / rundir.LOSSES, history)
     shown = val_set.images if val_set is not None else train_set.images
-    write_image(run_dir / rundir.GRID, reconstruction_grid(shown, model.reconstruct(shown[:8])))
-    scorer = AnomalyScorer(model, config.scoring, config.data.image_size)
-    if val_set is None:
-        log.warning(
-            "no held-out normal images (val_fraction 0): calibrating on training images, expect a low threshold"
-        )
-    calibration = calibrate(scorer, train_set.images, shown, config.data.batch_size)
-    checkpoint.save(run_dir / rundir.MODEL, model.cpu().payload({"scorer": scorer.cpu().statistics()}))
-    write_json(run_dir / rundir.CALIBRATION, calibration)
+    inputs = shown[:8]
+    if corrupt is not None:
+        inputs = corrupt(to_tensor(inputs), torch.Generator().manual_seed(config.seed)).permute(0, 2, 3, 1).numpy()
+    write_image(run_dir / rundir.GRID, reconstruction_grid(inputs, model.reconstruct(inputs)))
+    extra = {}
+    if config.mode == "detect":
+        scorer = AnomalyScorer(model, config.scoring, config.data.image_size)
+        if val_set is None:
+            log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
+        write_json(run_dir / rundir.CALIBRATION, calibrate(scorer, train_set.images, shown, config.data.batch_size))
+        extra["scorer"] = scorer.cpu().statistics()
+    checkpoint.save(run_dir / rundir.MODEL, model.cpu().payload(extra))
     write_json(
         run_dir / rundir.TRAINING,
         {
@@ -265,3 +276,59 @@ def export(run_dir: str | Path, out: str | Path | None = None, **options) -> dic
     from robust_ad.export import export as _export
 
     return _export(run_dir, out, **options)
+
+
+def denoise(
+    paths: list[str | Path],
+    model: str | Path,
+    out: str | Path,
+    compare: bool = False,
+    device: str = "auto",
+    force: bool = False,
+) -> tuple[list[dict], list[dict]]:
+    """``robust-ad denoise``: clean copies of the images in ``out`` (same bit depth and channels)."""
+    from robust_ad.denoising import denoise_files
+    from robust_ad.device import resolve_device
+    from robust_ad.fileio import prepare_output_dir
+    from robust_ad.scoring.files import resolve_paths
+
+    files = resolve_paths(paths)
+    inputs = {p.resolve().parent for p in files}
+    if Path(out).resolve() in inputs:
+        raise ConfigError(f"--out {out} is an input folder: choose another folder (inputs are never overwritten)")
+    out = prepare_output_dir(out, force, "output folder")
+    return denoise_files(files, model, out, compare, resolve_device(device))
+
+
+def evaluate_denoiser(
+    model: str | Path,
+    baseline: str | Path | None = None,
+    data_root: str | Path | None = None,
+    category: str | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    force: bool = False,
+) -> list[dict]:
+    """``robust-ad eval --mode denoise``: PSNR/SSIM vs the noisy input, OpenCV NLM and the eps=0 ``baseline``."""
+    from robust_ad import machine, rundir
+    from robust_ad.denoising import evaluate_denoising, load_denoiser
+    from robust_ad.device import resolve_device
+    from robust_ad.fileio import prepare_output_dir
+    from robust_ad.training.data import load_split, open_dataset
+
+    config = rundir.read_config(model)
+    dev = resolve_device(device)
+    models = {f"robust-ad (eps={config.encoder.eps})": load_denoiser(model, dev)}
+    if baseline is not None:
+        base_eps = rundir.read_config(baseline).encoder.eps
+        models[f"robust-ad standard (eps={base_eps})"] = load_denoiser(baseline, dev)
+    dataset = open_dataset(config, data_root, category)
+    tune = load_split(dataset, "val", config).images if dataset.val else load_split(dataset, "train", config).images
+    test = load_split(dataset, "test", config).images
+    rows = evaluate_denoising(models, tune[:16], test, seed=config.seed)
+    out = prepare_output_dir(out or Path(model) / "eval", force, "evaluation folder")
+    write_json(
+        out / "denoise_metrics.json",
+        {"category": dataset.category, "model": str(model), "machine": machine.describe(), "rows": rows},
+    )
+    return rows

@@ -204,11 +204,12 @@ def encoder_eval(
 def train(
     category: str = typer.Option(..., "--category", help="Product category to train on (normal images only)."),
     data_root: Path = DATA_ROOT,
+    mode: str = typer.Option("detect", "--mode", help="detect (anomalies) or denoise (noisy to clean images)."),
     recipe: str = RECIPE,
     eps: float = EPS,
     backbone: str = BACKBONE,
     encoder_weights: Path = typer.Option(None, "--encoder-weights", help="Robust checkpoint to use as encoder."),
-    out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<category>)."),
+    out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<category>, runs/<category>-denoise)."),
     epochs: int = typer.Option(None, "--epochs", help="Decoder training epochs."),
     encoder_epochs: int = typer.Option(None, "--encoder-epochs", help="Robust encoder training epochs."),
     image_size: int = IMAGE_SIZE,
@@ -223,6 +224,7 @@ def train(
 
     config = _config(
         recipe,
+        mode=mode,
         category=category,
         data_root=str(data_root) if data_root else None,
         seed=seed,
@@ -236,7 +238,8 @@ def train(
         },
         autoencoder={"epochs": epochs},
     )
-    run_dir = train_run(config, out or Path("runs") / category, resume=resume, force=force)
+    default_out = Path("runs") / (category if mode == "detect" else f"{category}-denoise")
+    run_dir = train_run(config, out or default_out, resume=resume, force=force)
     console.print(f"[green]trained[/green] {category}: run folder {run_dir}")
 
 
@@ -289,6 +292,8 @@ def score(
 @app.command("eval")
 def evaluate(
     model: Path = typer.Option(..., "--model", help="Run folder written by 'robust-ad train'."),
+    mode: str = typer.Option("detect", "--mode", help="detect (anomaly metrics) or denoise (PSNR/SSIM)."),
+    baseline: Path = typer.Option(None, "--baseline", help="denoise: the standard (eps=0) run to compare with."),
     category: str = typer.Option(None, "--category", help="Category (default: the model's)."),
     data_root: Path = DATA_ROOT,
     out: Path = typer.Option(None, "--out", help="Report folder (default: <model>/eval)."),
@@ -297,7 +302,12 @@ def evaluate(
 ) -> None:
     """Image AUROC, pixel AUROC, AUPRO and F1 on the test split, per defect type; ROC curves and an HTML report."""
     from robust_ad.api import evaluate as evaluate_model
+    from robust_ad.errors import ConfigError
 
+    if mode not in ("detect", "denoise"):
+        raise ConfigError(f"--mode must be detect or denoise, got {mode}")
+    if mode == "denoise":
+        return _evaluate_denoiser(model, baseline, data_root, category, out, device, force)
     metrics = evaluate_model(model, data_root, category, out, device, force=force)
     table = Table(title=f"{metrics['category']} (eps={metrics['eps']}), threshold {metrics['threshold']:.2f}")
     keys = ("image_auroc", "pixel_auroc", "aupro", "f1", "recall")
@@ -348,6 +358,74 @@ def export(
     parity = meta.get("parity_max_abs_diff")
     checked = f", parity with torch: max |difference| {parity:.1e}" if parity is not None else " (not verified)"
     console.print(f"wrote {out or Path(model) / 'model.onnx'}{checked}")
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the example data, run, results and report."),
+    category: str = typer.Option("bottle", "--category", help="Built-in example category: bottle, fabric or gravel."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny settings: a smoke check in about a minute."),
+    device: str = DEVICE,
+    force: bool = FORCE,
+) -> None:
+    """The whole job on built-in example data: generate, check, train, evaluate, score, export, ONNX score."""
+    from robust_ad.demo import run_demo
+
+    result = run_demo(out, category, quick, force, device)
+    m = result["metrics"]
+    table = Table(title=f"robust-ad demo: {category} ({result['minutes']:.1f} min)")
+    table.add_column("step")
+    table.add_column("result")
+    table.add_row("model", result["run_dir"])
+    table.add_row(
+        "image AUROC / pixel AUROC / AUPRO / F1",
+        " / ".join("n/a" if m[k] is None else f"{m[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro", "f1")),
+    )
+    table.add_row("evaluation report", f"{result['run_dir']}/eval/report.html")
+    table.add_row("scored test images", f"{result['scored']} ({result['anomalous']} anomalous), {result['results']}")
+    table.add_row("ONNX model", f"{result['onnx']} (verdicts agree with torch on {result['onnx_agreement']:.0%})")
+    console.print(table)
+
+
+def _evaluate_denoiser(
+    model: Path,
+    baseline: Path | None,
+    data_root: Path | None,
+    category: str | None,
+    out: Path | None,
+    device: str,
+    force: bool,
+) -> None:
+    from robust_ad.api import evaluate_denoiser
+
+    rows = evaluate_denoiser(model, baseline, data_root, category, out, device, force)
+    table = Table(title="denoising: mean PSNR (dB) / SSIM on the test images")
+    for column in ("noise", "level", "method", "PSNR", "SSIM"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["noise"], str(row["level"]), row["method"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}")
+    console.print(table)
+    console.print(f"written: {out or Path(model) / 'eval'}/denoise_metrics.json")
+
+
+@app.command("denoise")
+def denoise(
+    paths: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    model: Path = typer.Option(..., "--model", help="Run folder of 'robust-ad train --mode denoise'."),
+    out: Path = typer.Option(..., "--out", help="Folder for the denoised images (never an input folder)."),
+    compare: bool = typer.Option(False, "--compare", help="Also write side-by-side noisy | denoised PNGs."),
+    device: str = DEVICE,
+    force: bool = FORCE,
+) -> None:
+    """Denoise images; outputs keep each input's bit depth and channels. Exit code 3 if some were unreadable."""
+    from robust_ad.api import denoise as denoise_images
+
+    written, errors = denoise_images(paths, model, out, compare, device, force)
+    console.print(f"denoised {len(written)} images into {out}")
+    for error in errors:
+        err_console.print(f"[yellow]skipped:[/yellow] {error['error']}", highlight=False, soft_wrap=True)
+    if errors:
+        raise typer.Exit(3)
 
 
 def main() -> None:

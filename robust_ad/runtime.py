@@ -6,6 +6,7 @@ warning. Thresholds and preprocessing come from the exported file's metadata.
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def choose_providers(device: str = "auto") -> list[str]:
 
     available = ort.get_available_providers()
     gpu = [p for p in GPU_PROVIDERS if p in available] if device in ("auto", "cuda") else []
+    if "TensorrtExecutionProvider" in gpu and not ctypes.util.find_library("nvinfer"):
+        gpu.remove("TensorrtExecutionProvider")  # onnxruntime-gpu lists it even where TensorRT is not installed
     if gpu and hasattr(ort, "preload_dlls"):
         try:  # CUDA / cuDNN from the nvidia-* wheels that torch or onnxruntime-gpu[cuda] installed
             ort.preload_dlls()
@@ -48,10 +51,10 @@ class InferenceSession:
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"ONNX file {path} not found (write one with 'robust-ad export')")
-        ort.set_default_logger_severity(3)  # GPU providers that cannot start are reported below, once
+        ort.set_default_logger_severity(4)  # GPU providers that cannot start are reported below, once
         providers = choose_providers(device)
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files

@@ -107,16 +107,35 @@ def to_uint(image: np.ndarray, dtype: np.dtype | type = np.uint8) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * scale + 0.5).astype(dtype)
 
 
-def write_image(path: str | Path, image: np.ndarray) -> Path:
-    """Write an RGB (HxWx3) or gray (HxW) image atomically; float images are taken as [0, 1] 8-bit."""
+def like_raw(rgb: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Float RGB in [0, 1] back in the form ``raw`` was decoded in: its dtype, channel count and BGR(A)
+    order (grayscale: channel mean; RGBA: the original alpha kept)."""
+    if raw.ndim == 2 or raw.shape[2] == 1:
+        image = rgb.mean(axis=2) if raw.ndim == 2 else rgb.mean(axis=2, keepdims=True)
+    else:
+        image = rgb[:, :, ::-1]
+    integer = raw.dtype in (np.uint8, np.uint16)
+    out = to_uint(image, raw.dtype) if integer else np.clip(image, 0, 1).astype(raw.dtype)
+    if raw.ndim == 3 and raw.shape[2] == 4:
+        out = np.concatenate([out, raw[:, :, 3:]], axis=2)
+    return np.ascontiguousarray(out)
+
+
+def write_raw(path: str | Path, image: np.ndarray) -> Path:
+    """Write an image already in OpenCV's order and dtype, atomically."""
     path = Path(path)
-    if image.dtype not in (np.uint8, np.uint16):
-        image = to_uint(image)
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = image[:, :, ::-1]
     with atomic_path(path) as tmp:
         ok, encoded = cv2.imencode(path.suffix or ".png", image)
         if not ok:
             raise ImageReadError(f"{path}: OpenCV cannot encode this image format")
         tmp.write_bytes(encoded.tobytes())
     return path
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write an RGB (HxWx3) or gray (HxW) image atomically; float images are taken as [0, 1] 8-bit."""
+    if image.dtype not in (np.uint8, np.uint16):
+        image = to_uint(image)
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = image[:, :, ::-1]
+    return write_raw(path, image)

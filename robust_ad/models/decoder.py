@@ -39,10 +39,15 @@ class MirrorDecoder(nn.Module):
         layers.append(nn.Conv2d(in_ch, 3, 3, padding=1))
         self.body = nn.Sequential(*_conv_block(levels[0][1], levels[0][1]), *layers)
 
+    def init_output(self, mean_rgb: torch.Tensor) -> None:
+        """Start from the training images' mean colour instead of grey (much faster early training)."""
+        with torch.no_grad():
+            self.body[-1].bias.copy_(torch.logit(mean_rgb.clamp(0.02, 0.98)))
+
     def forward(self, features: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-        out = self.body(features)
-        if tuple(out.shape[-2:]) != tuple(size):  # odd input sizes: the strides do not divide them
-            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        # Always resized to the input (an identity when the strides divide it), so that a traced ONNX graph
+        # also handles sizes the strides do not divide.
+        out = F.interpolate(self.body(features), size=size, mode="bilinear", align_corners=False)
         return torch.sigmoid(out)
 
 

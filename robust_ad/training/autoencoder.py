@@ -89,6 +89,7 @@ def fit_decoder(
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999)) if disc is not None else None
     history: list[dict[str, float]] = []
     start = 0
+    model.decoder.init_output(torch.from_numpy(train_images.reshape(-1, 3).mean(0)))
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         state = checkpoint.load(checkpoint_path)
         model.load_state_dict(state["model"])

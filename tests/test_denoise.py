@@ -1,0 +1,117 @@
+"""Denoising mode: training with corruptions, 'robust-ad denoise', evaluation, ONNX export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robust_ad import rundir
+from robust_ad.api import train
+from robust_ad.cli import app
+from robust_ad.denoising import _corrupt, _quality, evaluate_denoising
+from robust_ad.export import export
+from robust_ad.runtime import InferenceSession
+from robust_ad.training.data import load_split, open_dataset
+from robust_ad.training.noise import NOISES, apply_noise
+from tests.conftest import tiny_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def denoiser(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = tiny_config(
+        synth_root,
+        mode="denoise",
+        autoencoder={"epochs": 8},
+        denoise={"noises": ["gaussian"], "gaussian_sigma": [0.15, 0.3]},
+    )
+    return train(config, tmp_path_factory.mktemp("runs") / "bottle-denoise")
+
+
+@pytest.mark.parametrize("kind", NOISES)
+def test_each_noise_changes_images_and_keeps_the_range(kind: str) -> None:
+    x = torch.rand(2, 3, 16, 16)
+    level = {"gaussian": 0.1, "poisson": 20.0, "salt_pepper": 0.1, "jpeg": 10}[kind]
+    noisy = apply_noise(x, kind, level, torch.Generator().manual_seed(0))
+    assert noisy.shape == x.shape and noisy.min() >= 0 and noisy.max() <= 1 and not torch.equal(noisy, x)
+
+
+def test_denoiser_raises_psnr_above_the_noisy_input(denoiser: Path) -> None:
+    config = rundir.read_config(denoiser)
+    clean = load_split(open_dataset(config), "test", config).images
+    noisy = _corrupt(clean, "gaussian", 0.25, seed=5)
+    restored = rundir.load_model(denoiser).reconstruct(noisy)
+    assert _quality(clean, restored)[0] > _quality(clean, noisy)[0] + 1.0
+
+
+def test_denoise_evaluation_table_has_every_method(denoiser: Path) -> None:
+    config = rundir.read_config(denoiser)
+    images = load_split(open_dataset(config), "test", config).images[:4]
+    rows = evaluate_denoising({"robust": rundir.load_model(denoiser)}, images[:2], images, noises=["gaussian"])
+    methods = {row["method"].split(" (")[0] for row in rows}
+    assert methods == {"noisy input", "OpenCV NLM", "robust"} and len(rows) == 9
+    assert all(np.isfinite(row["psnr"]) and 0 <= row["ssim"] <= 1 for row in rows)
+
+
+def _write_variants(folder: Path) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    variants = {
+        "rgb8.png": rng.integers(0, 256, (24, 20, 3), dtype=np.uint8),
+        "rgb16.png": rng.integers(0, 65536, (24, 20, 3), dtype=np.uint16),
+        "gray8.png": rng.integers(0, 256, (24, 20), dtype=np.uint8),
+        "gray16.tif": rng.integers(0, 65536, (24, 20), dtype=np.uint16),
+        "rgba8.png": rng.integers(0, 256, (24, 20, 4), dtype=np.uint8),
+    }
+    folder.mkdir()
+    for name, image in variants.items():
+        cv2.imwrite(str(folder / name), image)
+    return variants
+
+
+def test_denoise_cli_keeps_depth_channels_and_inputs(denoiser: Path, tmp_path: Path) -> None:
+    variants = _write_variants(tmp_path / "in")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()}
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["denoise", str(tmp_path / "in"), "--model", str(denoiser), "--out", str(out), "--compare"]
+    )
+    assert result.exit_code == 0, result.output
+    for name, image in variants.items():
+        written = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
+        assert written.dtype == image.dtype and written.shape == image.shape, name
+    alpha = cv2.imread(str(out / "rgba8.png"), cv2.IMREAD_UNCHANGED)[:, :, 3]
+    np.testing.assert_array_equal(alpha, variants["rgba8.png"][:, :, 3])
+    assert len(list((out / "comparison").iterdir())) == len(variants)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
+    same = runner.invoke(
+        app, ["denoise", str(tmp_path / "in"), "--model", str(denoiser), "--out", str(tmp_path / "in"), "--force"]
+    )
+    assert same.exit_code == 2 and "never overwritten" in same.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
+
+
+def test_denoise_rejects_a_detection_model(tiny_run: Path, tmp_path: Path) -> None:
+    _write_variants(tmp_path / "in")
+    result = runner.invoke(
+        app, ["denoise", str(tmp_path / "in"), "--model", str(tiny_run), "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2 and "detection model" in result.output
+
+
+def test_denoiser_exports_to_onnx_with_the_clean_image_as_output(denoiser: Path, tmp_path: Path) -> None:
+    path = tmp_path / "denoise.onnx"
+    meta = export(denoiser, path)
+    session = InferenceSession(path, device="cpu")
+    assert session.output_names == ["clean"] and meta["mode"] == "denoise"
+    images = np.random.default_rng(0).random((2, 40, 36, 3)).astype(np.float32)
+    images = np.round(images * 255) / 255
+    got = session.denoise(images)
+    expected = rundir.load_model(denoiser).reconstruct(images)
+    assert got.shape == images.shape
+    assert np.abs(got - expected).max() <= 1 / 255 + 1e-6  # uint8 output: within one grey level
