@@ -266,6 +266,13 @@ def evaluate(
         }
     )
     write_json(out / "metrics.json", metrics)
+    if metrics["f1_max_threshold"] is not None:  # labelled defects: record the F1-optimal threshold too
+        calibration["f1_threshold"] = metrics["f1_max_threshold"]
+        calibration["f1_threshold_rule"] = (
+            f"F1-optimal on the labelled test split of {dataset.root} (robust-ad eval); optimistic, since it is "
+            "tuned on the evaluated images; use it with 'score --threshold'"
+        )
+        write_json(Path(model) / rundir.CALIBRATION, calibration)
     roc_figure(out / "roc.png", test, prediction, f"{dataset.category} (eps={config.encoder.eps})")
     html_report(out, metrics, test, prediction, calibration["map_vmax"])
     return metrics

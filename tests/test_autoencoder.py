@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from robust_ad import rundir
 from robust_ad.api import train
 from robust_ad.cli import app
+from robust_ad.errors import OverwriteError
 from robust_ad.models.autoencoder import RobustAutoencoder
 from robust_ad.models.encoder import BACKBONES
 from robust_ad.training.autoencoder import fit_decoder
@@ -44,6 +45,17 @@ def test_run_folder_is_complete_and_loads_back_identically(tiny_run: Path) -> No
     a = rundir.load_model(tiny_run).reconstruct(images)
     b = rundir.load_model(tiny_run).reconstruct(images)
     np.testing.assert_array_equal(a, b)
+
+
+def test_python_api_save_and_load_round_trip(tiny_run: Path, tmp_path: Path) -> None:
+    model = RobustAutoencoder.load(tiny_run)
+    model.save(tmp_path / "copy")
+    images = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_array_equal(
+        RobustAutoencoder.load(tmp_path / "copy").reconstruct(images), model.reconstruct(images)
+    )
+    with pytest.raises(OverwriteError):
+        model.save(tmp_path / "copy")
 
 
 def test_model_trained_at_32_px_reconstructs_64_px(tiny_run: Path) -> None:

@@ -186,3 +186,8 @@ def test_eval_cli_writes_metrics_report_and_roc(tiny_run: Path, tmp_path: Path) 
         assert 0 <= saved[key] <= 1
     assert set(saved["per_defect_type"]) == {"scratch", "hole", "contamination", "color", "deformed"}
     assert (out / "roc.png").stat().st_size > 0 and "<html>" in (out / "report.html").read_text()
+    calibration = json.loads((tiny_run / rundir.CALIBRATION).read_text())
+    assert (
+        calibration["f1_threshold"] == pytest.approx(saved["f1_max_threshold"])
+        and "optimistic" in calibration["f1_threshold_rule"]
+    )

@@ -49,6 +49,31 @@ class RobustAutoencoder(nn.Module):
             out.append(self(x.to(device)).permute(0, 2, 3, 1).cpu().numpy())
         return np.concatenate(out)
 
+    @classmethod
+    def fit(cls, config: Config, out: str | Path, resume: bool = False, force: bool = False) -> RobustAutoencoder:
+        """Train on ``config.category`` (what ``robust-ad train`` does) and return the trained model."""
+        from robust_ad.api import train
+
+        return cls.load(train(config, out, resume=resume, force=force))
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> RobustAutoencoder:
+        """The model of a run folder."""
+        from robust_ad.rundir import load_model
+
+        return load_model(run_dir, device)
+
+    def save(self, run_dir: str | Path, force: bool = False) -> Path:
+        """Write ``model.pt`` and ``config.yaml`` (weights only; no scoring statistics: use ``fit`` for those)."""
+        from robust_ad.fileio import check_writable, write_yaml
+        from robust_ad.rundir import CONFIG, MODEL
+        from robust_ad.training import checkpoint
+
+        run_dir = Path(run_dir)
+        check_writable(run_dir / MODEL, force)
+        write_yaml(run_dir / CONFIG, self.config.to_dict())
+        return checkpoint.save(run_dir / MODEL, self.payload())
+
     def payload(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """What ``model.pt`` holds: weights only (no optimizer), plus the format tag."""
         return {"format": FORMAT, "version": __version__, "weights": self.state_dict(), **(extra or {})}

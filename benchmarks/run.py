@@ -1,0 +1,444 @@
+"""robust-ad benchmarks in one command: writes benchmarks/RESULTS.md (tables, machine, exact command).
+
+    python benchmarks/run.py                      # built-in example categories, CPU-sized settings
+    python benchmarks/run.py --quick              # a smoke check in a few minutes
+    python benchmarks/run.py --data-root datasets/mvtec --categories bottle carpet   # real data
+
+Sections: robust encoder eps sweep (clean / PGD accuracy); detection and reconstruction per category
+and eps (the paper's "sweet spot"); score-component ablation; loss ablation; resolution
+generalisation (train at S, evaluate at 2S without fine-tuning); denoising; inference speed
+(torch eager vs onnxruntime, FLOPs, fraction of measured peak). anomalib peers: see --anomalib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shlex
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robust_ad import api, machine, rundir
+from robust_ad.config import load_config
+from robust_ad.data.synth import synthesize
+from robust_ad.denoising import _quality, evaluate_denoising
+from robust_ad.scoring.calibration import calibrate
+from robust_ad.scoring.evaluate import evaluate
+from robust_ad.scoring.inference import predict
+from robust_ad.scoring.scorer import COMPONENTS, AnomalyScorer
+from robust_ad.training.data import labelled_images, load_split, open_dataset
+from robust_ad.training.encoder import evaluate_encoder, train_encoder
+
+log = logging.getLogger("benchmarks")
+PROFILES = {
+    # CPU-sized: every model of the report trains in about a minute on 2 cores.
+    "full": {
+        "synth": {"size": 128, "n_train": 120, "n_test_good": 20, "n_per_defect": 8},
+        "data": {"image_size": 64},
+        "encoder": {"epochs": 4},
+        "autoencoder": {"epochs": 15},
+        "eps": [0.0, 0.25, 1.0, 4.0],
+        "categories": ["bottle", "fabric"],
+        "speed_sizes": [64, 256],
+    },
+    "quick": {
+        "synth": {"size": 48, "n_train": 20, "n_test_good": 4, "n_per_defect": 2},
+        "data": {"image_size": 32, "batch_size": 8},
+        "encoder": {"epochs": 1, "width": 0.125, "batch_size": 16},
+        "autoencoder": {"epochs": 1, "decoder_width": 0.25},
+        "eps": [0.0, 1.0],
+        "categories": ["bottle"],
+        "speed_sizes": [32],
+    },
+}
+
+
+def _config(profile: dict, root: Path, category: str, eps: float, **sections: dict):
+    overrides = {
+        "category": category,
+        "data_root": str(root),
+        "device": "cpu",
+        "data": dict(profile["data"]),
+        "encoder": {**profile["encoder"], "eps": eps},
+        "autoencoder": dict(profile["autoencoder"]),
+    }
+    for section, values in sections.items():
+        overrides[section] = {**overrides.get(section, {}), **values} if isinstance(values, dict) else values
+    return load_config("synthetic", overrides)
+
+
+def _detect(scorer: AnomalyScorer, dataset, config, threshold: float, size: int | None = None) -> dict:
+    test = load_split(dataset, "test", config, size)
+    prediction = predict(scorer, test.images)
+    return evaluate(test, prediction, threshold, {t: dataset.has_masks(t) for t in dataset.defect_types})
+
+
+def _reconstruction(run: Path, dataset, config) -> tuple[float, float]:
+    normal = [s for s in dataset.test if s.label == 0]
+    images = load_split(dataclasses.replace(dataset, test=normal), "test", config).images
+    return _quality(images, rundir.load_model(run).reconstruct(images))
+
+
+def encoder_sweep(profile: dict, root: Path) -> list[dict]:
+    rows = []
+    for eps in profile["eps"]:
+        config = _config(profile, root, profile["categories"][0], eps)
+        images, _ = labelled_images(config, [config.category], "train")
+        held_out, _ = labelled_images(config, [config.category], "val")
+        run = train_encoder(images, config.encoder, seed=config.seed)
+        row = {"eps": eps, "minutes": run.minutes}
+        for attack in sorted({1.0, eps} - {0.0}):
+            result = evaluate_encoder(run, held_out, eps=attack, steps=20, restarts=2, seed=1)
+            row["clean_acc"], row[f"pgd_acc@{attack:g}"] = result["clean_acc"], result["pgd_acc"]
+        rows.append(row)
+    return rows
+
+
+def detection_sweep(profile: dict, root: Path, runs: Path) -> list[dict]:
+    rows = []
+    for category in profile["categories"]:
+        for eps in profile["eps"]:
+            config = _config(profile, root, category, eps)
+            began = time.perf_counter()
+            run = api.train(config, runs / f"{category}-eps{eps:g}", force=True)
+            minutes = (time.perf_counter() - began) / 60
+            dataset = open_dataset(config)
+            calibration = rundir.read_json(run, rundir.CALIBRATION)
+            scorer = rundir.load_scorer(run)
+            began = time.perf_counter()
+            metrics = _detect(scorer, dataset, config, calibration["threshold"])
+            ms = (time.perf_counter() - began) * 1000 / (metrics["n_normal"] + metrics["n_anomalous"])
+            psnr, ssim = _reconstruction(run, dataset, config)
+            rows.append(
+                {
+                    "category": category,
+                    "eps": eps,
+                    "psnr": psnr,
+                    "ssim": ssim,
+                    "train_minutes": minutes,
+                    "ms_per_image": ms,
+                    **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1")},
+                }
+            )
+    return rows
+
+
+def component_ablation(profile: dict, root: Path, runs: Path, eps: float) -> list[dict]:
+    rows = []
+    for category in profile["categories"]:
+        run = runs / f"{category}-eps{eps:g}"
+        config = rundir.read_config(run)
+        dataset = open_dataset(config)
+        train, val = load_split(dataset, "train", config), load_split(dataset, "val", config)
+        for chosen in [*[[c] for c in COMPONENTS], list(COMPONENTS)]:
+            scoring = dataclasses.replace(config.scoring, weights={c: float(c in chosen) for c in COMPONENTS})
+            scorer = AnomalyScorer(rundir.load_model(run), scoring, config.data.image_size)
+            threshold = calibrate(scorer, train.images, val.images)["threshold"]
+            metrics = _detect(scorer, dataset, config, threshold)
+            rows.append(
+                {
+                    "category": category,
+                    "components": "+".join(chosen),
+                    **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
+                }
+            )
+    return rows
+
+
+def loss_ablation(profile: dict, root: Path, runs: Path, eps: float) -> list[dict]:
+    rows = []
+    category = profile["categories"][0]
+    for name, weights in (
+        ("pixel", {"w_feature": 0.0, "w_gan": 0.0}),
+        ("pixel+feature", {"w_gan": 0.0}),
+        ("pixel+feature+GAN", {}),
+    ):
+        run = runs / f"{category}-eps{eps:g}" if not weights else runs / f"{category}-loss-{name}"
+        config = _config(profile, root, category, eps, autoencoder={**profile["autoencoder"], **weights})
+        if weights:
+            api.train(config, run, force=True)
+        dataset = open_dataset(config)
+        metrics = _detect(
+            rundir.load_scorer(run), dataset, config, rundir.read_json(run, rundir.CALIBRATION)["threshold"]
+        )
+        psnr, ssim = _reconstruction(run, dataset, config)
+        rows.append(
+            {
+                "category": category,
+                "losses": name,
+                "psnr": psnr,
+                "ssim": ssim,
+                **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
+            }
+        )
+    return rows
+
+
+def resolution(profile: dict, runs: Path, eps_values: list[float]) -> list[dict]:
+    rows = []
+    category = profile["categories"][0]
+    for eps in eps_values:
+        run = runs / f"{category}-eps{eps:g}"
+        config = rundir.read_config(run)
+        dataset = open_dataset(config)
+        scorer, threshold = rundir.load_scorer(run), rundir.read_json(run, rundir.CALIBRATION)["threshold"]
+        for factor in (1, 2):
+            size = config.data.image_size * factor
+            metrics = _detect(scorer, dataset, config, threshold, size)
+            psnr, ssim = _reconstruction(
+                run, dataset, dataclasses.replace(config, data=dataclasses.replace(config.data, image_size=size))
+            )
+            rows.append(
+                {
+                    "category": category,
+                    "eps": eps,
+                    "train_size": config.data.image_size,
+                    "eval_size": size,
+                    "psnr": psnr,
+                    "ssim": ssim,
+                    **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
+                }
+            )
+    return rows
+
+
+def denoising(profile: dict, root: Path, runs: Path, eps_values: list[float]) -> list[dict]:
+    category = profile["categories"][0]
+    models = {}
+    for eps in eps_values:
+        config = _config(profile, root, category, eps, mode="denoise")
+        run = api.train(config, runs / f"{category}-denoise-eps{eps:g}", force=True)
+        models[f"robust-ad eps={eps:g}"] = rundir.load_model(run)
+    dataset = open_dataset(config)
+    tune = load_split(dataset, "val", config).images
+    test = load_split(dataset, "test", config).images
+    return [{"category": category, **row} for row in evaluate_denoising(models, tune[:12], test)]
+
+
+def _images_per_second(fn, batch: np.ndarray, repeats: int) -> float:
+    fn(batch)  # warm-up
+    began = time.perf_counter()
+    for _ in range(repeats):
+        fn(batch)
+    return repeats * len(batch) / (time.perf_counter() - began)
+
+
+def _peak_gflops() -> float:
+    """Measured fp32 matmul throughput of this machine (torch, all threads): the 'peak' we compare with."""
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    a @ b
+    began, n = time.perf_counter(), 5
+    for _ in range(n):
+        a @ b
+    return 2 * 2048**3 * n / (time.perf_counter() - began) / 1e9
+
+
+def speed(profile: dict, runs: Path, eps: float, out: Path) -> tuple[list[dict], float]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from robust_ad.export import ScoringGraph
+    from robust_ad.runtime import InferenceSession
+
+    run = runs / f"{profile['categories'][0]}-eps{eps:g}"
+    peak = _peak_gflops()
+    rows = []
+    for size in profile["speed_sizes"]:
+        path = out / f"speed-{size}.onnx"
+        api.export(run, path, size=(size, size), force=True)
+        session = InferenceSession(path, device="cpu")
+        graph = ScoringGraph(rundir.load_scorer(run), (size, size), True, False).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            graph(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+        flops = counter.get_total_flops()
+        for batch in (1, 32):
+            images = np.random.default_rng(0).integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
+            repeats = max(2, 64 // batch)
+            with torch.no_grad():
+                eager = _images_per_second(lambda x, g=graph: g(torch.from_numpy(x)), images, repeats)
+            ort_speed = _images_per_second(session.run_raw, images, repeats)
+            rows.append(
+                {
+                    "size": size,
+                    "batch": batch,
+                    "gflop_per_image": flops / 1e9,
+                    "torch_images_per_s": eager,
+                    "torch_ms_per_image": 1000 / eager,
+                    "onnx_images_per_s": ort_speed,
+                    "onnx_ms_per_image": 1000 / ort_speed,
+                    "onnx_fraction_of_peak": ort_speed * flops / 1e9 / peak,
+                }
+            )
+    return rows, peak
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value: object) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> Path:
+    """eps sweep (detection and reconstruction per category) and denoising PSNR per method, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for category in dict.fromkeys(row["category"] for row in results["detection"]):
+        rows = [row for row in results["detection"] if row["category"] == category]
+        eps = [row["eps"] for row in rows]
+        axes[0].plot(eps, [row["image_auroc"] for row in rows], "o-", label=f"{category} image AUROC")
+        axes[0].plot(eps, [row["aupro"] for row in rows], "s--", label=f"{category} AUPRO")
+        axes[1].plot(eps, [row["psnr"] for row in rows], "o-", label=category)
+    axes[0].set(xlabel="eps (L2)", title="detection vs robustness", xscale="symlog", xlim=(-0.05, None))
+    axes[1].set(
+        xlabel="eps (L2)", ylabel="PSNR of normal reconstructions (dB)", title="reconstruction", xscale="symlog"
+    )
+    methods = list(dict.fromkeys(row["method"].split(" (h=")[0] for row in results["denoising"]))
+    cases = list(dict.fromkeys(f"{row['noise']} {row['level']:g}" for row in results["denoising"]))
+    for offset, method in enumerate(methods):
+        values = [row["psnr"] for row in results["denoising"] if row["method"].split(" (h=")[0] == method]
+        axes[2].bar(np.arange(len(cases)) + offset * 0.8 / len(methods), values, 0.8 / len(methods), label=method)
+    axes[2].set_xticks(np.arange(len(cases)) + 0.4, cases, rotation=60, fontsize=7)
+    axes[2].set(ylabel="PSNR (dB)", title="denoising")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(path: Path, results: dict, command: str) -> None:
+    r = results
+    enc_cols = ["eps", "clean_acc", *sorted({k for row in r["encoder"] for k in row if k.startswith("pgd")}), "minutes"]
+    parts = [
+        "# robust-ad benchmark results",
+        f"Produced by `{command}` on {r['date']}.\n\nMachine: {r['machine']}. No GPU was available, so every "
+        "number is a CPU number. Built-in example categories are synthetic (see datasets/README.md): they "
+        "show relative behaviour, not MVTec AD performance.",
+        f"Settings: {json.dumps(r['profile'])}",
+        "## Robust encoder: eps sweep (proxy task, held-out normal images; PGD 20 steps, 2 restarts, L2)",
+        _table(r["encoder"], enc_cols),
+        "## Detection and reconstruction per eps (the paper's sweet spot)",
+        _table(
+            r["detection"],
+            [
+                "category",
+                "eps",
+                "image_auroc",
+                "pixel_auroc",
+                "aupro",
+                "f1",
+                "psnr",
+                "ssim",
+                "train_minutes",
+                "ms_per_image",
+            ],
+        ),
+        f"## Score components (eps={r['recipe_eps']:g}; each alone, then fused)",
+        _table(r["components"], ["category", "components", "image_auroc", "pixel_auroc", "aupro"]),
+        f"## Losses (eps={r['recipe_eps']:g})",
+        _table(r["losses"], ["category", "losses", "image_auroc", "pixel_auroc", "aupro", "psnr", "ssim"]),
+        "## Resolution generalisation (trained at S, evaluated at 2S, no fine-tuning or recalibration)",
+        _table(
+            r["resolution"],
+            ["category", "eps", "train_size", "eval_size", "image_auroc", "pixel_auroc", "aupro", "psnr", "ssim"],
+        ),
+        "## Denoising (PSNR dB / SSIM on test images; NLM strength tuned on held-out images)",
+        _table(r["denoising"], ["category", "noise", "level", "method", "psnr", "ssim"]),
+        f"## Inference speed (CPU; measured fp32 matmul peak {r['peak_gflops']:.0f} GFLOP/s)",
+        _table(
+            r["speed"],
+            [
+                "size",
+                "batch",
+                "gflop_per_image",
+                "torch_ms_per_image",
+                "torch_images_per_s",
+                "onnx_ms_per_image",
+                "onnx_images_per_s",
+                "onnx_fraction_of_peak",
+            ],
+        ),
+        "![eps sweep, reconstruction and denoising](results.png)",
+        "## anomalib peers",
+        r["anomalib"],
+    ]
+    path.write_text("\n\n".join(parts) + "\n")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke check")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="work folder (runs, data)")
+    parser.add_argument("--report", type=Path, default=Path("benchmarks/RESULTS.md"))
+    parser.add_argument("--data-root", type=Path, help="MVTec AD / VisA root instead of the example data")
+    parser.add_argument("--categories", nargs="+", help="categories (default: the profile's)")
+    parser.add_argument("--replot", type=Path, help="only redraw the plots from a results.json")
+    args = parser.parse_args(argv)
+    if args.replot:
+        return plot(json.loads(args.replot.read_text()), args.report.with_name("results.png"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    profile = json.loads(json.dumps(PROFILES["quick" if args.quick else "full"]))
+    if args.categories:
+        profile["categories"] = args.categories
+    root = args.data_root or args.out / "data"
+    if args.data_root is None:
+        for category in profile["categories"]:
+            synthesize(root, category, seed=0, force=True, **profile["synth"])
+    runs = args.out / "runs"
+    recipe_eps = load_config("synthetic").encoder.eps
+    if recipe_eps not in profile["eps"]:
+        profile["eps"].append(recipe_eps)
+    results = {
+        "date": date.today().isoformat(),
+        "machine": machine.describe(),
+        "profile": profile,
+        "recipe_eps": recipe_eps,
+    }
+    steps = [
+        ("encoder", lambda: encoder_sweep(profile, root)),
+        ("detection", lambda: detection_sweep(profile, root, runs)),
+        ("components", lambda: component_ablation(profile, root, runs, recipe_eps)),
+        ("losses", lambda: loss_ablation(profile, root, runs, recipe_eps)),
+        ("resolution", lambda: resolution(profile, runs, [0.0, recipe_eps])),
+        ("denoising", lambda: denoising(profile, root, runs, [0.0, recipe_eps])),
+    ]
+    for name, step in steps:
+        log.info("benchmark section: %s", name)
+        began = time.perf_counter()
+        results[name] = step()
+        log.info("%s done in %.1f min", name, (time.perf_counter() - began) / 60)
+    results["speed"], results["peak_gflops"] = speed(profile, runs, recipe_eps, args.out)
+    results["anomalib"] = (
+        "Not run: anomalib (the `bench` extra) is not part of this benchmark command yet. "
+        "See the README's 'Benchmarks' section for the status."
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    command = "python benchmarks/run.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    write_report(args.report, results, command.strip())
+    (args.report.parent / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    plot(results, args.report.with_name("results.png"))
+    log.info("wrote %s", args.report)
+    return args.report
+
+
+if __name__ == "__main__":
+    main()
