@@ -328,7 +328,7 @@ def evaluate(
 def export(
     model: Path = typer.Option(..., "--model", help="Run folder written by 'robust-ad train'."),
     out: Path = typer.Option(None, "--out", help="ONNX file to write (default: <model>/model.onnx)."),
-    fp16: bool = typer.Option(False, "--fp16", help="Half precision (not available yet)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Networks in half precision (for GPUs); scoring stays fp32."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
     size: tuple[int, int] = typer.Option(None, "--size", help="Processing size H W (default: the training size)."),

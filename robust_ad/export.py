@@ -6,6 +6,7 @@ pipeline needs to interpret the outputs is in the file's metadata, so robust_ad 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 # standardised maps (|value| below ~100 normal std) this is the 1e-4 absolute bound; far outside it
 # (white noise scores ~1000 std) float32 rounding alone exceeds 1e-4, hence the relative term.
 PARITY_FP32 = (1e-4, 1e-6)
+# fp16 networks against the fp32 torch model: half precision keeps about three significant digits, and
+# the standardised maps amplify the reconstruction's rounding; measured on the example data.
+PARITY_FP16 = (0.25, 0.02)
 
 
 class ScoringGraph(nn.Module):
@@ -110,13 +114,13 @@ def export(
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "model.onnx"
     check_writable(out, force)
-    if fp16:
-        # onnxruntime's float16 converter breaks this graph (unsorted casts around Resize), and a half
-        # precision torch graph overflows in the memory distance; fp16 needs fp32 scoring math first.
-        raise ConfigError("--fp16 export is not available yet: export in fp32 (it runs on GPU providers too)")
     if batch != "dynamic" and (not str(batch).isdigit() or int(batch) < 1):
         raise ConfigError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     graph, meta = _graph(run_dir, size, uint8, reconstruction)
+    reference = graph
+    if fp16:  # the networks in half precision; preprocessing and scoring arithmetic stay float32
+        reference = copy.deepcopy(graph)
+        (graph.scorer.model if meta["mode"] == "detect" else graph.model).half()
     example_size = size or (meta.get("image_size", 64),) * 2
     example = _sample(uint8, 2 if batch == "dynamic" else int(batch), example_size)
     names = ["anomaly_map", "score", "reconstruction"] if meta["mode"] == "detect" else ["clean"]
@@ -138,17 +142,19 @@ def export(
             dynamo=False,
         )
         proto = onnx.load(str(tmp))
-        meta.update({"precision": "fp32", "batch": str(batch)})
+        meta.update({"precision": "fp16" if fp16 else "fp32", "batch": str(batch)})
         onnx.helper.set_model_props(proto, {k: str(v) for k, v in meta.items()})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         if verify:
-            meta["parity_max_abs_diff"] = verify_parity(graph, tmp, uint8, example_size, batch)
+            meta["parity_max_abs_diff"] = verify_parity(reference, tmp, uint8, example_size, batch, fp16)
     return meta
 
 
-def verify_parity(graph: nn.Module, path: Path, uint8: bool, size: tuple[int, int], batch: str | int) -> float:
-    """Max |onnxruntime - torch| over the outputs on fresh inputs; raises when above the documented bound."""
+def verify_parity(
+    graph: nn.Module, path: Path, uint8: bool, size: tuple[int, int], batch: str | int, fp16: bool = False
+) -> float:
+    """Max |onnxruntime - torch fp32| over the outputs on fresh inputs; raises when above the documented bound."""
     from robust_ad.runtime import InferenceSession
 
     session = InferenceSession(path, device="cpu", require_robust_ad=False)
@@ -160,7 +166,9 @@ def verify_parity(graph: nn.Module, path: Path, uint8: bool, size: tuple[int, in
     got = session.run_raw(images.numpy())
     worst = 0.0
     for name, want, have in zip(session.output_names, expected, got, strict=True):
-        atol, rtol = (1.0, 0.0) if want.dtype == torch.uint8 else PARITY_FP32  # uint8: one grey level (rounding)
+        atol, rtol = PARITY_FP16 if fp16 else PARITY_FP32
+        if want.dtype == torch.uint8:  # uint8 images: one grey level of rounding (fp16: a few)
+            atol, rtol = (3.0 if fp16 else 1.0), 0.0
         want = want.float().numpy()
         diff = np.abs(want - have.astype(np.float32))
         excess = diff - (atol + rtol * np.abs(want))

@@ -72,6 +72,25 @@ def test_fixed_batch_size_and_reconstruction_output(tiny_run: Path, tmp_path: Pa
     assert maps.shape == (3, 48, 48) and scores.shape == (3,)
 
 
+def test_fp16_export_stays_within_its_documented_bound(
+    onnx_file: Path, tiny_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    from robust_ad.export import PARITY_FP16
+
+    path = tmp_path / "half.onnx"
+    assert export(tiny_run, path, fp16=True)["precision"] == "fp16"  # export verifies against fp32 torch
+    onnx.checker.check_model(onnx.load(str(path)))
+    half = InferenceSession(path, device="cpu")
+    assert half.metadata["precision"] == "fp16"
+    files = sorted((synth_root / "bottle" / "test").rglob("*.png"))
+    images = np.stack([resize_image(read_image(f), 32) for f in files]).astype(np.float32)
+    full_maps, full_scores, _ = InferenceSession(onnx_file, device="cpu").predict(images)
+    half_maps, half_scores, _ = half.predict(images)
+    atol, rtol = PARITY_FP16
+    assert (np.abs(half_maps - full_maps) <= atol + rtol * np.abs(full_maps)).all()
+    assert (np.abs(half_scores - full_scores) <= atol + rtol * np.abs(full_scores)).all()
+
+
 def test_export_refuses_overwrite_and_bad_options(onnx_file: Path, tiny_run: Path) -> None:
     from robust_ad.cli import app
 

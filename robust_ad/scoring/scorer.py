@@ -77,8 +77,9 @@ class AnomalyScorer(nn.Module):
     def component_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (unstandardised) smoothed maps (N, K, H, W) of the active components, and the reconstruction."""
         size = x.shape[-2:]
-        feats = self.model.features(x)
-        x_hat = self.model.decoder(feats[self.model.encoder.layer], size)
+        feats = self._features(x)
+        dtype = self.model.decoder.body[-1].weight.dtype
+        x_hat = self.model.decoder(feats[self.model.encoder.layer].to(dtype), size).float()
         maps = []
         for name in self.components:
             if name == "pixel":
@@ -86,7 +87,7 @@ class AnomalyScorer(nn.Module):
             elif name == "ssim":
                 maps.append(1 - ssim(x, x_hat, self.config.ssim_window).mean(1, keepdim=True))
             elif name == "feature":
-                feats_hat = self.model.features(x_hat)
+                feats_hat = self._features(x_hat)
                 per_layer = [(feats[k] - feats_hat[k]).pow(2).mean(1, keepdim=True) for k in self.layers]
                 maps.append(torch.stack([_resize(m, size) for m in per_layer]).mean(0))
             else:
@@ -94,6 +95,12 @@ class AnomalyScorer(nn.Module):
                     torch.stack([_resize(self._memory_distance(feats[k], k), size) for k in self.layers]).mean(0)
                 )
         return self._smooth(torch.cat(maps, 1)), x_hat
+
+    def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encoder features as float32, whatever precision the networks run in (fp16 exports): the
+        scoring arithmetic below (squared distances, variances) overflows in half precision."""
+        dtype = self.model.encoder.mean.dtype
+        return {name: feat.float() for name, feat in self.model.features(x.to(dtype)).items()}
 
     def _memory_distance(self, feat: torch.Tensor, layer: str) -> torch.Tensor:
         mean, var = getattr(self, f"memory_mean_{layer}"), getattr(self, f"memory_var_{layer}")
