@@ -210,16 +210,18 @@ def resolution(profile: dict, runs: Path, eps_values: list[float]) -> list[dict]
 
 
 def denoising(profile: dict, root: Path, runs: Path, eps_values: list[float]) -> list[dict]:
-    category = profile["categories"][0]
-    models = {}
-    for eps in eps_values:
-        config = _config(profile, root, category, eps, mode="denoise")
-        run = api.train(config, runs / f"{category}-denoise-eps{eps:g}", force=True)
-        models[f"robust-ad eps={eps:g}"] = rundir.load_model(run)
-    dataset = open_dataset(config)
-    tune = load_split(dataset, "val", config).images
-    test = load_split(dataset, "test", config).images
-    return [{"category": category, **row} for row in evaluate_denoising(models, tune[:12], test)]
+    rows = []
+    for category in profile["categories"]:
+        models = {}
+        for eps in eps_values:
+            config = _config(profile, root, category, eps, mode="denoise")
+            run = api.train(config, runs / f"{category}-denoise-eps{eps:g}", force=True)
+            models[f"robust-ad eps={eps:g}"] = rundir.load_model(run)
+        dataset = open_dataset(config)
+        tune = load_split(dataset, "val", config).images
+        test = load_split(dataset, "test", config).images
+        rows += [{"category": category, **row} for row in evaluate_denoising(models, tune[:12], test)]
+    return rows
 
 
 def _images_per_second(fn, batch: np.ndarray, repeats: int) -> float:
@@ -375,10 +377,28 @@ def write_report(path: Path, results: dict, command: str) -> None:
             ],
         ),
         "![eps sweep, reconstruction and denoising](results.png)",
-        "## anomalib peers",
         r["anomalib"],
     ]
     path.write_text("\n\n".join(parts) + "\n")
+
+
+def _anomalib_section(path: Path) -> str:
+    """The peers' table from benchmarks/anomalib_peers.py's last results, or how to produce it."""
+    if not path.exists():
+        return (
+            "## anomalib peers\n\nRun `python benchmarks/anomalib_peers.py` (needs `pip install -e '.[bench]'`) "
+            "to fill this section with anomalib models trained on the same data, split and image size."
+        )
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("anomalib_peers", Path(__file__).with_name("anomalib_peers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = json.loads(path.read_text())
+    return module.section(
+        rows,
+        f"python benchmarks/anomalib_peers.py --categories {' '.join(dict.fromkeys(row['category'] for row in rows))}",
+    )
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -389,6 +409,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--data-root", type=Path, help="MVTec AD / VisA root instead of the example data")
     parser.add_argument("--categories", nargs="+", help="categories (default: the profile's)")
     parser.add_argument("--replot", type=Path, help="only redraw the plots from a results.json")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        help="rerun only these sections, keeping the others from the "
+        "report's results.json (encoder detection components losses resolution denoising speed)",
+    )
     args = parser.parse_args(argv)
     if args.replot:
         return plot(json.loads(args.replot.read_text()), args.report.with_name("results.png"))
@@ -397,7 +423,9 @@ def main(argv: list[str] | None = None) -> Path:
     if args.categories:
         profile["categories"] = args.categories
     root = args.data_root or args.out / "data"
-    if args.data_root is None:
+    previous = args.report.with_name("results.json")
+    kept = json.loads(previous.read_text()) if args.sections and previous.exists() else {}
+    if args.data_root is None and not kept:
         for category in profile["categories"]:
             synthesize(root, category, seed=0, force=True, **profile["synth"])
     runs = args.out / "runs"
@@ -419,21 +447,27 @@ def main(argv: list[str] | None = None) -> Path:
         ("denoising", lambda: denoising(profile, root, runs, [0.0, recipe_eps])),
     ]
     for name, step in steps:
+        if kept and name not in args.sections:
+            results[name] = kept[name]
+            continue
         log.info("benchmark section: %s", name)
         began = time.perf_counter()
         results[name] = step()
         log.info("%s done in %.1f min", name, (time.perf_counter() - began) / 60)
-    results["speed"], results["peak_gflops"] = speed(profile, runs, recipe_eps, args.out)
-    results["anomalib"] = (
-        "Not run: anomalib (the `bench` extra) is not part of this benchmark command yet. "
-        "See the README's 'Benchmarks' section for the status."
-    )
+    if kept and "speed" not in args.sections:
+        results["speed"], results["peak_gflops"] = kept["speed"], kept["peak_gflops"]
+    else:
+        results["speed"], results["peak_gflops"] = speed(profile, runs, recipe_eps, args.out)
+    if kept:
+        results["commands"] = [*kept.get("commands", [kept.get("command", "python benchmarks/run.py")])]
+    results["anomalib"] = _anomalib_section(args.report.with_name("anomalib_results.json"))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     command = "python benchmarks/run.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    write_report(args.report, results, command.strip())
+    results["commands"] = [*results.get("commands", []), command.strip()]
+    write_report(args.report, results, " && ".join(f"{c}" for c in results["commands"]))
     (args.report.parent / "results.json").write_text(json.dumps(results, indent=2, default=str))
     plot(results, args.report.with_name("results.png"))
     log.info("wrote %s", args.report)
