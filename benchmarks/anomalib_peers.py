@@ -68,6 +68,7 @@ def section(rows: list[dict], command: str) -> str:
     columns = ["model", "category", "image_auroc", "pixel_auroc", "train_minutes", "ms_per_image", "epochs"]
     lines = [
         "## anomalib peers",
+        "",
         f"Produced by `{command}` on the same data, test split and image size as the tables above "
         f"({platform.processor() or platform.machine()}, CPU). AUPRO is not reported for them (anomalib's "
         "default test metrics).",

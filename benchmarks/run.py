@@ -298,7 +298,7 @@ def plot(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [1, 1, 2]})
     for category in dict.fromkeys(row["category"] for row in results["detection"]):
         rows = [row for row in results["detection"] if row["category"] == category]
         eps = [row["eps"] for row in rows]
@@ -310,7 +310,7 @@ def plot(results: dict, path: Path) -> Path:
         xlabel="eps (L2)", ylabel="PSNR of normal reconstructions (dB)", title="reconstruction", xscale="symlog"
     )
     methods = list(dict.fromkeys(row["method"].split(" (h=")[0] for row in results["denoising"]))
-    cases = list(dict.fromkeys(f"{row['noise']} {row['level']:g}" for row in results["denoising"]))
+    cases = list(dict.fromkeys(f"{row['category']} {row['noise']} {row['level']:g}" for row in results["denoising"]))
     for offset, method in enumerate(methods):
         values = [row["psnr"] for row in results["denoising"] if row["method"].split(" (h=")[0] == method]
         axes[2].bar(np.arange(len(cases)) + offset * 0.8 / len(methods), values, 0.8 / len(methods), label=method)
