@@ -123,8 +123,7 @@ def export(
         (graph.scorer.model if meta["mode"] == "detect" else graph.model).half()
     example_size = size or (meta.get("image_size", 64),) * 2
     example = _sample(uint8, 2 if batch == "dynamic" else int(batch), example_size)
-    names = ["anomaly_map", "score", "reconstruction"] if meta["mode"] == "detect" else ["clean"]
-    names = names[: len(meta["outputs"].split(","))]
+    names = meta["outputs"].split(",")
     dynamic = {0: "batch"} if batch == "dynamic" else {}
     axes = {"images": {**dynamic, 2: "height", 3: "width"}, **{name: dict(dynamic) for name in names}}
     if meta["mode"] == "denoise":

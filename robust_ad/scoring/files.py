@@ -74,7 +74,8 @@ def score_files(
 ) -> ScoreRun:
     """Score ``paths``; unreadable files are reported in the result and skipped, never fatal."""
     run = ScoreRun()
-    batches = [list(enumerate(paths))[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    numbered = list(enumerate(paths))
+    batches = [numbered[i : i + batch_size] for i in range(0, len(numbered), batch_size)]
     for batch in track(batches, "scoring images"):
         images, kept = [], []
         for index, path in batch:
