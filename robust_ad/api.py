@@ -133,7 +133,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     device = resolve_device(config.device)
     dataset = open_dataset(config)
     if not resume:
-        prepare_output_dir(run_dir, force, "run folder")
+        prepare_output_dir(run_dir, force, "run folder", protect=[dataset.root])
         write_yaml(run_dir / rundir.CONFIG, config.to_dict())
     began = time.perf_counter()
     seed_everything(config.seed)
@@ -224,7 +224,7 @@ def score(
         calibration = rundir.read_json(model, rundir.CALIBRATION)
         predictor, size = _torch_predictor(scorer, batch_size), scorer.train_size
         calibrated, vmax = calibration["threshold"], calibration["map_vmax"]
-    out = prepare_output_dir(out, force, "results folder")
+    out = prepare_output_dir(out, force, "results folder", protect=[*files, onnx or model])
     return score_files(files, predictor, size, calibrated if threshold is None else threshold, out, vmax, batch_size)
 
 
@@ -251,7 +251,7 @@ def evaluate(
     calibration = rundir.read_json(model, rundir.CALIBRATION)
     dataset = open_dataset(config, data_root, category)
     test = load_split(dataset, "test", config)
-    out = prepare_output_dir(out or Path(model) / "eval", force, "evaluation folder")
+    out = prepare_output_dir(out or Path(model) / "eval", force, "evaluation folder", protect=[dataset.root, model])
     prediction = predict(scorer, test.images, batch_size, "evaluating")
     metrics = _evaluate(
         test, prediction, calibration["threshold"], {t: dataset.has_masks(t) for t in dataset.defect_types}
@@ -300,10 +300,7 @@ def denoise(
     from robust_ad.scoring.files import resolve_paths
 
     files = resolve_paths(paths)
-    inputs = {p.resolve().parent for p in files}
-    if Path(out).resolve() in inputs:
-        raise ConfigError(f"--out {out} is an input folder: choose another folder (inputs are never overwritten)")
-    out = prepare_output_dir(out, force, "output folder")
+    out = prepare_output_dir(out, force, "output folder", protect=[*files, model])
     return denoise_files(files, model, out, compare, resolve_device(device))
 
 
@@ -333,7 +330,7 @@ def evaluate_denoiser(
     tune = load_split(dataset, "val", config).images if dataset.val else load_split(dataset, "train", config).images
     test = load_split(dataset, "test", config).images
     rows = evaluate_denoising(models, tune[:16], test, seed=config.seed)
-    out = prepare_output_dir(out or Path(model) / "eval", force, "evaluation folder")
+    out = prepare_output_dir(out or Path(model) / "eval", force, "evaluation folder", protect=[dataset.root, model])
     write_json(
         out / "denoise_metrics.json",
         {"category": dataset.category, "model": str(model), "machine": machine.describe(), "rows": rows},

@@ -12,7 +12,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from robust_ad import rundir
 from robust_ad.data.images import like_raw, read_raw, to_float_rgb, write_image, write_raw
-from robust_ad.errors import ConfigError, ImageReadError, ModelError
+from robust_ad.errors import ImageReadError, ModelError
 from robust_ad.progress import track
 from robust_ad.training.encoder import to_tensor
 from robust_ad.training.noise import EVAL_LEVELS, NOISES, apply_noise
@@ -33,17 +33,13 @@ def denoise_files(
 ) -> tuple[list[dict], list[dict]]:
     """Denoise each file at its own resolution; outputs keep the input's bit depth and channels.
 
-    Returns (written, errors). Inputs are never modified: ``out`` must not contain them.
+    Returns (written, errors). ``out`` is a fresh folder that holds no input (``api.denoise`` makes it with
+    ``prepare_output_dir``, which refuses input folders).
     """
     model = load_denoiser(run_dir, device)
-    resolved = {p.resolve() for p in paths}
     written, errors = [], []
     for path in track(paths, "denoising"):
         target = out / path.name
-        if target.resolve() in resolved:
-            raise ConfigError(
-                f"--out {out} holds the input {path}: choose another folder (inputs are never overwritten)"
-            )
         try:
             raw = read_raw(path)
         except ImageReadError as exc:

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,22 @@ def write_yaml(path: str | Path, data: Any) -> Path:
     return write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def prepare_output_dir(path: str | Path, force: bool, what: str = "output folder") -> Path:
-    """Create ``path``; if it already holds files, refuse unless ``force`` (then clear it)."""
+def prepare_output_dir(
+    path: str | Path, force: bool, what: str = "output folder", protect: Iterable[str | Path] = ()
+) -> Path:
+    """Create ``path``; if it already holds files, refuse unless ``force`` (then clear it).
+
+    ``protect`` lists what the command reads (input images, a dataset, a model): a folder holding any of
+    them is refused even with ``force``, since clearing it would delete the user's data.
+    """
     path = Path(path)
+    resolved = path.resolve()
+    for item in protect:
+        item = Path(item).resolve()
+        if item == resolved or resolved in item.parents:
+            raise OverwriteError(
+                f"{what} {path} holds the input {item}: choose another folder (inputs are never overwritten)"
+            )
     if path.exists() and not path.is_dir():
         raise OverwriteError(f"{what} {path} exists and is not a folder")
     if path.exists() and any(path.iterdir()):

@@ -191,3 +191,23 @@ def test_eval_cli_writes_metrics_report_and_roc(tiny_run: Path, tmp_path: Path) 
         calibration["f1_threshold"] == pytest.approx(saved["f1_max_threshold"])
         and "optimistic" in calibration["f1_threshold_rule"]
     )
+
+
+def test_force_never_clears_a_folder_holding_inputs_data_or_model(
+    tiny_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    line = tmp_path / "line" / "today"
+    line.mkdir(parents=True)
+    image = line / "a.png"
+    image.write_bytes((synth_root / "bottle" / "test" / "good" / "000.png").read_bytes())
+    for out in (line, tmp_path / "line", tiny_run):  # the input folder, its parent, the model folder
+        result = runner.invoke(app, ["score", str(image), "--model", str(tiny_run), "--out", str(out), "--force"])
+        assert result.exit_code == 2 and "inputs are never overwritten" in result.output, out
+    assert image.is_file() and (tiny_run / rundir.MODEL).is_file()
+    result = runner.invoke(app, ["eval", "--model", str(tiny_run), "--out", str(synth_root), "--force"])
+    assert result.exit_code == 2 and "inputs are never overwritten" in result.output
+    result = runner.invoke(
+        app, ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(synth_root), "--force"]
+    )
+    assert result.exit_code == 2 and "inputs are never overwritten" in result.output
+    assert (synth_root / "bottle" / "train" / "good").is_dir()
