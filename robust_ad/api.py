@@ -294,12 +294,22 @@ def denoise(
     force: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """``robust-ad denoise``: clean copies of the images in ``out`` (same bit depth and channels)."""
+    from collections import Counter
+
     from robust_ad.denoising import denoise_files
     from robust_ad.device import resolve_device
+    from robust_ad.errors import DataError
     from robust_ad.fileio import prepare_output_dir
     from robust_ad.scoring.files import resolve_paths
 
     files = resolve_paths(paths)
+    names = Counter(p.name for p in files)
+    if max(names.values()) > 1:  # outputs keep the input names: one would silently replace the other
+        clash = [str(p) for p in files if names[p.name] > 1][:2]
+        raise DataError(
+            f"two inputs share the file name {Path(clash[0]).name} ({', '.join(clash)}): denoise them "
+            "into separate --out folders"
+        )
     out = prepare_output_dir(out, force, "output folder", protect=[*files, model])
     return denoise_files(files, model, out, compare, resolve_device(device))
 

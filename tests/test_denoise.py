@@ -96,6 +96,17 @@ def test_denoise_cli_keeps_depth_channels_and_inputs(denoiser: Path, tmp_path: P
     assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
 
 
+def test_denoise_refuses_inputs_that_would_share_an_output_name(denoiser: Path, tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        _write_variants(tmp_path / folder)
+    result = runner.invoke(
+        app,
+        ["denoise", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(denoiser), "--out", str(tmp_path / "out")],
+    )
+    assert result.exit_code == 2 and "share the file name" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_denoise_rejects_a_detection_model(tiny_run: Path, tmp_path: Path) -> None:
     _write_variants(tmp_path / "in")
     result = runner.invoke(
