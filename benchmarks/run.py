@@ -7,7 +7,8 @@
 Sections: robust encoder eps sweep (clean / PGD accuracy); detection and reconstruction per category
 and eps (the paper's "sweet spot"); score-component ablation; loss ablation; resolution
 generalisation (train at S, evaluate at 2S without fine-tuning); denoising; inference speed
-(torch eager vs onnxruntime, FLOPs, fraction of measured peak). anomalib peers: see --anomalib.
+(torch eager vs onnxruntime, FLOPs, fraction of measured peak); anomalib peers on the same images, where
+the `bench` extra is installed (pip install -e '.[bench]'; see benchmarks/peers.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from robust_ad.scoring.scorer import COMPONENTS, AnomalyScorer
 from robust_ad.training.data import labelled_images, load_split, open_dataset
 from robust_ad.training.encoder import evaluate_encoder, train_encoder
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # benchmarks/ is no package; this module sits beside run.py
+
 log = logging.getLogger("benchmarks")
 PROFILES = {
     # CPU-sized: every model of the report trains in about a minute on 2 cores.
@@ -47,6 +51,8 @@ PROFILES = {
         "eps": [0.0, 0.25, 1.0, 4.0],
         "categories": ["bottle", "fabric"],
         "speed_sizes": [64, 256],
+        # Each anomalib peer trains for at most this many epochs and minutes (robust-ad takes ~1.3 min here).
+        "peers": {"max_epochs": 15, "budget_minutes": 2.0},
     },
     "quick": {
         "synth": {"size": 48, "n_train": 20, "n_test_good": 4, "n_per_defect": 2},
@@ -56,6 +62,7 @@ PROFILES = {
         "eps": [0.0, 1.0],
         "categories": ["bottle"],
         "speed_sizes": [32],
+        "peers": {"max_epochs": 1, "budget_minutes": 0.2, "models": ["Padim", "Ganomaly"]},
     },
 }
 
@@ -74,10 +81,17 @@ def _config(profile: dict, root: Path, category: str, eps: float, **sections: di
     return load_config("synthetic", overrides)
 
 
+def _has_masks(dataset) -> dict[str, bool]:
+    return {t: dataset.has_masks(t) for t in dataset.defect_types}
+
+
 def _detect(scorer: AnomalyScorer, dataset, config, threshold: float, size: int | None = None) -> dict:
+    """Test metrics, plus 'ms_per_image': the scorer's time on the in-memory test images (what peers are timed on)."""
     test = load_split(dataset, "test", config, size)
+    began = time.perf_counter()
     prediction = predict(scorer, test.images)
-    return evaluate(test, prediction, threshold, {t: dataset.has_masks(t) for t in dataset.defect_types})
+    ms = (time.perf_counter() - began) * 1000 / len(test.images)
+    return {**evaluate(test, prediction, threshold, _has_masks(dataset)), "ms_per_image": ms}
 
 
 def _reconstruction(run: Path, dataset, config) -> tuple[float, float]:
@@ -111,10 +125,7 @@ def detection_sweep(profile: dict, root: Path, runs: Path) -> list[dict]:
             minutes = (time.perf_counter() - began) / 60
             dataset = open_dataset(config)
             calibration = rundir.read_json(run, rundir.CALIBRATION)
-            scorer = rundir.load_scorer(run)
-            began = time.perf_counter()
-            metrics = _detect(scorer, dataset, config, calibration["threshold"])
-            ms = (time.perf_counter() - began) * 1000 / (metrics["n_normal"] + metrics["n_anomalous"])
+            metrics = _detect(rundir.load_scorer(run), dataset, config, calibration["threshold"])
             psnr, ssim = _reconstruction(run, dataset, config)
             rows.append(
                 {
@@ -123,8 +134,7 @@ def detection_sweep(profile: dict, root: Path, runs: Path) -> list[dict]:
                     "psnr": psnr,
                     "ssim": ssim,
                     "train_minutes": minutes,
-                    "ms_per_image": ms,
-                    **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1")},
+                    **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1", "ms_per_image")},
                 }
             )
     return rows
@@ -222,6 +232,21 @@ def denoising(profile: dict, root: Path, runs: Path, eps_values: list[float]) ->
         test = load_split(dataset, "test", config).images
         rows += [{"category": category, **row} for row in evaluate_denoising(models, tune[:12], test)]
     return rows
+
+
+def peer_comparison(profile: dict, root: Path, eps: float) -> dict:
+    """Every anomalib image model that trains here, on robust-ad's own train/val/test images of each category."""
+    version = peers.available()
+    if version is None:
+        return {"skipped": "anomalib is not installed here (pip install -e '.[bench]')"}
+    categories = {}
+    for category in profile["categories"]:
+        config = _config(profile, root, category, eps)
+        dataset = open_dataset(config)
+        sets = {split: load_split(dataset, split, config) for split in ("train", "val", "test")}
+        categories[category] = (sets, _has_masks(dataset))
+    rows = peers.run_peers(categories, profile["peers"], config.seed, config.scoring.threshold_quantile)
+    return {"anomalib": version, "rows": rows}
 
 
 def _images_per_second(fn, batch: np.ndarray, repeats: int) -> float:
@@ -324,6 +349,61 @@ def plot(results: dict, path: Path) -> Path:
     return path
 
 
+def _peer_report(results: dict) -> list[str]:
+    """The peers' section: robust-ad (recipe eps and eps=0) beside every anomalib model that ran, then the rest."""
+    peer = results["peers"]
+    title = "## anomalib peers (same train/val/test images, image size and seed; same metric code)"
+    if "skipped" in peer:
+        return [title, f"Not run: {peer['skipped']}."]
+    ours = [
+        {
+            **row,
+            "model": f"robust-ad eps={row['eps']:g}" + (" (standard)" if row["eps"] == 0 else ""),
+            "epochs": results["profile"]["autoencoder"]["epochs"],
+            "settings": "",
+        }
+        for row in results["detection"]
+        if row["eps"] in (0.0, results["recipe_eps"])
+    ]
+    ran = [
+        {**row, "settings": ", ".join(f"{k}={v}" for k, v in row["settings"].items() if k != "dtd_dir")}
+        for row in peer["rows"]
+        if "error" not in row
+    ]
+    failed: dict[str, set[str]] = {}
+    for row in peer["rows"]:
+        if "error" in row:
+            failed.setdefault(row["model"], set()).add(row["error"])
+    columns = [
+        "model",
+        "category",
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+        "f1",
+        "train_minutes",
+        "ms_per_image",
+        "epochs",
+        "settings",
+    ]
+    settings = results["profile"]["peers"]
+    return [
+        title,
+        f"anomalib {peer['anomalib']}; each peer trained for at most {settings['max_epochs']} epochs or "
+        f"{settings['budget_minutes']:g} minutes on this CPU, with a randomly initialised backbone where it has one "
+        "(pretrained weights cannot be downloaded here) and Perlin-noise anomalies without DTD textures where it "
+        "synthesises anomalies. Scores are the models' raw outputs; F1 is at each model's threshold set by "
+        "robust-ad's rule (a quantile of its scores on the held-out normal images); ms_per_image is forward "
+        "passes over the in-memory test images, 16 at a time, for every row. n/a pixel metrics: the model "
+        "makes no anomaly map.",
+        _table(sorted(ours + ran, key=lambda row: row["category"]), columns),
+        "Could not run here:\n\n"
+        + "\n".join(f"- {model}: {'; '.join(sorted(reasons))}" for model, reasons in sorted(failed.items()))
+        if failed
+        else "Every model tried ran.",
+    ]
+
+
 def write_report(path: Path, results: dict, command: str) -> None:
     r = results
     enc_cols = ["eps", "clean_acc", *sorted({k for row in r["encoder"] for k in row if k.startswith("pgd")}), "minutes"]
@@ -377,28 +457,9 @@ def write_report(path: Path, results: dict, command: str) -> None:
             ],
         ),
         "![eps sweep, reconstruction and denoising](results.png)",
-        r["anomalib"],
+        *_peer_report(r),
     ]
     path.write_text("\n\n".join(parts) + "\n")
-
-
-def _anomalib_section(path: Path) -> str:
-    """The peers' table from benchmarks/anomalib_peers.py's last results, or how to produce it."""
-    if not path.exists():
-        return (
-            "## anomalib peers\n\nRun `python benchmarks/anomalib_peers.py` (needs `pip install -e '.[bench]'`) "
-            "to fill this section with anomalib models trained on the same data, split and image size."
-        )
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("anomalib_peers", Path(__file__).with_name("anomalib_peers.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows = json.loads(path.read_text())
-    return module.section(
-        rows,
-        f"python benchmarks/anomalib_peers.py --categories {' '.join(dict.fromkeys(row['category'] for row in rows))}",
-    )
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -413,7 +474,7 @@ def main(argv: list[str] | None = None) -> Path:
         "--sections",
         nargs="+",
         help="rerun only these sections, keeping the others from the "
-        "report's results.json (encoder detection components losses resolution denoising speed)",
+        "report's results.json (encoder detection components losses resolution denoising peers speed)",
     )
     args = parser.parse_args(argv)
     if args.replot:
@@ -445,6 +506,7 @@ def main(argv: list[str] | None = None) -> Path:
         ("losses", lambda: loss_ablation(profile, root, runs, recipe_eps)),
         ("resolution", lambda: resolution(profile, runs, [0.0, recipe_eps])),
         ("denoising", lambda: denoising(profile, root, runs, [0.0, recipe_eps])),
+        ("peers", lambda: peer_comparison(profile, root, recipe_eps)),
     ]
     for name, step in steps:
         if kept and name not in args.sections:
@@ -460,7 +522,6 @@ def main(argv: list[str] | None = None) -> Path:
         results["speed"], results["peak_gflops"] = speed(profile, runs, recipe_eps, args.out)
     if kept:
         results["commands"] = [*kept.get("commands", [kept.get("command", "python benchmarks/run.py")])]
-    results["anomalib"] = _anomalib_section(args.report.with_name("anomalib_results.json"))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     command = "python benchmarks/run.py " + " ".join(

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from tests.conftest import tiny_config
+
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
+def _run_module():
     spec = importlib.util.spec_from_file_location("bench_run", REPO / "benchmarks" / "run.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    report = module.main(["--quick", "--out", str(tmp_path), "--report", str(tmp_path / "RESULTS.md")])
+    return module
+
+
+def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
+    report = _run_module().main(["--quick", "--out", str(tmp_path), "--report", str(tmp_path / "RESULTS.md")])
     text = report.read_text()
     for section in (
         "eps sweep",
@@ -23,12 +34,58 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         "Resolution",
         "Denoising",
         "Inference speed",
+        "anomalib peers",
         "Machine:",
     ):
         assert section in text, section
     results = json.loads((tmp_path / "results.json").read_text())
     assert {row["eps"] for row in results["detection"]} == {0.0, 1.0}
-    assert all(0 <= row["image_auroc"] <= 1 for row in results["detection"])
+    assert all(0 <= row["image_auroc"] <= 1 and row["ms_per_image"] > 0 for row in results["detection"])
     assert {row["eval_size"] for row in results["resolution"]} == {32, 64}
     assert all(row["onnx_images_per_s"] > 0 for row in results["speed"])
     assert (tmp_path / "results.png").stat().st_size > 0
+    import peers
+
+    if peers.available() is None:
+        assert "Not run: anomalib is not installed" in text
+    else:  # with the bench extra, the quick profile's peers ran and sit in the table beside robust-ad
+        assert {row["model"] for row in results["peers"]["rows"]} == {"Padim", "Ganomaly"}
+        assert "| Padim | bottle |" in text
+
+
+def test_peer_predictions_are_scored_like_robust_ad(synth_root: Path) -> None:
+    """raw_predict turns a peer's outputs into robust-ad's Prediction: maps resized to the images, scores kept."""
+    import peers
+    import torch
+
+    class Peer(torch.nn.Module):
+        pre_processor = None
+
+        def model(self, x: torch.Tensor):  # scores the mean red value; maps at half resolution
+            maps = x[:, :1, ::2, ::2]
+            return type("Out", (), {"pred_score": x[:, 0].mean((1, 2)), "anomaly_map": maps})
+
+    images = np.random.default_rng(0).random((20, 32, 32, 3), dtype=np.float32)
+    prediction, ms, has_maps = peers.raw_predict(Peer(), images)
+    assert has_maps and ms > 0
+    assert prediction.maps.shape == (20, 32, 32)
+    np.testing.assert_allclose(prediction.scores, images[..., 0].mean((1, 2)), rtol=1e-5)
+
+
+def test_peers_train_and_evaluate_with_anomalib(synth_root: Path) -> None:
+    """Runs where the bench extra is installed: a peer trains on robust-ad's splits; a download-bound one is
+    reported with its reason instead of failing the benchmark."""
+    pytest.importorskip("anomalib")
+    import peers
+
+    from robust_ad.training.data import load_split, open_dataset
+
+    config = tiny_config(synth_root)
+    dataset = open_dataset(config)
+    sets = {split: load_split(dataset, split, config) for split in ("train", "val", "test")}
+    has_masks = {t: dataset.has_masks(t) for t in dataset.defect_types}
+    settings = {"max_epochs": 1, "budget_minutes": 0.5, "models": ["Padim", "Stfpm"]}
+    padim, stfpm = peers.run_peers({"bottle": (sets, has_masks)}, settings, seed=0, quantile=0.99)
+    assert 0 <= padim["image_auroc"] <= 1 and 0 <= padim["aupro"] <= 1 and 0 <= padim["f1"] <= 1
+    assert padim["ms_per_image"] > 0
+    assert "no network" in stfpm["error"]
