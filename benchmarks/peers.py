@@ -95,8 +95,9 @@ def _datamodule(sets: dict[str, ImageSet], batch_size: int):
     return Splits()
 
 
-def build(name: str, image_size: int, texture_dir: Path):
-    """The anomalib model ``name`` configured to train here without downloads, at ``image_size``."""
+def build(name: str, image_size: int, texture_dir: Path) -> tuple:
+    """The anomalib model ``name`` configured to train here without downloads, at ``image_size``, and notes on
+    how it was configured."""
     from anomalib import models
 
     cls = getattr(models, name)
@@ -109,14 +110,14 @@ def build(name: str, image_size: int, texture_dir: Path):
         texture_dir.mkdir(exist_ok=True)
         kwargs["dtd_dir"] = texture_dir
     kwargs.update(SIZE_OPTIONS.get(name, lambda _: {})(image_size))
-    try:
-        if "pre_processor" in parameters:
+    notes = {}
+    if "pre_processor" in parameters:
+        try:
             kwargs["pre_processor"] = cls.configure_pre_processor(image_size=(image_size, image_size))
-    except (TypeError, ValueError):  # a fixed input size, or a crop larger than the images: it resizes itself
-        kwargs["input"] = "the model's own pre-processor (fixed input size)"
-    settings = {k: kwargs.pop(k) for k in ("input",) if k in kwargs}
-    settings |= {k: str(v) for k, v in kwargs.items() if k in ("pre_trained", "dtd_dir", "input_dim")}
-    return cls(**kwargs), settings
+        except (TypeError, ValueError):  # a fixed input size, or a crop larger than the images: it resizes itself
+            notes["input"] = "the model's own pre-processor (fixed input size)"
+    notes |= {k: str(v) for k, v in kwargs.items() if k not in ("evaluator", "visualizer", "pre_processor")}
+    return cls(**kwargs), notes
 
 
 @torch.no_grad()
