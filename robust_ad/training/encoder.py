@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
 
 from robust_ad import __version__
 from robust_ad.adversarial import pgd
@@ -153,6 +154,7 @@ def train_encoder(
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             total += len(y)
+        recalibrate_batch_norm(run.classifier, x_all, y_all, config, generator, device)
         run.minutes += (time.perf_counter() - began) / 60
         run.history.append({"epoch": epoch + 1, "loss": loss_sum / total, "adv_train_acc": correct / total})
         log.info("encoder epoch %d: loss %.4f, train acc %.3f", epoch + 1, loss_sum / total, correct / total)
@@ -160,6 +162,26 @@ def train_encoder(
             run.save(checkpoint_path, epoch + 1, optimizer)
     run.classifier.eval()
     return run
+
+
+def recalibrate_batch_norm(
+    classifier: ProxyClassifier,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor | None,
+    config: EncoderConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> None:
+    """Recompute the batch-norm statistics with the current weights over proxy batches of the training images.
+
+    The running averages lag behind weights that move fast on a small set of near-identical images; the lag
+    can leave the eval-mode network (what PGD attacks and what the autoencoder uses) predicting one class.
+    """
+    proxy_batches = (
+        proxy.make_batch(config.proxy_task, x_all[index], y_all[index] if y_all is not None else None, generator)
+        for index in batches(len(x_all), config.batch_size)
+    )
+    update_bn(proxy_batches, classifier, device)  # cumulative averages; restores eval/train mode itself
 
 
 def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
