@@ -46,7 +46,7 @@ PROFILES = {
     "full": {
         "synth": {"size": 128, "n_train": 120, "n_test_good": 20, "n_per_defect": 8},
         "data": {"image_size": 64},
-        "encoder": {"epochs": 4},
+        "encoder": {"epochs": 30},
         "autoencoder": {"epochs": 15},
         "eps": [0.0, 0.25, 1.0, 4.0],
         "categories": ["bottle", "fabric"],
