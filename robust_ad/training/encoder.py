@@ -43,6 +43,13 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -
     return list(order.split(batch_size))
 
 
+def _proxy_batch(
+    task: str, x_all: torch.Tensor, y_all: torch.Tensor | None, index: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The proxy task's inputs and targets for the images (and labels) at ``index``."""
+    return proxy.make_batch(task, x_all[index], y_all[index] if y_all is not None else None, generator)
+
+
 @dataclass
 class EncoderRun:
     """A trained proxy classifier (its ``encoder`` is what the autoencoder uses) and its history."""
@@ -139,9 +146,7 @@ def train_encoder(
         total, correct, loss_sum = 0, 0, 0.0
         steps = batches(len(x_all), config.batch_size, generator)
         for index in track(steps, f"encoder epoch {epoch + 1}/{config.epochs} (eps={config.eps})"):
-            x, y = proxy.make_batch(
-                config.proxy_task, x_all[index], y_all[index] if y_all is not None else None, generator
-            )
+            x, y = _proxy_batch(config.proxy_task, x_all, y_all, index, generator)
             x, y = x.to(device), y.to(device)
             flip = torch.rand(len(x), generator=generator) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1).to(device), x.flip(-1), x)
@@ -178,7 +183,7 @@ def recalibrate_batch_norm(
     can leave the eval-mode network (what PGD attacks and what the autoencoder uses) predicting one class.
     """
     proxy_batches = (
-        proxy.make_batch(config.proxy_task, x_all[index], y_all[index] if y_all is not None else None, generator)
+        _proxy_batch(config.proxy_task, x_all, y_all, index, generator)
         for index in batches(len(x_all), config.batch_size)
     )
     update_bn(proxy_batches, classifier, device)  # cumulative averages; restores eval/train mode itself
@@ -217,9 +222,7 @@ def evaluate_encoder(
     y_all = torch.as_tensor(labels, dtype=torch.long) if labels is not None else None
     clean = robust = total = 0
     for index in track(batches(len(x_all), batch_size), "evaluating encoder"):
-        x, y = proxy.make_batch(
-            run.config.proxy_task, x_all[index], y_all[index] if y_all is not None else None, generator
-        )
+        x, y = _proxy_batch(run.config.proxy_task, x_all, y_all, index, generator)
         x, y = x.to(device), y.to(device)
         with torch.no_grad():
             ok = model(x).argmax(1) == y
