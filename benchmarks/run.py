@@ -51,7 +51,7 @@ PROFILES = {
         "eps": [0.0, 0.25, 1.0, 4.0],
         "categories": ["bottle", "fabric"],
         "speed_sizes": [64, 256],
-        # Each anomalib peer trains for at most this many epochs and minutes (robust-ad takes about half a minute here).
+        # Each anomalib peer trains for at most this many epochs and minutes (robust-ad: about half a minute).
         "peers": {"max_epochs": 15, "budget_minutes": 2.0},
     },
     "quick": {
