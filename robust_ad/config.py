@@ -1,116 +1,143 @@
-"""Configuration: defaults in code, a recipe YAML over them, CLI flags over that.
+"""Configuration: defaults in code, a recipe YAML over them, CLI flags over that, validated completely at load.
 
-The resolved config is saved with every run (``config.yaml``) and is all that is needed to rebuild
-the model.
+Every key has a type, a range or a set of choices (pydantic, strict: ``image_size: "32"`` is refused, not
+guessed). A bad value fails in one line naming the key, the value and what is allowed, before any work starts.
+The resolved config is saved with every run (``config.yaml``) and is all that is needed to rebuild the model.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from robust_ad.errors import ConfigError
 
+COMPONENTS = ("pixel", "ssim", "feature", "memory")
+NOISES = ("gaussian", "poisson", "salt_pepper", "jpeg")
 
-@dataclass
-class DataConfig:
-    layout: str = "auto"  # auto | mvtec | visa | folder
-    image_size: int = 128
-    val_fraction: float = 0.15  # held-out normal training images for validation/calibration
-    test_normal_fraction: float = 0.2  # folder layout only: normal images moved to test
-    batch_size: int = 16
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Count = Annotated[int, Field(ge=1)]
+Range = Annotated[list[Positive], Field(min_length=2, max_length=2)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    layout: Literal["auto", "mvtec", "visa", "folder"] = "auto"
+    image_size: Annotated[int, Field(ge=16, le=4096)] = 128
+    val_fraction: Fraction = 0.15  # held-out normal training images for validation/calibration
+    test_normal_fraction: Fraction = 0.2  # folder layout only: normal images moved to test
+    batch_size: Count = 16
     skip_bad: bool = False
 
 
-@dataclass
-class EncoderConfig:
-    backbone: str = "resnet18"  # resnet18 | resnet50 | vgg16 | alexnet
+class EncoderConfig(_Section):
+    backbone: Literal["resnet18", "resnet50", "vgg16", "alexnet"] = "resnet18"
     layer: str = "layer2"  # where the backbone is cut; the decoder inverts this layer
-    feature_layers: list[str] = field(default_factory=lambda: ["layer1", "layer2"])
-    width: float = 1.0  # channel multiplier (tests use tiny widths)
+    feature_layers: Annotated[list[str], Field(min_length=1)] = ["layer1", "layer2"]
+    width: Annotated[float, Field(gt=0, le=4)] = 1.0  # channel multiplier (tests use tiny widths)
     weights: str | None = None  # a robust checkpoint to load instead of training
-    norm: str = "l2"  # l2 | linf
-    eps: float = 1.0  # PGD radius on [0, 1] images; 0 trains the standard baseline
-    pgd_steps: int = 3
-    step_size: float | None = None  # default 2.5 * eps / pgd_steps
-    proxy_task: str = "corruption"  # corruption | rotation | labels
-    epochs: int = 8
-    lr: float = 1e-3
-    batch_size: int = 32
+    norm: Literal["l2", "linf"] = "l2"
+    eps: NonNegative = 1.0  # PGD radius on [0, 1] images; 0 trains the standard baseline
+    pgd_steps: Count = 3
+    step_size: Positive | None = None  # default 2.5 * eps / pgd_steps
+    proxy_task: Literal["corruption", "rotation", "labels"] = "corruption"
+    epochs: Annotated[int, Field(ge=0)] = 8
+    lr: Positive = 1e-3
+    batch_size: Count = 32
 
 
-@dataclass
-class AutoencoderConfig:
-    epochs: int = 30
-    lr: float = 1e-3
-    pixel_loss: str = "l1"  # l1 | l2
-    w_pixel: float = 1.0
-    w_feature: float = 1.0
-    w_gan: float = 0.01
-    gan_loss: str = "hinge"  # hinge | standard
+class AutoencoderConfig(_Section):
+    epochs: Annotated[int, Field(ge=0)] = 30
+    lr: Positive = 1e-3
+    pixel_loss: Literal["l1", "l2"] = "l1"
+    w_pixel: NonNegative = 1.0
+    w_feature: NonNegative = 1.0
+    w_gan: NonNegative = 0.01
+    gan_loss: Literal["hinge", "standard"] = "hinge"
     finetune_encoder: bool = False
-    decoder_width: float = 1.0
+    decoder_width: Annotated[float, Field(gt=0, le=4)] = 1.0
 
 
-@dataclass
-class ScoringConfig:
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"pixel": 1.0, "ssim": 1.0, "feature": 1.0, "memory": 1.0}
-    )
-    smoothing_sigma: float = 4.0  # pixels at the model's image size
-    ssim_window: int = 11
-    image_score: str = "max"  # max | topk
-    topk_fraction: float = 0.01
-    threshold_quantile: float = 0.99  # of normalised scores on held-out normal images
+class ScoringConfig(_Section):
+    weights: dict[str, NonNegative] = {"pixel": 1.0, "ssim": 1.0, "feature": 1.0, "memory": 1.0}
+    smoothing_sigma: NonNegative = 4.0  # pixels at the model's image size
+    ssim_window: Annotated[int, Field(ge=3, le=63)] = 11
+    image_score: Literal["max", "topk"] = "max"
+    topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
+    threshold_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99  # of normalised scores of held-out normals
+
+    @field_validator("weights")
+    @classmethod
+    def _known_components(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown score components {unknown} (choose from {', '.join(COMPONENTS)})")
+        if not any(value > 0 for value in weights.values()):
+            raise ValueError("every score component has weight 0: give at least one a positive weight")
+        return weights
+
+    @field_validator("ssim_window")
+    @classmethod
+    def _odd(cls, window: int) -> int:
+        if window % 2 == 0:
+            raise ValueError(f"must be odd, got {window}")
+        return window
 
 
-@dataclass
-class DenoiseConfig:
-    noises: list[str] = field(default_factory=lambda: ["gaussian", "poisson", "salt_pepper", "jpeg"])
-    gaussian_sigma: list[float] = field(default_factory=lambda: [0.02, 0.15])
-    poisson_peak: list[float] = field(default_factory=lambda: [10.0, 100.0])
-    salt_pepper_amount: list[float] = field(default_factory=lambda: [0.005, 0.05])
-    jpeg_quality: list[int] = field(default_factory=lambda: [10, 60])
+class DenoiseConfig(_Section):
+    noises: Annotated[list[Literal[NOISES]], Field(min_length=1)] = list(NOISES)
+    gaussian_sigma: Range = [0.02, 0.15]
+    poisson_peak: Range = [10.0, 100.0]
+    salt_pepper_amount: Range = [0.005, 0.05]
+    jpeg_quality: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=2, max_length=2)] = [10, 60]
 
 
-@dataclass
-class Config:
-    mode: str = "detect"  # detect | denoise
+class Config(_Section):
+    mode: Literal["detect", "denoise"] = "detect"
     category: str = ""
     data_root: str = ""
-    seed: int = 0
-    device: str = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
     # Per-category overrides inside a recipe: {category: {section: {key: value}}}
-    categories: dict[str, Any] = field(default_factory=dict)
+    categories: dict[str, dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("categories")
-        return data
+        return self.model_dump(exclude={"categories"})
 
 
-def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
+def _one_line(exc: ValidationError, where: str) -> ConfigError:
+    """The first problem of a validation error as one line: key, bad value, what is allowed."""
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return ConfigError(f"{where}: unknown key '{key}'")
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return ConfigError(f"{where}: {key} = {first['input']!r} is not valid: {message}{more}")
+
+
+def validate(values: dict[str, Any], where: str) -> Config:
+    """A complete, checked Config from nested values (missing keys take their defaults)."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    names = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(names))})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _merge_into(current, value, f"{where}.{key}")
-        else:
-            setattr(obj, key, value)
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(values).__name__}")
+    try:
+        return Config.model_validate(values)
+    except ValidationError as exc:
+        raise _one_line(exc, where) from None
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
@@ -124,33 +151,48 @@ def recipe_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"recipe {name_or_path} not found (give a YAML path or a name from recipes/)")
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    return values
+
+
 def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the recipe (and its per-category overrides), then ``overrides``.
+    """Defaults, then the recipe (and its per-category overrides), then ``overrides``; checked as a whole.
 
     ``overrides`` is nested like the recipe; ``None`` values are ignored so that unset CLI flags do
     not mask recipe values.
     """
-    config = Config()
+    values: dict[str, Any] = {}
+    where = "options"
     if recipe is not None:
         path = recipe_path(recipe)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-        _merge_into(config, values, str(path))
+        values, where = _read_yaml(path), f"recipe {path.name} with options"
     overrides = _drop_none(overrides or {})
-    category = overrides.get("category") or config.category
-    if category and category in config.categories:
-        _merge_into(config, config.categories[category], f"categories.{category}")
-    _merge_into(config, overrides, "options")
-    return config
+    category = overrides.get("category") or values.get("category")
+    per_category = values.get("categories") or {}
+    if isinstance(per_category, dict) and category in per_category:
+        values = _merge(values, per_category[category])
+    return validate(_merge(values, overrides), where)
 
 
-def config_from_dict(values: dict[str, Any]) -> Config:
-    """Rebuild a config saved with ``Config.to_dict``."""
-    config = Config()
-    _merge_into(config, values, "config.yaml")
-    return config
+def config_from_dict(values: Any, source: str = "config.yaml") -> Config:
+    """Rebuild a config saved with ``Config.to_dict`` (checked like a recipe)."""
+    return validate(values, source)
+
+
+def _merge(base: dict[str, Any], update: Any) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, mappings merged key by key."""
+    if not isinstance(update, dict):
+        raise ConfigError(f"per-category overrides must be a mapping, got {type(update).__name__}")
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

@@ -23,11 +23,8 @@ from kornia.filters import gaussian_blur2d
 from kornia.metrics import ssim
 from torch import nn
 
-from robust_ad.config import ScoringConfig
-from robust_ad.errors import ConfigError
+from robust_ad.config import COMPONENTS, ScoringConfig
 from robust_ad.models.autoencoder import RobustAutoencoder
-
-COMPONENTS = ("pixel", "ssim", "feature", "memory")
 
 
 def _resize(t: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -39,14 +36,7 @@ class AnomalyScorer(nn.Module):
 
     def __init__(self, model: RobustAutoencoder, config: ScoringConfig, train_size: int) -> None:
         super().__init__()
-        unknown = set(config.weights) - set(COMPONENTS)
-        if unknown:
-            raise ConfigError(f"unknown score components {sorted(unknown)} (choose from {', '.join(COMPONENTS)})")
         self.components = [c for c in COMPONENTS if config.weights.get(c, 0) > 0]
-        if not self.components:
-            raise ConfigError("every score component has weight 0: give at least one a positive weight")
-        if config.image_score not in ("max", "topk"):
-            raise ConfigError(f"unknown image score '{config.image_score}' (choose max or topk)")
         self.model, self.config, self.train_size = model, config, train_size
         self.layers = list(model.config.encoder.feature_layers)
         weights = torch.tensor([float(config.weights[c]) for c in self.components])

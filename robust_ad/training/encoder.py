@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from torch.optim.swa_utils import update_bn
 from robust_ad import __version__
 from robust_ad.adversarial import pgd
 from robust_ad.config import EncoderConfig
-from robust_ad.errors import ConfigError, ModelError
+from robust_ad.errors import ModelError
 from robust_ad.models.encoder import Encoder, ProxyClassifier
 from robust_ad.progress import track
 from robust_ad.training import checkpoint, proxy
@@ -71,7 +70,7 @@ class EncoderRun:
             {
                 "format": FORMAT,
                 "version": __version__,
-                "config": dataclasses.asdict(self.config),
+                "config": self.config.model_dump(),
                 "n_classes": self.classifier.head[-1].out_features,
                 "image_size": self.image_size,
                 "categories": self.categories,
@@ -117,8 +116,6 @@ def train_encoder(
     A checkpoint is written atomically after every epoch when ``checkpoint_path`` is given;
     ``resume`` continues from it.
     """
-    if config.eps < 0:
-        raise ConfigError(f"eps must be >= 0, got {config.eps}")
     n_labels = len(np.unique(labels)) if labels is not None else 0
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
