@@ -156,9 +156,7 @@ def _reason(exc: Exception) -> str:
     return text
 
 
-def run_peer(
-    name: str, sets: dict[str, ImageSet], has_masks: dict[str, bool], settings: dict, seed: int, quantile: float
-) -> dict:
+def run_peer(name: str, sets: dict[str, ImageSet], settings: dict, seed: int, quantile: float) -> dict:
     """Train ``name`` on sets['train'] and evaluate it on sets['test']; its threshold follows robust-ad's rule,
     the ``quantile`` of its scores on the held-out normal images sets['val'] (which anomalib also validates on)."""
     from anomalib.engine import Engine
@@ -188,13 +186,13 @@ def run_peer(
             prediction, row["ms_per_image"], has_maps = raw_predict(model, sets["test"].images)
         except Exception as exc:  # any peer may fail here; record why and go on with the others
             return {**row, "error": _reason(exc)}
-    metrics = evaluate(sets["test"], prediction, threshold, has_masks)
+    metrics = evaluate(sets["test"], prediction, threshold)
     keep = ("image_auroc", "pixel_auroc", "aupro", "f1") if has_maps else ("image_auroc", "f1")
     return {**row, **{k: metrics[k] for k in keep}}
 
 
 def run_peers(
-    categories: dict[str, tuple[dict[str, ImageSet], dict[str, bool]]], settings: dict, seed: int, quantile: float
+    categories: dict[str, dict[str, ImageSet]], settings: dict, seed: int, quantile: float
 ) -> list[dict]:
     """Rows for every (category, anomalib image model); failures carry an 'error'."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail at once instead of retrying a download
@@ -202,9 +200,9 @@ def run_peers(
     warnings.filterwarnings("ignore", module="lightning|anomalib|torchmetrics|timm")
     names = settings.get("models") or image_models()
     rows = []
-    for category, (sets, has_masks) in categories.items():
+    for category, sets in categories.items():
         for name in names:
             log.info("anomalib %s on %s", name, category)
-            rows.append({"category": category, **run_peer(name, sets, has_masks, settings, seed, quantile)})
+            rows.append({"category": category, **run_peer(name, sets, settings, seed, quantile)})
             log.info("%s", rows[-1])
     return rows

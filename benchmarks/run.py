@@ -81,17 +81,13 @@ def _config(profile: dict, root: Path, category: str, eps: float, **sections: di
     return load_config("synthetic", overrides)
 
 
-def _has_masks(dataset) -> dict[str, bool]:
-    return {t: dataset.has_masks(t) for t in dataset.defect_types}
-
-
 def _detect(scorer: AnomalyScorer, dataset, config, threshold: float, size: int | None = None) -> dict:
     """Test metrics, plus 'ms_per_image': the scorer's time on the in-memory test images (what peers are timed on)."""
     test = load_split(dataset, "test", config, size)
     began = time.perf_counter()
     prediction = predict(scorer, test.images)
     ms = (time.perf_counter() - began) * 1000 / len(test.images)
-    return {**evaluate(test, prediction, threshold, _has_masks(dataset)), "ms_per_image": ms}
+    return {**evaluate(test, prediction, threshold), "ms_per_image": ms}
 
 
 def _reconstruction(run: Path, dataset, config) -> tuple[float, float]:
@@ -148,7 +144,7 @@ def component_ablation(profile: dict, root: Path, runs: Path, eps: float) -> lis
         dataset = open_dataset(config)
         train, val = load_split(dataset, "train", config), load_split(dataset, "val", config)
         for chosen in [*[[c] for c in COMPONENTS], list(COMPONENTS)]:
-            scoring = dataclasses.replace(config.scoring, weights={c: float(c in chosen) for c in COMPONENTS})
+            scoring = config.scoring.model_copy(update={"weights": {c: float(c in chosen) for c in COMPONENTS}})
             scorer = AnomalyScorer(rundir.load_model(run), scoring, config.data.image_size)
             threshold = calibrate(scorer, train.images, val.images)["threshold"]
             metrics = _detect(scorer, dataset, config, threshold)
@@ -203,7 +199,7 @@ def resolution(profile: dict, runs: Path, eps_values: list[float]) -> list[dict]
             size = config.data.image_size * factor
             metrics = _detect(scorer, dataset, config, threshold, size)
             psnr, ssim = _reconstruction(
-                run, dataset, dataclasses.replace(config, data=dataclasses.replace(config.data, image_size=size))
+                run, dataset, config.model_copy(update={"data": config.data.model_copy(update={"image_size": size})})
             )
             rows.append(
                 {
@@ -244,7 +240,7 @@ def peer_comparison(profile: dict, root: Path, eps: float) -> dict:
         config = _config(profile, root, category, eps)
         dataset = open_dataset(config)
         sets = {split: load_split(dataset, split, config) for split in ("train", "val", "test")}
-        categories[category] = (sets, _has_masks(dataset))
+        categories[category] = sets
     rows = peers.run_peers(categories, profile["peers"], config.seed, config.scoring.threshold_quantile)
     return {"anomalib": version, "rows": rows}
 

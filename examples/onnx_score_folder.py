@@ -43,18 +43,22 @@ def main() -> int:
     args = parser.parse_args()
 
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    # onnxruntime-gpu lists the CUDA provider even on machines without a GPU and logs a red error when it cannot
+    # start it; it then runs on the CPU. Quiet that: the provider actually used is printed below.
+    ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # quiet when the CUDA provider cannot start; it then runs on the CPU
+    options.log_severity_level = 4
     session = ort.InferenceSession(args.model, options, providers=providers)
+    print(f"# onnxruntime on {session.get_providers()[0]}", file=sys.stderr)
     meta = session.get_modelmeta().custom_metadata_map
     threshold, vmax = float(meta["threshold"]), float(meta["map_vmax"])
-    size = int(meta["image_size"])
     name = session.get_inputs()[0].name
     anomalous = 0
     for path in sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in SUFFIXES):
         image = load_rgb_uint8(path)
-        # The graph resizes internally; resizing here first only keeps the transfer small.
-        batch = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)[None]
+        # The whole frame goes in: the graph resizes it exactly as training and calibration did (metadata
+        # 'resize'); resizing here with another method would move the scores.
+        batch = image.transpose(2, 0, 1)[None]
         if meta["input_format"] != "uint8":
             batch = batch.astype(np.float32) / 255.0
         anomaly_map, score = session.run(None, {name: np.ascontiguousarray(batch)})[:2]

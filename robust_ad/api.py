@@ -55,7 +55,9 @@ def evaluate_encoder(
     if out is not None:
         check_writable(out, force)
     run, _ = EncoderRun.load(encoder)
-    config = load_config(None, {"data_root": str(data_root), "seed": seed, "data": {"image_size": run.image_size}})
+    config = load_config(
+        None, {"data_root": str(data_root) if data_root else None, "seed": seed, "data": {"image_size": run.image_size}}
+    )
     if run.config.proxy_task == "labels" and list(categories) != run.categories:
         raise ConfigError(f"this encoder classifies the categories {run.categories}: evaluate on exactly those")
     images, labels = labelled_images(config, categories, "val")
@@ -102,10 +104,41 @@ def _prepare_encoder(model, config: Config, train_images, run_dir: Path, resume:
     return {"encoder_source": "trained", "encoder_minutes": run.minutes, "encoder_history": run.history}
 
 
+def _verification_images(dataset, size: int, normal) -> tuple:
+    """Up to 8 held-out normal and 8 defect images (spread over the defect types) at twice the model's size,
+    kept in the run folder for the ONNX parity check of ``export``."""
+    import numpy as np
+
+    from robust_ad.data.arrays import load_samples
+
+    defects = [s for s in dataset.test if s.label == 1]
+    defects = defects[:: max(1, len(defects) // 8)][:8]
+    normal_set = load_samples(normal[:8], 2 * size, skip_bad=True)
+    defect_images = (
+        load_samples(defects, 2 * size, skip_bad=True).images if defects else np.zeros((0, 2 * size, 2 * size, 3))
+    )
+    return normal_set.images, defect_images
+
+
+def _refuse_resume_or_overwrite(run_dir: Path, resume: bool, force: bool) -> None:
+    from robust_ad import rundir
+    from robust_ad.errors import OverwriteError
+
+    if resume and not rundir.is_unfinished(run_dir):
+        if rundir.is_finished(run_dir):
+            raise OverwriteError(f"run {run_dir} already finished: nothing to resume (--force trains it again)")
+        raise OverwriteError(f"--resume: {run_dir} holds no interrupted run to continue")
+    if not resume and not force and rundir.is_unfinished(run_dir):
+        raise OverwriteError(
+            f"run folder {run_dir} holds an interrupted run: pass --resume to continue it, or --force to start over"
+        )
+
+
 def train(config: Config, out: str | Path, resume: bool = False, force: bool = False) -> Path:
     """``robust-ad train``: robust encoder, then decoder, then calibration; returns the run folder.
 
     With ``resume`` the run folder's own config.yaml is used and training continues where it stopped.
+    Everything that can be checked (config, model layers, dataset, run folder) is checked before training.
     """
     import time
 
@@ -114,7 +147,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad import machine, rundir
     from robust_ad.data.images import write_image
     from robust_ad.device import resolve_device, seed_everything
-    from robust_ad.fileio import prepare_output_dir, write_yaml
+    from robust_ad.fileio import output_folder
     from robust_ad.models.autoencoder import RobustAutoencoder
     from robust_ad.scoring.calibration import calibrate
     from robust_ad.scoring.scorer import AnomalyScorer
@@ -126,106 +159,146 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad.viz import reconstruction_grid
 
     run_dir = Path(out)
+    _refuse_resume_or_overwrite(run_dir, resume, force)
     if resume:
         config = rundir.read_config(run_dir)
-    if config.mode not in ("detect", "denoise"):
-        raise ConfigError(f"unknown mode '{config.mode}' (choose detect or denoise)")
     device = resolve_device(config.device)
+    model = RobustAutoencoder(config)  # checks the backbone's layer names before any work
     dataset = open_dataset(config)
-    if not resume:
-        prepare_output_dir(run_dir, force, "run folder", protect=[dataset.root])
-        write_yaml(run_dir / rundir.CONFIG, config.to_dict())
-    began = time.perf_counter()
-    seed_everything(config.seed)
-    train_set = load_split(dataset, "train", config)
-    val_set = load_split(dataset, "val", config) if dataset.val else None
-    model = RobustAutoencoder(config)
-    info = _prepare_encoder(model, config, train_set.images, run_dir, resume, device)
-    corrupt = random_corruption(config.denoise) if config.mode == "denoise" else None
-    history = fit_decoder(
-        model,
-        train_set.images,
-        val_set.images if val_set else None,
-        device,
-        config.seed,
-        run_dir / rundir.CHECKPOINT,
-        resume,
-        corrupt,
-    )
-    _write_losses(run_dir / rundir.LOSSES, history)
-    shown = val_set.images if val_set is not None else train_set.images
-    inputs = shown[:8]
-    if corrupt is not None:
-        inputs = corrupt(to_tensor(inputs), torch.Generator().manual_seed(config.seed)).permute(0, 2, 3, 1).numpy()
-    write_image(run_dir / rundir.GRID, reconstruction_grid(inputs, model.reconstruct(inputs)))
-    extra = {}
-    if config.mode == "detect":
-        scorer = AnomalyScorer(model, config.scoring, config.data.image_size)
-        if val_set is None:
-            log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
-        write_json(run_dir / rundir.CALIBRATION, calibrate(scorer, train_set.images, shown, config.data.batch_size))
-        extra["scorer"] = scorer.cpu().statistics()
-    checkpoint.save(run_dir / rundir.MODEL, model.cpu().payload(extra))
-    write_json(
-        run_dir / rundir.TRAINING,
-        {
-            "category": config.category,
-            "eps": config.encoder.eps,
-            "device": str(device),
-            "machine": machine.describe(),
-            "minutes": (time.perf_counter() - began) / 60,
-            "decoder_minutes": sum(row["seconds"] for row in history) / 60,
-            **info,
-        },
-    )
-    (run_dir / rundir.CHECKPOINT).unlink(missing_ok=True)
+    config = config.model_copy(update={"data_root": str(dataset.root)})
+    inputs = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]
+    with output_folder(run_dir, force, "run folder", inputs=inputs, keep=resume):
+        if not resume:
+            rundir.write_config(run_dir, config)
+        began = time.perf_counter()
+        seed_everything(config.seed)
+        train_set = load_split(dataset, "train", config)
+        val_set = load_split(dataset, "val", config) if dataset.val else None
+        info = _prepare_encoder(model, config, train_set.images, run_dir, resume, device)
+        corrupt = random_corruption(config.denoise) if config.mode == "denoise" else None
+        history = fit_decoder(
+            model,
+            train_set.images,
+            val_set.images if val_set else None,
+            device,
+            config.seed,
+            run_dir / rundir.CHECKPOINT,
+            resume,
+            corrupt,
+        )
+        _write_losses(run_dir / rundir.LOSSES, history)
+        shown = val_set.images if val_set is not None else train_set.images
+        inputs = shown[:8]
+        if corrupt is not None:
+            generator = torch.Generator().manual_seed(config.seed)
+            inputs = corrupt(to_tensor(inputs), generator).permute(0, 2, 3, 1).numpy()
+        write_image(run_dir / rundir.GRID, reconstruction_grid(inputs, model.reconstruct(inputs)))
+        extra = {}
+        if config.mode == "detect":
+            scorer = AnomalyScorer(model, config.scoring, config.data.image_size).to(device)
+            if val_set is None:
+                log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
+            calibration = calibrate(scorer, train_set.images, shown, config.data.batch_size)
+            calibration["train_aspect_ratio"] = train_set.aspect_ratio
+            write_json(run_dir / rundir.CALIBRATION, calibration)
+            extra["scorer"] = scorer.cpu().statistics()
+        held_out = dataset.val or dataset.train
+        rundir.write_verification(run_dir, *_verification_images(dataset, config.data.image_size, held_out))
+        checkpoint.save(run_dir / rundir.MODEL, model.cpu().payload(extra))
+        write_json(
+            run_dir / rundir.TRAINING,
+            {
+                "category": config.category,
+                "eps": config.encoder.eps,
+                "device": str(device),
+                "machine": machine.describe(),
+                "minutes": (time.perf_counter() - began) / 60,
+                "decoder_minutes": sum(row["seconds"] for row in history) / 60,
+                **info,
+            },
+        )
+        (run_dir / rundir.CHECKPOINT).unlink(missing_ok=True)
     return run_dir
 
 
-def _torch_predictor(scorer, batch_size: int):
+def _torch_predictor(scorer, batch_size: int, train_aspect: float | None):
+    """The torch twin of the ONNX predictor: full-size frames resized on the host with the graph's resize."""
+    import numpy as np
+
+    from robust_ad.data.resize import resize_image
+    from robust_ad.runtime import aspect_warning
     from robust_ad.scoring.inference import predict
 
+    warned: set[tuple[int, int]] = set()
+
     def run(images):
-        prediction = predict(scorer, images, batch_size)
+        for image in images:
+            shape = image.shape[:2]
+            if shape not in warned:
+                warned.add(shape)
+                warning = aspect_warning(shape, train_aspect)
+                if warning:
+                    log.warning("%s", warning)
+        resized = np.stack([resize_image(image, scorer.train_size) for image in images])
+        prediction = predict(scorer, resized, batch_size)
         return prediction.maps, prediction.scores, prediction.raw_scores
 
     return run
 
 
+def _check_threshold(threshold: float | None) -> None:
+    import math
+
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError(f"--threshold must be a finite number, got {threshold}")
+
+
 def score(
     paths: list[str | Path],
-    model: str | Path,
+    model: str | Path | None = None,
     out: str | Path = "results",
     threshold: float | None = None,
     batch_size: int = 16,
     device: str = "auto",
     onnx: str | Path | None = None,
     force: bool = False,
+    category: str | None = None,
 ):
     """``robust-ad score``: a verdict, score and heat-map overlay per image; scores.csv / scores.json in ``out``.
 
-    ``onnx`` scores with the exported file through onnxruntime instead of torch (``model`` is then unused).
+    ``onnx`` scores with the exported file through onnxruntime instead of torch. With neither ``model`` nor
+    ``onnx``, the run of ``category`` in ./runs is used, else the most recently trained run there.
     """
+    from robust_ad import rundir
     from robust_ad.device import resolve_device
-    from robust_ad.fileio import prepare_output_dir
+    from robust_ad.fileio import output_folder
     from robust_ad.scoring.files import resolve_paths, score_files
 
+    if model is not None and onnx is not None:
+        raise ConfigError("give one of --model RUN_FOLDER or --onnx FILE, not both")
+    if batch_size < 1:
+        raise ConfigError(f"--batch must be at least 1, got {batch_size}")
+    _check_threshold(threshold)
     files = resolve_paths(paths)
     if onnx is not None:
         from robust_ad.runtime import InferenceSession
 
         session = InferenceSession(onnx, device=device)
         predictor, meta = session.predictor(batch_size), session.metadata
-        size, calibrated, vmax = meta["image_size"], meta["threshold"], meta["map_vmax"]
+        calibrated, vmax = meta["threshold"], meta["map_vmax"]
     else:
-        from robust_ad import rundir
-
+        if model is None:
+            model = rundir.find_run(category)
+            log.info("scoring with the run %s", model)
         scorer = rundir.load_scorer(model, resolve_device(device))
-        calibration = rundir.read_json(model, rundir.CALIBRATION)
-        predictor, size = _torch_predictor(scorer, batch_size), scorer.train_size
+        calibration = rundir.read_calibration(model)
+        predictor = _torch_predictor(scorer, batch_size, calibration.get("train_aspect_ratio"))
         calibrated, vmax = calibration["threshold"], calibration["map_vmax"]
-    out = prepare_output_dir(out, force, "results folder", protect=[*files, onnx or model])
-    return score_files(files, predictor, size, calibrated if threshold is None else threshold, out, vmax, batch_size)
+    inputs = [*files, *(p for p in paths if Path(p).is_dir())]
+    with output_folder(out, force, "results folder", inputs=inputs, models=[onnx or model]) as folder:
+        result = score_files(files, predictor, calibrated if threshold is None else threshold, folder, vmax, batch_size)
+    result.model = str(onnx or model)
+    return result
 
 
 def evaluate(
@@ -237,10 +310,13 @@ def evaluate(
     batch_size: int = 16,
     force: bool = False,
 ) -> dict:
-    """``robust-ad eval``: metrics.json, roc.png and report.html for a model on its category's test split."""
+    """``robust-ad eval``: metrics.json, roc.png and report.html for a model on its category's test split.
+
+    Writes into ``out`` (default ``<model>/eval``) only; the model's own files are never changed.
+    """
     from robust_ad import machine, rundir
     from robust_ad.device import resolve_device
-    from robust_ad.fileio import prepare_output_dir
+    from robust_ad.fileio import output_folder
     from robust_ad.report import html_report, roc_figure
     from robust_ad.scoring.evaluate import evaluate as _evaluate
     from robust_ad.scoring.inference import predict
@@ -248,33 +324,31 @@ def evaluate(
 
     config = rundir.read_config(model)
     scorer = rundir.load_scorer(model, resolve_device(device))
-    calibration = rundir.read_json(model, rundir.CALIBRATION)
+    calibration = rundir.read_calibration(model)
     dataset = open_dataset(config, data_root, category)
     test = load_split(dataset, "test", config)
-    out = prepare_output_dir(out or Path(model) / "eval", force, "evaluation folder", protect=[dataset.root, model])
-    prediction = predict(scorer, test.images, batch_size, "evaluating")
-    metrics = _evaluate(
-        test, prediction, calibration["threshold"], {t: dataset.has_masks(t) for t in dataset.defect_types}
-    )
-    metrics.update(
-        {
-            "category": dataset.category,
-            "model": str(model),
-            "eps": config.encoder.eps,
-            "image_size": config.data.image_size,
-            "machine": machine.describe(),
-        }
-    )
-    write_json(out / "metrics.json", metrics)
-    if metrics["f1_max_threshold"] is not None:  # labelled defects: record the F1-optimal threshold too
-        calibration["f1_threshold"] = metrics["f1_max_threshold"]
-        calibration["f1_threshold_rule"] = (
-            f"F1-optimal on the labelled test split of {dataset.root} (robust-ad eval); optimistic, since it is "
-            "tuned on the evaluated images; use it with 'score --threshold'"
+    with output_folder(
+        out or Path(model) / "eval", force, "evaluation folder", inputs=[dataset.root], models=[model]
+    ) as folder:
+        prediction = predict(scorer, test.images, batch_size, "evaluating")
+        metrics = _evaluate(test, prediction, calibration["threshold"])
+        metrics.update(
+            {
+                "category": dataset.category,
+                "model": str(model),
+                "eps": config.encoder.eps,
+                "image_size": config.data.image_size,
+                "machine": machine.describe(),
+            }
         )
-        write_json(Path(model) / rundir.CALIBRATION, calibration)
-    roc_figure(out / "roc.png", test, prediction, f"{dataset.category} (eps={config.encoder.eps})")
-    html_report(out, metrics, test, prediction, calibration["map_vmax"])
+        if metrics["f1_max_threshold"] is not None:
+            metrics["f1_max_threshold_rule"] = (
+                f"F1-optimal on the labelled test split of {dataset.root}; optimistic, since it is tuned on the "
+                "evaluated images; use it with 'score --threshold' if you accept that"
+            )
+        write_json(folder / "metrics.json", metrics)
+        roc_figure(folder / "roc.png", test, prediction, f"{dataset.category} (eps={config.encoder.eps})")
+        html_report(folder, metrics, test, prediction, calibration["map_vmax"])
     return metrics
 
 
@@ -299,7 +373,7 @@ def denoise(
     from robust_ad.denoising import denoise_files
     from robust_ad.device import resolve_device
     from robust_ad.errors import DataError
-    from robust_ad.fileio import prepare_output_dir
+    from robust_ad.fileio import output_folder
     from robust_ad.scoring.files import resolve_paths
 
     files = resolve_paths(paths)
@@ -310,8 +384,9 @@ def denoise(
             f"two inputs share the file name {Path(clash[0]).name} ({', '.join(clash)}): denoise them "
             "into separate --out folders"
         )
-    out = prepare_output_dir(out, force, "output folder", protect=[*files, model])
-    return denoise_files(files, model, out, compare, resolve_device(device))
+    inputs = [*files, *(p for p in paths if Path(p).is_dir())]
+    with output_folder(out, force, "output folder", inputs=inputs, models=[model]) as folder:
+        return denoise_files(files, model, folder, compare, resolve_device(device))
 
 
 def evaluate_denoiser(
@@ -327,7 +402,7 @@ def evaluate_denoiser(
     from robust_ad import machine, rundir
     from robust_ad.denoising import evaluate_denoising, load_denoiser
     from robust_ad.device import resolve_device
-    from robust_ad.fileio import prepare_output_dir
+    from robust_ad.fileio import output_folder
     from robust_ad.training.data import load_split, open_dataset
 
     config = rundir.read_config(model)
@@ -339,10 +414,13 @@ def evaluate_denoiser(
     dataset = open_dataset(config, data_root, category)
     tune = load_split(dataset, "val", config).images if dataset.val else load_split(dataset, "train", config).images
     test = load_split(dataset, "test", config).images
-    rows = evaluate_denoising(models, tune[:16], test, seed=config.seed)
-    out = prepare_output_dir(out or Path(model) / "eval", force, "evaluation folder", protect=[dataset.root, model])
-    write_json(
-        out / "denoise_metrics.json",
-        {"category": dataset.category, "model": str(model), "machine": machine.describe(), "rows": rows},
-    )
+    models_read = [model, *([baseline] if baseline is not None else [])]
+    with output_folder(
+        out or Path(model) / "eval", force, "evaluation folder", inputs=[dataset.root], models=models_read
+    ) as folder:
+        rows = evaluate_denoising(models, tune[:16], test, seed=config.seed)
+        write_json(
+            folder / "denoise_metrics.json",
+            {"category": dataset.category, "model": str(model), "machine": machine.describe(), "rows": rows},
+        )
     return rows

@@ -1,4 +1,9 @@
-"""Command line: parses options, calls the library, prints results. No logic of its own."""
+"""Command line: parses options, calls the library, prints results. No logic of its own.
+
+Exit codes (every command): 0 done; 1 anomalous parts found (``score --fail-on-anomaly``); 2 usage, data,
+model or configuration error (one line on stderr); 3 some input files could not be read (listed; the rest
+were processed); 4 internal error (a bug: one line, ``--debug`` shows the traceback); 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +25,16 @@ err_console = Console(stderr=True)
 _state = {"debug": False}
 
 
+EXIT_ANOMALOUS, EXIT_ERROR, EXIT_UNREADABLE, EXIT_INTERNAL = 1, 2, 3, 4
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {' '.join(message.split())}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
 class _App(typer.Typer):
-    """A Typer app whose commands print a RobustADError as one line and exit with code 2."""
+    """A Typer app whose commands turn every exception into one line on stderr and a documented exit code."""
 
     def command(self, *args: Any, **kwargs: Any) -> Callable:
         register = super().command(*args, **kwargs)
@@ -31,11 +44,21 @@ class _App(typer.Typer):
             def wrapper(*a: Any, **k: Any) -> Any:
                 try:
                     return fn(*a, **k)
-                except RobustADError as exc:
+                except (typer.Exit, typer.Abort, KeyboardInterrupt):
+                    raise
+                except Exception as exc:
                     if _state["debug"]:
                         raise
-                    err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-                    raise typer.Exit(2) from None
+                    if isinstance(exc, RobustADError):
+                        raise _fail(str(exc), EXIT_ERROR) from None
+                    if isinstance(exc, OSError):  # a file system refusal: the user can fix it
+                        where = f" ({exc.filename})" if exc.filename else ""
+                        raise _fail(f"{exc.strerror or exc}{where}", EXIT_ERROR) from None
+                    raise _fail(
+                        f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, "
+                        "and please report it)",
+                        EXIT_INTERNAL,
+                    ) from None
 
             return register(wrapper)
 
@@ -107,6 +130,8 @@ def datasets_check(
     console.print(f"image sizes: {sizes}")
     console.print(f"formats: {', '.join(f'{k} ({n})' for k, n in report.formats.most_common())}")
     console.print(f"masks matched: {report.masks_matched}, defects without mask: {report.defects_without_mask}")
+    for problem in report.problems:
+        err_console.print(f"[yellow]problem:[/yellow] {problem}", highlight=False, soft_wrap=True)
     if not report.usable:
         raise DataError(report.reason())
     console.print("[green]dataset is usable[/green]")
@@ -121,6 +146,10 @@ IMAGE_SIZE = typer.Option(None, "--image-size", help="Side of the square images 
 BATCH_SIZE = typer.Option(None, "--batch-size", help="Training batch size.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _config(recipe: str | None, **overrides: Any) -> Any:
@@ -246,7 +275,10 @@ def train(
 @app.command("score")
 def score(
     paths: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
-    model: Path = typer.Option(None, "--model", help="Run folder written by 'robust-ad train'."),
+    model: Path = typer.Option(
+        None, "--model", help="Run folder (default: runs/<--category>, else the most recent run in runs/)."
+    ),
+    category: str = typer.Option(None, "--category", help="Use runs/<category> when --model is not given."),
     onnx: Path = typer.Option(None, "--onnx", help="Score with an exported ONNX file (onnxruntime) instead."),
     out: Path = typer.Option(Path("results"), "--out", help="Folder for scores.csv, scores.json and overlays."),
     threshold: float = typer.Option(None, "--threshold", help="Normalised-score threshold (default: calibrated)."),
@@ -259,14 +291,13 @@ def score(
 ) -> None:
     """Score images: verdict, score and heat-map overlay per image.
 
-    Exit codes: 0 done; 1 anomalies found (with --fail-on-anomaly); 2 error; 3 some files could not be read.
+    Exit codes: 0 done; 1 anomalies found (with --fail-on-anomaly); 2 error; 3 some files could not be read
+    (this wins over 1: an unreadable frame is never hidden by an anomaly); 4 internal error.
     """
     from robust_ad.api import score as score_images
-    from robust_ad.errors import ConfigError
 
-    if (model is None) == (onnx is None):
-        raise ConfigError("give exactly one of --model RUN_FOLDER or --onnx FILE")
-    run = score_images(paths, model, out, threshold, batch, device, onnx, force)
+    run = score_images(paths, model, out, threshold, batch, device, onnx, force, category)
+    console.print(f"model: {run.model}")
     table = Table(title=f"{len(run.rows)} images scored, {run.n_anomalous} anomalous ({out}/scores.csv)")
     for column in ("path", "score", "normalised", "verdict"):
         table.add_column(column)
@@ -274,8 +305,8 @@ def score(
         colour = "red" if row["verdict"] == "anomalous" else "green"
         table.add_row(
             row["path"],
-            f"{row['score']:.3f}",
-            f"{row['normalized_score']:.2f}",
+            _number(row["score"], 3),
+            _number(row["normalized_score"], 2),
             f"[{colour}]{row['verdict']}[/{colour}]",
         )
     if len(run.rows) > 50:
@@ -283,10 +314,10 @@ def score(
     console.print(table)
     for error in run.errors:
         err_console.print(f"[yellow]skipped:[/yellow] {error['error']}", highlight=False, soft_wrap=True)
-    if fail_on_anomaly and run.n_anomalous:
-        raise typer.Exit(1)
     if run.errors:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_UNREADABLE)
+    if fail_on_anomaly and run.n_anomalous:
+        raise typer.Exit(EXIT_ANOMALOUS)
 
 
 @app.command("eval")
@@ -314,12 +345,9 @@ def evaluate(
     for column in ("defect type", "n", *keys):
         table.add_column(column)
 
-    def cell(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
-
     for defect, values in metrics["per_defect_type"].items():
-        table.add_row(defect, str(values["n"]), *(cell(values[k]) for k in keys))
-    table.add_row("[bold]all[/bold]", str(metrics["n_anomalous"]), *(cell(metrics[k]) for k in keys))
+        table.add_row(defect, str(values["n"]), *(_number(values[k], 3) for k in keys))
+    table.add_row("[bold]all[/bold]", str(metrics["n_anomalous"]), *(_number(metrics[k], 3) for k in keys))
     console.print(table)
     console.print(f"report: {out or Path(model) / 'eval'}/report.html")
 
@@ -355,9 +383,20 @@ def export(
         verify=not no_verify,
         force=force,
     )
-    parity = meta.get("parity_max_abs_diff")
-    checked = f", parity with torch: max |difference| {parity:.1e}" if parity is not None else " (not verified)"
-    console.print(f"wrote {out or Path(model) / 'model.onnx'}{checked}")
+    console.print(f"wrote {out or Path(model) / 'model.onnx'}")
+    if "parity_images" not in meta:
+        console.print("parity with torch: not verified (--no-verify)")
+    elif "parity_score_max_diff" in meta:
+        console.print(
+            f"parity with torch on {meta['parity_images']} held-out images of the run: max |score difference| "
+            f"{meta['parity_score_max_diff']:.1e}, max |map difference| {meta['parity_map_max_diff']:.1e} "
+            f"(normal std units), identical verdicts; on uniform noise {meta['parity_noise_max_diff']:.1e}"
+        )
+    else:
+        console.print(
+            f"parity with torch on {meta['parity_images']} held-out images: max |difference| "
+            f"{meta['parity_image_max_diff']:.1e}"
+        )
 
 
 @app.command("demo")
@@ -425,7 +464,7 @@ def denoise(
     for error in errors:
         err_console.print(f"[yellow]skipped:[/yellow] {error['error']}", highlight=False, soft_wrap=True)
     if errors:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_UNREADABLE)
 
 
 def main() -> None:

@@ -23,3 +23,7 @@ class ModelError(RobustADError):
 
 class OverwriteError(RobustADError):
     """An output exists and --force was not given."""
+
+
+class BusyError(RobustADError):
+    """Another robust-ad process is writing the same folder."""

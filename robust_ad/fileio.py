@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 
-from robust_ad.errors import OverwriteError
+from robust_ad.errors import BusyError, OverwriteError
 
 
 @contextmanager
@@ -46,37 +47,117 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Valid JSON only: a NaN or infinity anywhere is a bug to surface, not a file to write."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_yaml(path: str | Path, data: Any) -> Path:
     return write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def prepare_output_dir(
-    path: str | Path, force: bool, what: str = "output folder", protect: Iterable[str | Path] = ()
-) -> Path:
-    """Create ``path``; if it already holds files, refuse unless ``force`` (then clear it).
+LOCK_NAME = ".robust-ad.lock"
 
-    ``protect`` lists what the command reads (input images, a dataset, a model): a folder holding any of
-    them is refused even with ``force``, since clearing it would delete the user's data.
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _refuse_overlap(path: Path, what: str, inputs: Iterable[str | Path], models: Iterable[str | Path]) -> None:
+    """Refuse an output folder that holds, or lies inside, an input (dataset, images), or holds a model.
+
+    An output folder inside a model's run folder is fine (``<model>/eval``); one inside the dataset or an input
+    folder is not: clearing it would delete data, and later scans of the input would pick up the outputs.
+    """
+    resolved = path.resolve()
+    for item, both_ways in [*((i, True) for i in inputs), *((m, False) for m in models)]:
+        item = Path(item).resolve()
+        if _inside(item, resolved) or (both_ways and _inside(resolved, item)):
+            raise OverwriteError(
+                f"{what} {path} overlaps the input {item}: choose a folder outside it (inputs are never overwritten)"
+            )
+
+
+def _busy(path: Path) -> bool:
+    """Whether another robust-ad process holds the folder's lock right now."""
+    lock_file = path / LOCK_NAME
+    if not lock_file.is_file():
+        return False
+    try:
+        with FileLock(lock_file, timeout=0):
+            return False
+    except Timeout:
+        return True
+
+
+def _busy_error(path: Path, what: str) -> BusyError:
+    return BusyError(f"{what} {path} is being written by another robust-ad process: wait for it to finish")
+
+
+def refuse_if_busy(path: str | Path, what: str = "folder") -> None:
+    """Refuse to read a folder that a running command is still writing (a training run, say)."""
+    if _busy(Path(path)):
+        raise _busy_error(Path(path), what)
+
+
+def _clear(path: Path) -> None:
+    for child in path.iterdir():
+        if child.name == LOCK_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def has_content(path: Path) -> bool:
+    return path.is_dir() and any(child.name != LOCK_NAME for child in path.iterdir())
+
+
+@contextmanager
+def output_folder(
+    path: str | Path,
+    force: bool,
+    what: str = "output folder",
+    inputs: Iterable[str | Path] = (),
+    models: Iterable[str | Path] = (),
+    keep: bool = False,
+) -> Iterator[Path]:
+    """Create ``path`` and hold its lock while the block writes into it; a second writer is refused.
+
+    A folder that already holds files is refused unless ``force`` (then cleared) or ``keep`` (``--resume``:
+    written on). ``inputs`` (datasets, input images) may neither contain nor hold the folder, ``models`` may
+    not lie inside it: with or without ``force``, nothing a command reads is ever deleted. A folder this
+    call created is removed again when the block fails before writing anything.
     """
     path = Path(path)
-    resolved = path.resolve()
-    for item in protect:
-        item = Path(item).resolve()
-        if item == resolved or resolved in item.parents:
-            raise OverwriteError(
-                f"{what} {path} holds the input {item}: choose another folder (inputs are never overwritten)"
-            )
+    _refuse_overlap(path, what, inputs, models)
     if path.exists() and not path.is_dir():
         raise OverwriteError(f"{what} {path} exists and is not a folder")
-    if path.exists() and any(path.iterdir()):
-        if not force:
-            raise OverwriteError(f"{what} {path} is not empty; pass --force to overwrite it")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OverwriteError(f"cannot create {what} {path}: {exc.strerror or exc}") from exc
+    lock = FileLock(path / LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise _busy_error(path, what) from None
+    except OSError as exc:
+        raise OverwriteError(f"cannot write into {what} {path}: {exc.strerror or exc}") from exc
+    try:
+        if has_content(path) and not keep:
+            if not force:
+                raise OverwriteError(f"{what} {path} is not empty; pass --force to overwrite it")
+            _clear(path)
+        yield path
+    except BaseException:
+        if created and not has_content(path):
+            lock.release()
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
 
 
 def check_writable(path: str | Path, force: bool) -> Path:

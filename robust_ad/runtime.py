@@ -1,13 +1,18 @@
 """Production inference with onnxruntime only: no torch import, so a line PC needs just onnxruntime + numpy.
 
 Picks the TensorRT and CUDA execution providers when they are usable and falls back to the CPU with a
-warning. Thresholds and preprocessing come from the exported file's metadata.
+warning. Thresholds and preprocessing come from the exported file's metadata, which is checked at load: a
+missing, non-numeric or non-finite number there is refused, never used.
+
+Full camera frames go into the graph as they are: it resizes them itself, with the same resize as training
+and calibration (see the ``resize`` metadata entry).
 """
 
 from __future__ import annotations
 
 import ctypes.util
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +28,49 @@ _NUMERIC = {
     "score_std": float,
     "image_size": int,
     "eps": float,
+    "train_aspect_ratio": float,
 }
+_REQUIRED = {"detect": ("threshold", "map_vmax", "score_mean", "score_std", "image_size"), "denoise": ()}
+ASPECT_TOLERANCE = 0.05  # relative difference of width/height from training above which a warning is given
+
+
+def _metadata(raw: dict[str, str], path: Path) -> dict:
+    """The file's metadata with numbers parsed; refuses missing, non-numeric and non-finite ones."""
+    mode = raw.get("mode", "detect")
+    if mode not in _REQUIRED:
+        raise ModelError(f"{path}: unknown mode '{mode}' in the metadata")
+    missing = [key for key in _REQUIRED[mode] if key not in raw]
+    if missing:
+        raise ModelError(f"{path}: metadata lacks {', '.join(missing)} (re-export it with 'robust-ad export')")
+    meta: dict = {}
+    for key, value in raw.items():
+        if key not in _NUMERIC:
+            meta[key] = value
+            continue
+        try:
+            number = _NUMERIC[key](value)
+        except ValueError:
+            raise ModelError(f"{path}: metadata '{key}' = {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ModelError(f"{path}: metadata '{key}' = {value!r} is not finite")
+        meta[key] = number
+    if mode == "detect" and (meta["score_std"] <= 0 or meta["image_size"] < 1):
+        raise ModelError(f"{path}: metadata score_std and image_size must be positive")
+    return meta
+
+
+def aspect_warning(shape: tuple[int, ...], train_aspect: float | None) -> str | None:
+    """A warning when a (H, W, ...) frame's width/height differs from the training images' by over 5 %."""
+    if not train_aspect:
+        return None
+    aspect = shape[1] / shape[0]
+    if abs(aspect / train_aspect - 1) <= ASPECT_TOLERANCE:
+        return None
+    return (
+        f"input frames of {shape[1]}x{shape[0]} px (aspect {aspect:.2f}) differ from the training images' aspect "
+        f"{train_aspect:.2f}: the square resize distorts them, so scores may rise; crop the frames like the "
+        "training images"
+    )
 
 
 def choose_providers(device: str = "auto") -> list[str]:
@@ -69,9 +116,10 @@ class InferenceSession:
             raise ModelError(
                 f"{path}: not a robust-ad model (no robust-ad metadata; export it with 'robust-ad export')"
             )
-        self.metadata = {k: _NUMERIC[k](v) if k in _NUMERIC else v for k, v in raw.items()}
+        self.metadata = _metadata(raw, path) if require_robust_ad else raw
         self.input = self.session.get_inputs()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._warned: set[tuple[int, int]] = set()
 
     def run_raw(self, images: np.ndarray) -> list[np.ndarray]:
         """Run the graph on an (N, 3, H, W) batch in the input format the file declares."""
@@ -85,9 +133,15 @@ class InferenceSession:
         return nchw.astype(np.float32)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(N, H, W, 3) float RGB images in [0, 1] → (anomaly maps, normalised scores, raw scores)."""
+        """(N, H, W, 3) float RGB frames in [0, 1], any size → (anomaly maps, normalised scores, raw scores)."""
         if self.metadata.get("mode") != "detect":
             raise ModelError("this ONNX file is a denoising model: it has no anomaly scores")
+        shape = images.shape[1:3]
+        if shape not in self._warned:
+            self._warned.add(shape)
+            warning = aspect_warning(shape, self.metadata.get("train_aspect_ratio"))
+            if warning:
+                log.warning("%s", warning)
         maps, scores = self.run_raw(self._to_input(images))[:2]
         raw = scores * self.metadata["score_std"] + self.metadata["score_mean"]
         return maps.astype(np.float32), scores.astype(np.float32), raw.astype(np.float32)
@@ -99,18 +153,24 @@ class InferenceSession:
         return clean.transpose(0, 2, 3, 1)
 
     def predictor(self, batch_size: int):
-        """A function scoring any number of images in batches of ``batch_size`` (fixed-batch files: their size)."""
+        """A function scoring a list of full-size frames (sizes may differ): frames of one size go through in
+        batches of ``batch_size`` (fixed-batch files: their size, padded)."""
         fixed = self.input.shape[0] if isinstance(self.input.shape[0], int) else None
 
-        def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def run(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             step = fixed or batch_size
             parts = []
-            for start in range(0, len(images), step):
-                chunk = images[start : start + step]
+            start = 0
+            while start < len(images):
+                end = start + 1
+                while end < len(images) and end - start < step and images[end].shape == images[start].shape:
+                    end += 1
+                chunk = np.stack(images[start:end])
                 pad = (fixed - len(chunk)) if fixed else 0
                 if pad:
                     chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
                 parts.append([a[: len(chunk) - pad] for a in self.predict(chunk)])
+                start = end
             return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
 
         return run

@@ -83,9 +83,8 @@ def test_peers_train_and_evaluate_with_anomalib(synth_root: Path) -> None:
     config = tiny_config(synth_root)
     dataset = open_dataset(config)
     sets = {split: load_split(dataset, split, config) for split in ("train", "val", "test")}
-    has_masks = {t: dataset.has_masks(t) for t in dataset.defect_types}
     settings = {"max_epochs": 1, "budget_minutes": 0.5, "models": ["Padim", "Stfpm"]}
-    padim, stfpm = peers.run_peers({"bottle": (sets, has_masks)}, settings, seed=0, quantile=0.99)
+    padim, stfpm = peers.run_peers({"bottle": sets}, settings, seed=0, quantile=0.99)
     assert 0 <= padim["image_auroc"] <= 1 and 0 <= padim["aupro"] <= 1 and 0 <= padim["f1"] <= 1
     assert padim["ms_per_image"] > 0
     assert "no network" in stfpm["error"]

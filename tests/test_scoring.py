@@ -55,7 +55,8 @@ def test_calibration_threshold_is_the_documented_quantile_of_normal_scores(tiny_
     assert calibration["threshold"] == pytest.approx(expected, abs=1e-4)
 
 
-def _random_evaluation(seed: int, with_masks: bool = True) -> tuple[ImageSet, Prediction, np.ndarray]:
+def _random_evaluation(seed: int, masked=lambda i, defect: True) -> tuple[ImageSet, Prediction, np.ndarray]:
+    """Random maps and scores; defect image i of type ``defect`` has a mask file when ``masked(i, defect)``."""
     rng = np.random.default_rng(seed)
     n = 12
     labels = np.array([0] * 6 + [1] * 6)
@@ -65,11 +66,12 @@ def _random_evaluation(seed: int, with_masks: bool = True) -> tuple[ImageSet, Pr
         masks[i, y : y + 5, x : x + 4] = True
     maps = rng.random((n, 16, 16)) + masks * rng.random() * 0.8
     scores = maps.reshape(n, -1).max(1) + rng.normal(0, 0.1, n)
+    types = ["good" if label == 0 else ("a" if i % 2 else "b") for i, label in enumerate(labels)]
     samples = [
-        Sample(Path(f"{i}.png"), int(label), "good" if label == 0 else ("a" if i % 2 else "b"))
-        for i, label in enumerate(labels)
+        Sample(Path(f"{i}.png"), int(label), t, Path(f"{i}_mask.png") if label and masked(i, t) else None)
+        for i, (label, t) in enumerate(zip(labels, types, strict=True))
     ]
-    test = ImageSet(np.zeros((n, 16, 16, 3), np.float32), masks, labels, samples)
+    test = ImageSet(np.zeros((n, 16, 16, 3), np.float32), masks, labels, samples, np.full((n, 2), 16))
     return test, Prediction(maps, scores, scores, np.zeros((n, 16, 16, 3))), masks
 
 
@@ -94,7 +96,7 @@ def _naive_aupro(masks: np.ndarray, maps: np.ndarray, limit: float = 0.3) -> flo
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_metrics_match_scikit_learn_and_a_reference_aupro(seed: int) -> None:
     test, prediction, masks = _random_evaluation(seed)
-    result = evaluate(test, prediction, 0.9, {"a": True, "b": True})
+    result = evaluate(test, prediction, 0.9)
     assert result["image_auroc"] == pytest.approx(roc_auc_score(test.labels, prediction.scores))
     assert result["pixel_auroc"] == pytest.approx(roc_auc_score(masks.reshape(-1), prediction.maps.reshape(-1)))
     assert result["f1"] == pytest.approx(f1_score(test.labels, prediction.scores > 0.9))
@@ -105,13 +107,23 @@ def test_metrics_match_scikit_learn_and_a_reference_aupro(seed: int) -> None:
 
 
 def test_pixel_metrics_are_null_without_masks() -> None:
-    test, prediction, _ = _random_evaluation(0)
-    result = evaluate(test, prediction, 0.9, {"a": False, "b": True})
+    test, prediction, _ = _random_evaluation(0, lambda i, defect: defect == "b")
+    result = evaluate(test, prediction, 0.9)
     assert result["per_defect_type"]["a"]["pixel_auroc"] is None and result["per_defect_type"]["a"]["aupro"] is None
     assert result["per_defect_type"]["b"]["pixel_auroc"] is not None
     assert result["pixel_auroc"] is not None  # computed on the images that have masks
-    none = evaluate(test, prediction, 0.9, {"a": False, "b": False})
+    assert result["n_without_mask"] == 3 and result["per_defect_type"]["a"]["n_without_mask"] == 3
+    test, prediction, _ = _random_evaluation(0, lambda i, defect: False)
+    none = evaluate(test, prediction, 0.9)
     assert none["pixel_auroc"] is None and none["aupro"] is None and none["image_auroc"] is not None
+
+
+def test_a_type_with_some_masks_missing_is_measured_on_those_that_have_one() -> None:
+    test, prediction, masks = _random_evaluation(1, lambda i, defect: i != 7)  # image 7 (type 'a') has no mask
+    result = evaluate(test, prediction, 0.9)["per_defect_type"]["a"]
+    keep = np.array([s.label == 0 or (s.defect_type == "a" and s.mask_path is not None) for s in test.samples])
+    assert result["n_without_mask"] == 1 and result["n"] == 3
+    assert result["pixel_auroc"] == pytest.approx(roc_auc_score(masks[keep].reshape(-1), prediction.maps[keep].ravel()))
 
 
 def test_aupro_perfect_and_random() -> None:
@@ -179,6 +191,7 @@ def test_score_cli_errors_are_one_line(tiny_run: Path, tmp_path: Path) -> None:
 
 def test_eval_cli_writes_metrics_report_and_roc(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
+    model_files = {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()}
     result = runner.invoke(app, ["eval", "--category", "bottle", "--model", str(tiny_run), "--out", str(out)])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "metrics.json").read_text())
@@ -186,11 +199,9 @@ def test_eval_cli_writes_metrics_report_and_roc(tiny_run: Path, tmp_path: Path) 
         assert 0 <= saved[key] <= 1
     assert set(saved["per_defect_type"]) == {"scratch", "hole", "contamination", "color", "deformed"}
     assert (out / "roc.png").stat().st_size > 0 and "<html>" in (out / "report.html").read_text()
-    calibration = json.loads((tiny_run / rundir.CALIBRATION).read_text())
-    assert (
-        calibration["f1_threshold"] == pytest.approx(saved["f1_max_threshold"])
-        and "optimistic" in calibration["f1_threshold_rule"]
-    )
+    assert saved["f1_max_threshold"] is not None and "optimistic" in saved["f1_max_threshold_rule"]
+    # eval writes into its own --out only: the deployed model's files stay as they are
+    assert {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()} == model_files
 
 
 def test_force_never_clears_a_folder_holding_inputs_data_or_model(
@@ -206,8 +217,11 @@ def test_force_never_clears_a_folder_holding_inputs_data_or_model(
     assert image.is_file() and (tiny_run / rundir.MODEL).is_file()
     result = runner.invoke(app, ["eval", "--model", str(tiny_run), "--out", str(synth_root), "--force"])
     assert result.exit_code == 2 and "inputs are never overwritten" in result.output
-    result = runner.invoke(
-        app, ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(synth_root), "--force"]
-    )
-    assert result.exit_code == 2 and "inputs are never overwritten" in result.output
-    assert (synth_root / "bottle" / "train" / "good").is_dir()
+    before = sorted(synth_root.rglob("*.png"))
+    category = synth_root / "bottle"
+    for out in (synth_root, category, category / "train", category / "test", category / "test" / "new"):
+        result = runner.invoke(
+            app, ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(out), "--force"]
+        )
+        assert result.exit_code == 2 and "inputs are never overwritten" in result.output, out
+    assert sorted(synth_root.rglob("*.png")) == before and not (category / "test" / "new").exists()

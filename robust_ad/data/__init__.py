@@ -1,6 +1,6 @@
 """Data layer: layouts (MVTec AD, VisA, folder), splits, image I/O, built-in example data.
 
-Nothing here imports torch.
+Only ``resize`` (the product's one resize, shared with the exported graph) and ``arrays`` use torch.
 """
 
 from robust_ad.data.dataset import AnomalyDataset

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robust_ad.data.images import read_image, read_mask, resize_image, resize_mask
+from robust_ad.data.images import read_image, read_mask, resize_mask
 from robust_ad.data.layouts import Sample
+from robust_ad.data.resize import resize_image
 from robust_ad.errors import DataError, ImageReadError
 from robust_ad.progress import track
 
@@ -18,19 +19,26 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImageSet:
-    """Images (N, H, W, 3) float32 in [0, 1], masks (N, H, W) bool, labels, and their samples."""
+    """Images (N, H, W, 3) float32 in [0, 1], masks (N, H, W) bool, labels, their samples, and the files'
+    own (height, width) before resizing (N, 2)."""
 
     images: np.ndarray
     masks: np.ndarray
     labels: np.ndarray
     samples: list[Sample]
+    original_sizes: np.ndarray
+
+    @property
+    def aspect_ratio(self) -> float:
+        """Median width / height of the files: what the model was shown before the square resize."""
+        return float(np.median(self.original_sizes[:, 1] / self.original_sizes[:, 0]))
 
 
 def load_samples(
     samples: Sequence[Sample], size: int, skip_bad: bool = False, description: str = "loading images"
 ) -> ImageSet:
     """Read, convert and resize ``samples``. A bad file raises, or is skipped with a warning."""
-    images, masks, kept = [], [], []
+    images, masks, kept, sizes = [], [], [], []
     for sample in track(samples, description):
         try:
             image = read_image(sample.path)
@@ -50,6 +58,7 @@ def load_samples(
         images.append(resize_image(image, size))
         masks.append(resize_mask(mask, size))
         kept.append(sample)
+        sizes.append(image.shape[:2])
     if not kept:
         raise DataError("no readable images to load")
     return ImageSet(
@@ -57,4 +66,5 @@ def load_samples(
         np.stack(masks),
         np.array([s.label for s in kept], np.int64),
         kept,
+        np.array(sizes, np.int64),
     )

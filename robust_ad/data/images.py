@@ -87,15 +87,6 @@ def read_mask(path: str | Path) -> np.ndarray:
     return raw > 0
 
 
-def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize to ``size`` (square side or (height, width)) with area/linear interpolation."""
-    height, width = (size, size) if isinstance(size, int) else size
-    if image.shape[:2] == (height, width):
-        return image
-    shrink = height < image.shape[0] and width < image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     height, width = (size, size) if isinstance(size, int) else size
     return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from robust_ad.data.images import write_image
 from robust_ad.errors import DataError
-from robust_ad.fileio import prepare_output_dir, write_json
+from robust_ad.fileio import output_folder, write_json
 from robust_ad.progress import track
 
 Rng = np.random.Generator
@@ -199,28 +199,28 @@ def synthesize(
         raise DataError(f"unknown example category '{category}' (choose from {', '.join(GENERATORS)})")
     if size < 32:
         raise DataError("example images need --size of at least 32 px")
-    base = prepare_output_dir(Path(out) / category, force, "category folder")
-    jobs = [("train/good", None, i) for i in range(n_train)]
-    jobs += [("test/good", None, i) for i in range(n_test_good)]
-    jobs += [(f"test/{d}", d, i) for d in defect_types(category) for i in range(n_per_defect)]
-    for folder, defect, index in track(jobs, f"synthesising {category}"):
-        rng = np.random.default_rng([seed, zlib.crc32(f"{category}/{folder}".encode()), index])
-        image, geometry = render_normal(category, rng, size)
-        if defect is not None:
-            image, mask = add_defect(image, defect, rng, geometry)
-            write_image(base / "ground_truth" / defect / f"{index:03d}_mask.png", mask.astype(np.uint8) * 255)
-        write_image(base / folder / f"{index:03d}.png", _acquisition(image, rng))
-    write_json(
-        base / "synth.json",
-        {
-            "category": category,
-            "kind": GENERATORS[category][0],
-            "size": size,
-            "seed": seed,
-            "n_train": n_train,
-            "n_test_good": n_test_good,
-            "n_per_defect": n_per_defect,
-            "defect_types": defect_types(category),
-        },
-    )
+    with output_folder(Path(out) / category, force, "category folder") as base:
+        jobs = [("train/good", None, i) for i in range(n_train)]
+        jobs += [("test/good", None, i) for i in range(n_test_good)]
+        jobs += [(f"test/{d}", d, i) for d in defect_types(category) for i in range(n_per_defect)]
+        for folder, defect, index in track(jobs, f"synthesising {category}"):
+            rng = np.random.default_rng([seed, zlib.crc32(f"{category}/{folder}".encode()), index])
+            image, geometry = render_normal(category, rng, size)
+            if defect is not None:
+                image, mask = add_defect(image, defect, rng, geometry)
+                write_image(base / "ground_truth" / defect / f"{index:03d}_mask.png", mask.astype(np.uint8) * 255)
+            write_image(base / folder / f"{index:03d}.png", _acquisition(image, rng))
+        write_json(
+            base / "synth.json",
+            {
+                "category": category,
+                "kind": GENERATORS[category][0],
+                "size": size,
+                "seed": seed,
+                "n_train": n_train,
+                "n_test_good": n_test_good,
+                "n_per_defect": n_per_defect,
+                "defect_types": defect_types(category),
+            },
+        )
     return base

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from robust_ad.device import full_float32
 from robust_ad.scoring.scorer import AnomalyScorer
 from robust_ad.training.encoder import to_tensor
 
@@ -33,6 +34,7 @@ def fit_memory(scorer: AnomalyScorer, images: np.ndarray, batch_size: int = 16) 
 
 
 @torch.no_grad()
+@full_float32()
 def calibrate(scorer: AnomalyScorer, train_images: np.ndarray, val_images: np.ndarray, batch_size: int = 16) -> dict:
     """Fit every statistic of ``scorer`` and return the calibration record (``calibration.json``).
 

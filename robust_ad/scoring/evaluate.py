@@ -22,15 +22,26 @@ def _detection_metrics(
     }
 
 
-def evaluate(test: ImageSet, prediction: Prediction, threshold: float, has_masks: dict[str, bool]) -> dict:
-    """metrics.json content. Pixel metrics use only images whose masks exist (None when no defect has one)."""
+def evaluate(test: ImageSet, prediction: Prediction, threshold: float) -> dict:
+    """metrics.json content. Pixel metrics use the normal images and the defect images that have a mask; how
+    many defect images lacked one is reported (``n_without_mask``), and the metric is None only when none has."""
     types = np.array([s.defect_type for s in test.samples])
     labels, scores = test.labels, prediction.scores
-    masked = np.array([label == 0 or has_masks.get(t, False) for label, t in zip(labels, types, strict=True)])
-    any_masks = any(has_masks.values())
-    result = _detection_metrics(
-        labels, scores, test.masks[masked] if any_masks else None, prediction.maps[masked], threshold
-    )
+    has_mask = np.array([s.mask_path is not None for s in test.samples])
+    masked = (labels == 0) | has_mask
+
+    def group(keep: np.ndarray) -> dict:
+        anomalous = keep & (labels == 1)
+        use = keep & masked
+        with_masks = bool((anomalous & has_mask).any())
+        return {
+            **_detection_metrics(
+                labels[keep], scores[keep], test.masks[use] if with_masks else None, prediction.maps[use], threshold
+            ),
+            "n_without_mask": int((anomalous & ~has_mask).sum()),
+        }
+
+    result = group(np.ones(len(labels), bool))
     f1_max, f1_threshold = metrics.best_f1(labels, scores) if len(np.unique(labels)) == 2 else (None, None)
     result.update(
         {
@@ -42,13 +53,8 @@ def evaluate(test: ImageSet, prediction: Prediction, threshold: float, has_masks
             "false_positive_rate": float((scores[labels == 0] > threshold).mean()) if (labels == 0).any() else None,
         }
     )
-    per_type = {}
-    for defect in sorted(set(types) - {"good"}):
-        keep = (types == "good") | (types == defect)
-        masks = test.masks[keep] if has_masks.get(defect, False) else None
-        per_type[defect] = {
-            "n": int((types == defect).sum()),
-            **_detection_metrics(labels[keep], scores[keep], masks, prediction.maps[keep], threshold),
-        }
-    result["per_defect_type"] = per_type
+    result["per_defect_type"] = {
+        defect: {"n": int((types == defect).sum()), **group((types == "good") | (types == defect))}
+        for defect in sorted(set(types) - {"good"})
+    }
     return result

@@ -9,6 +9,7 @@ import csv
 import glob
 import io
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +17,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from robust_ad.data.images import IMAGE_SUFFIXES, is_image_file, read_image, resize_image, write_image
+from robust_ad.data.images import IMAGE_SUFFIXES, is_image_file, read_image, write_image
 from robust_ad.errors import DataError, ImageReadError
 from robust_ad.fileio import write_json, write_text
 from robust_ad.progress import track
 from robust_ad.viz import overlay
 
 log = logging.getLogger(__name__)
-# (N, H, W, 3) float images at the model's size → (anomaly maps (N, H, W), normalised scores, raw scores)
-Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+# Full-size (H, W, 3) float RGB images in [0, 1], any sizes → (anomaly maps (N, S, S) at the model's size,
+# normalised scores, raw scores). Each predictor resizes with the product's one resize (robust_ad.data.resize):
+# the torch one on the host, the ONNX one inside the graph.
+Predictor = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray]]
 COLUMNS = ("path", "score", "normalized_score", "verdict")
 
 
@@ -32,6 +35,7 @@ COLUMNS = ("path", "score", "normalized_score", "verdict")
 class ScoreRun:
     rows: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
+    model: str = ""  # the run folder or ONNX file that scored them
 
     @property
     def n_anomalous(self) -> int:
@@ -62,10 +66,18 @@ def _overlay_name(path: Path, index: int) -> str:
     return f"{index:05d}_{path.stem}.png"
 
 
+def verdict(score: float, threshold: float) -> str:
+    """'anomalous' above the threshold; a non-finite score (a failed model) never passes a part as normal."""
+    return "normal" if math.isfinite(score) and score <= threshold else "anomalous"
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
 def score_files(
     paths: Sequence[Path],
     predict: Predictor,
-    image_size: int,
     threshold: float,
     out: Path,
     vmax: float,
@@ -87,15 +99,16 @@ def score_files(
                 run.errors.append({"path": str(path), "error": str(exc)})
         if not kept:
             continue
-        # Resized (area) to the model's size and rounded to 8-bit steps: the torch and ONNX (uint8 input)
-        # paths then see exactly the same pixels.
-        batch_images = np.stack([resize_image(im, image_size) for im in images])
-        maps, scores, raw = predict((np.round(batch_images * 255) / 255).astype(np.float32))
+        maps, scores, raw = predict(images)
         for (index, path), image, amap, score, raw_score in zip(kept, images, maps, scores, raw, strict=True):
-            verdict = "anomalous" if score > threshold else "normal"
-            row = {"path": str(path), "score": float(raw_score), "normalized_score": float(score), "verdict": verdict}
+            row = {
+                "path": str(path),
+                "score": _finite_or_none(raw_score),
+                "normalized_score": _finite_or_none(score),
+                "verdict": verdict(float(score), threshold),
+            }
             if overlays:
-                full = cv2.resize(amap, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+                full = cv2.resize(np.nan_to_num(amap, nan=vmax), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
                 row["overlay"] = f"overlays/{_overlay_name(path, index)}"
                 write_image(out / row["overlay"], overlay(image, full, vmax))
             run.rows.append(row)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from robust_ad.device import full_float32
 from robust_ad.progress import track
 from robust_ad.scoring.scorer import AnomalyScorer
 from robust_ad.training.encoder import to_tensor
@@ -32,7 +33,8 @@ def predict(
     x_all = to_tensor(images)
     parts: list[tuple[torch.Tensor, ...]] = []
     for start in track(range(0, len(x_all), batch_size), description, total=-(-len(x_all) // batch_size)):
-        fused, score, raw, x_hat = scorer(x_all[start : start + batch_size].to(device))
+        with full_float32():
+            fused, score, raw, x_hat = scorer(x_all[start : start + batch_size].to(device))
         parts.append((fused.cpu(), score.cpu(), raw.cpu(), x_hat.permute(0, 2, 3, 1).cpu()))
     maps, scores, raw, recon = (torch.cat(column).numpy() for column in zip(*parts, strict=True))
     return Prediction(maps, scores, raw, recon)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,17 +10,21 @@ import numpy as np
 from robust_ad.config import Config
 from robust_ad.data import AnomalyDataset
 from robust_ad.data.arrays import ImageSet, load_samples
+from robust_ad.data.locate import find_data_root
 from robust_ad.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def open_dataset(config: Config, data_root: str | Path | None = None, category: str | None = None) -> AnomalyDataset:
-    """The dataset of ``category`` under ``data_root`` (defaults from the config), split by the config's seed."""
-    root = data_root or config.data_root
+    """The dataset of ``category`` under ``data_root`` (default: the config's, else searched), split by the seed."""
     category = category or config.category
-    if not root:
-        raise DataError("no data root given (--data-root)")
     if not category:
         raise DataError("no category given (--category)")
+    given = data_root or config.data_root
+    root = find_data_root(category, given)
+    if not given:
+        log.info("dataset of '%s': %s", category, root)
     return AnomalyDataset.load(
         root, category, config.data.layout, config.data.val_fraction, config.data.test_normal_fraction, config.seed
     )
