@@ -1,0 +1,103 @@
+"""CUDA end to end. Skipped on machines without a GPU (CI); run on one with `pytest -m cuda`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robust_ad import rundir
+from robust_ad.cli import app
+from robust_ad.data.images import read_image
+from robust_ad.data.resize import resize_image
+from robust_ad.scoring.inference import predict
+from tests.conftest import tiny_config
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+runner = CliRunner()
+# CUDA against CPU scores of one model, in normal-std units: calibration and scoring run without TF32, so only
+# the order of float32 sums differs.
+CPU_CUDA_SCORE_BOUND = 1e-3
+
+
+def _test_images(synth_root: Path) -> np.ndarray:
+    files = sorted((synth_root / "bottle" / "test").rglob("*.png"))
+    return np.stack([resize_image(read_image(f), 32) for f in files])
+
+
+def test_cuda_train_eval_export_score(synth_root: Path, tmp_path: Path) -> None:
+    from robust_ad.api import train
+    from robust_ad.runtime import InferenceSession
+
+    run = train(tiny_config(synth_root, device="cuda"), tmp_path / "run")
+    assert (run / rundir.MODEL).is_file() and (run / rundir.CALIBRATION).is_file()
+    assert "cuda" in (run / rundir.TRAINING).read_text()
+    args = ["--model", str(run), "--device", "cuda"]
+    assert runner.invoke(app, ["eval", *args, "--out", str(tmp_path / "eval")]).exit_code == 0
+    assert runner.invoke(app, ["export", "--model", str(run)]).exit_code == 0
+    test = str(synth_root / "bottle" / "test")
+    result = runner.invoke(app, ["score", test, *args, "--out", str(tmp_path / "torch")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["score", test, "--onnx", str(run / "model.onnx"), "--out", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    maps, scores, _ = InferenceSession(run / "model.onnx", device="cpu").predict(_test_images(synth_root))
+    assert np.isfinite(scores).all() and np.isfinite(maps).all()
+
+
+def test_cuda_and_cpu_scores_agree(tiny_run: Path, synth_root: Path) -> None:
+    images = _test_images(synth_root)
+    cpu = predict(rundir.load_scorer(tiny_run, "cpu"), images)
+    cuda = predict(rundir.load_scorer(tiny_run, "cuda"), images)
+    assert np.abs(cpu.scores - cuda.scores).max() <= CPU_CUDA_SCORE_BOUND
+    assert np.abs(cpu.maps - cuda.maps).max() <= 10 * CPU_CUDA_SCORE_BOUND
+
+
+def test_cuda_encoder_training_and_denoising(synth_root: Path, tmp_path: Path) -> None:
+    from robust_ad.api import train
+
+    out = tmp_path / "enc.pt"
+    args = ["encoder", "train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--epochs", "1", "--image-size", "32", "--device", "cuda"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app,
+        [
+            "encoder",
+            "eval",
+            "--encoder",
+            str(out),
+            "--category",
+            "bottle",
+            "--data-root",
+            str(synth_root),
+            "--device",
+            "cuda",
+            "--steps",
+            "2",
+            "--restarts",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    run = train(tiny_config(synth_root, mode="denoise", device="cuda"), tmp_path / "denoise")
+    clean = tmp_path / "clean"
+    result = runner.invoke(
+        app,
+        [
+            "denoise",
+            str(synth_root / "bottle" / "test" / "good"),
+            "--model",
+            str(run),
+            "--out",
+            str(clean),
+            "--device",
+            "cuda",
+        ],
+    )
+    assert result.exit_code == 0 and len(list(clean.glob("*.png"))) == 6, result.output

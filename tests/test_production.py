@@ -1,0 +1,227 @@
+"""What a line integrator runs into: bad input, exit codes, concurrent writers, defaults, data safety."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from filelock import FileLock
+from typer.testing import CliRunner
+
+from robust_ad import rundir
+from robust_ad.cli import app
+from robust_ad.fileio import LOCK_NAME
+from tests.conftest import tiny_config
+
+runner = CliRunner()
+
+
+def _strict_json(path: Path) -> dict:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{path} holds {name}: not valid JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    return Path(shutil.copytree(run, to, ignore=shutil.ignore_patterns("*.onnx", LOCK_NAME, "eval")))
+
+
+def _tiny_recipe(tmp_path: Path, **changes: dict) -> Path:
+    """tiny_config as a recipe file, with ``changes`` laid over its sections."""
+    values = tiny_config(tmp_path).to_dict()
+    for key in ("category", "data_root"):
+        values.pop(key)
+    for section, settings in changes.items():
+        values[section] = {**values[section], **settings}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("autoencoder", "pixel_loss", "l3", "autoencoder.pixel_loss = 'l3' is not valid: Input should be 'l1' or 'l2'"),
+        ("scoring", "image_score", "mean", "scoring.image_score = 'mean' is not valid"),
+        ("scoring", "threshold_quantile", 7, "scoring.threshold_quantile = 7 is not valid"),
+        ("data", "image_size", "32", "data.image_size = '32' is not valid: Input should be a valid integer"),
+    ],
+)
+def test_bad_recipe_values_fail_before_any_work(
+    synth_root: Path, tmp_path: Path, section: str, key: str, value: object, message: str
+) -> None:
+    recipe = _tiny_recipe(tmp_path, **{section: {key: value}})
+    out = tmp_path / "run"
+    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe), "--out", str(out)]
+    assert message in _one_line_error(runner.invoke(app, args))
+    assert not out.exists()
+
+
+def test_bad_flag_values_are_one_line_errors(tiny_run: Path, synth_root: Path, tmp_path: Path) -> None:
+    image = str(synth_root / "bottle" / "test" / "good" / "000.png")
+    train = ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(tmp_path / "r")]
+    assert "data.image_size = 0" in _one_line_error(runner.invoke(app, [*train, "--image-size", "0"]))
+    assert "--batch must be at least 1" in _one_line_error(
+        runner.invoke(app, ["score", image, "--model", str(tiny_run), "--batch", "0", "--out", str(tmp_path / "s")])
+    )
+    out = ["--out", str(tmp_path / "x.onnx")]
+    assert "--size must be" in _one_line_error(
+        runner.invoke(app, ["export", "--model", str(tiny_run), *out, "--size", "0", "0"])
+    )
+    assert "--threshold must be a finite number" in _one_line_error(
+        runner.invoke(app, ["score", image, "--model", str(tiny_run), "--threshold", "nan", "--out", str(tmp_path)])
+    )
+    unwritable = ["score", image, "--model", str(tiny_run), "--out", "/proc/robust-ad-results"]
+    assert "cannot create results folder" in _one_line_error(runner.invoke(app, unwritable))
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unexpected_error_is_one_line_with_its_own_exit_code(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    import robust_ad.api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(robust_ad.api, "export", broken)
+    line = _one_line_error(runner.invoke(app, ["export", "--model", str(tiny_run)]), code=4)
+    assert "internal error: RuntimeError: something nobody expected" in line and "--debug" in line
+    debug = runner.invoke(app, ["--debug", "export", "--model", str(tiny_run)])
+    assert isinstance(debug.exception, RuntimeError)  # --debug lets the traceback through
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda run: _edit_yaml(run / "config.yaml", "data", "image_size", "abc"), "data.image_size = 'abc'"),
+        (lambda run: _edit_yaml(run / "config.yaml", "encoder", "eps", -1), "encoder.eps = -1"),
+        (lambda run: _edit_yaml(run / "config.yaml", "scoring", "threshold_quantile", 7), "threshold_quantile = 7"),
+        (lambda run: _edit_json(run / "calibration.json", "threshold", float("nan")), "non-finite number NaN"),
+        (lambda run: _edit_json(run / "calibration.json", "threshold", None), "'threshold' is None"),
+    ],
+)
+def test_a_damaged_run_folder_is_refused_when_loaded(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, edit, message: str
+) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    edit(run)
+    image = str(synth_root / "bottle" / "test" / "good" / "000.png")
+    result = runner.invoke(app, ["score", image, "--model", str(run), "--out", str(tmp_path / "out")])
+    assert message in _one_line_error(result)
+
+
+def _edit_yaml(path: Path, section: str, key: str, value: object) -> None:
+    values = yaml.safe_load(path.read_text())
+    values[section][key] = value
+    path.write_text(yaml.safe_dump(values))
+
+
+def _edit_json(path: Path, key: str, value: object) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+
+
+def test_unreadable_files_are_never_hidden_by_an_anomaly(tiny_run: Path, synth_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "line"
+    folder.mkdir()
+    shutil.copy(synth_root / "bottle" / "test" / "hole" / "000.png", folder / "a.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    args = ["score", str(folder), "--model", str(tiny_run), "--out", str(out), "--threshold", "-1000"]
+    result = runner.invoke(app, [*args, "--fail-on-anomaly"])
+    assert result.exit_code == 3 and "broken.png" in result.output  # 3 (unreadable) wins over 1 (anomalous)
+    scores = _strict_json(out / "scores.json")
+    assert scores["images"][0]["verdict"] == "anomalous" and "broken.png" in scores["errors"][0]["path"]
+
+
+def test_a_non_finite_score_never_passes_a_part() -> None:
+    from robust_ad.scoring.files import verdict
+
+    assert verdict(float("nan"), 1.0) == "anomalous" and verdict(float("inf"), 1.0) == "anomalous"
+    assert verdict(0.5, 1.0) == "normal" and verdict(1.5, 1.0) == "anomalous"
+
+
+def test_a_folder_being_written_is_refused_to_a_second_writer_and_to_readers(
+    tiny_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    image = str(synth_root / "bottle" / "test" / "good" / "000.png")
+    with FileLock(run / LOCK_NAME, timeout=0):  # a training in another process holds it
+        train = ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(run), "--force"]
+        assert "being written by another robust-ad process" in _one_line_error(runner.invoke(app, train))
+        score = ["score", image, "--model", str(run), "--out", str(tmp_path / "scores")]
+        assert "being written by another robust-ad process" in _one_line_error(runner.invoke(app, score))
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_NAME} == before
+    assert runner.invoke(app, score).exit_code == 0  # released: readable again
+
+
+def test_resume_on_a_finished_run_stops_and_an_interrupted_one_is_pointed_to_resume(
+    tiny_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    model = (run / rundir.MODEL).read_bytes()
+    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(run)]
+    assert "already finished: nothing to resume" in _one_line_error(runner.invoke(app, [*args, "--resume"]))
+    assert (run / rundir.MODEL).read_bytes() == model
+    (run / rundir.MODEL).unlink()  # as if training had been interrupted
+    assert "pass --resume to continue it" in _one_line_error(runner.invoke(app, args))
+
+
+def test_data_root_defaults_to_the_environment_then_the_usual_places(
+    synth_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from robust_ad.data.locate import find_data_root
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("ROBUST_AD_DATA", raising=False)
+    line = _one_line_error(runner.invoke(app, ["train", "--category", "bottle", "--out", str(tmp_path / "r")]))
+    assert "looked in ./datasets/mvtec" in line and "mvtec-ad" in line and not (tmp_path / "r").exists()
+    monkeypatch.setenv("ROBUST_AD_DATA", str(synth_root))
+    assert find_data_root("bottle") == synth_root
+    assert "under ROBUST_AD_DATA" in _one_line_error(runner.invoke(app, ["train", "--category", "nope"]))
+    monkeypatch.delenv("ROBUST_AD_DATA")
+    shutil.copytree(synth_root / "fabric", work / "datasets" / "mvtec" / "fabric")
+    assert find_data_root("fabric") == Path("datasets/mvtec")
+    recipe = _tiny_recipe(tmp_path, autoencoder={"epochs": 1})
+    result = runner.invoke(app, ["train", "--category", "fabric", "--recipe", str(recipe)])  # user's own words
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((work / "runs" / "fabric" / rundir.CONFIG).read_text())["data_root"] == "datasets/mvtec"
+
+
+def test_score_without_model_uses_the_runs_folder(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    images = str(synth_root / "bottle" / "test" / "good")
+    assert "no finished run in runs/" in _one_line_error(runner.invoke(app, ["score", images]))
+    _copy_run(tiny_run, tmp_path / "runs" / "bottle")
+    result = runner.invoke(app, ["score", images, "--category", "bottle"])
+    assert result.exit_code == 0 and "model: runs/bottle" in result.output, result.output
+    result = runner.invoke(app, ["score", images, "--out", "results2"])  # the most recent run
+    assert result.exit_code == 0 and "model: runs/bottle" in result.output, result.output
+    assert "no finished run for category 'screw'" in _one_line_error(
+        runner.invoke(app, ["score", images, "--category", "screw", "--out", "results3"])
+    )
+
+
+def test_datasets_check_lists_every_problem(synth_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(synth_root / "bottle", root / "bottle")
+    broken = sorted((root / "bottle" / "train" / "good").iterdir())[:3]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    result = runner.invoke(app, ["datasets", "check", "--data-root", str(root), "--category", "bottle"])
+    assert result.exit_code == 2 and "2 more problems, all listed above" in result.output
+    assert all(path.name in result.output for path in broken)
