@@ -121,6 +121,8 @@ def export(
     """Write ``model.onnx`` for a run folder; returns the metadata and, when verified, the parity numbers."""
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "model.onnx"
+    if out.suffix != ".onnx":  # also keeps --force from replacing model.pt, config.yaml or a dataset image
+        raise ConfigError(f"--out must name an .onnx file, got {out}")
     check_writable(out, force)
     if batch != "dynamic" and (not str(batch).isdigit() or int(batch) < 1):
         raise ConfigError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
@@ -266,5 +268,10 @@ def verify_parity(
     uint8 = meta["input_format"] == "uint8"
     report = _check_real_images(graph, session, run_dir, uint8, batch, precision, meta)
     report["parity_noise_max_diff"] = _check_noise(graph, session, uint8, size, batch, precision)
-    log.info("parity with torch: %s", ", ".join(f"{k} {v}" for k, v in report.items()))
+    log.info(
+        "parity with torch: %s",
+        ", ".join(
+            f"{k.removeprefix('parity_')} {v if isinstance(v, bool | int) else f'{v:.2g}'}" for k, v in report.items()
+        ),
+    )
     return report

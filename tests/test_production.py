@@ -225,3 +225,18 @@ def test_datasets_check_lists_every_problem(synth_root: Path, tmp_path: Path) ->
     result = runner.invoke(app, ["datasets", "check", "--data-root", str(root), "--category", "bottle"])
     assert result.exit_code == 2 and "2 more problems, all listed above" in result.output
     assert all(path.name in result.output for path in broken)
+
+
+def test_force_never_replaces_a_real_dataset_or_a_models_files(
+    tiny_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    real = tmp_path / "mvtec" / "bottle" / "train" / "good"
+    real.mkdir(parents=True)
+    shutil.copy(synth_root / "bottle" / "train" / "good" / "000.png", real / "000.png")
+    args = ["datasets", "synth", "--category", "bottle", "--out", str(tmp_path / "mvtec"), "--force"]
+    assert "not written by 'datasets synth'" in _one_line_error(runner.invoke(app, args))
+    assert (real / "000.png").is_file()
+    model = (tiny_run / rundir.MODEL).read_bytes()
+    export = ["export", "--model", str(tiny_run), "--out", str(tiny_run / rundir.MODEL), "--force"]
+    assert "--out must name an .onnx file" in _one_line_error(runner.invoke(app, export))
+    assert (tiny_run / rundir.MODEL).read_bytes() == model

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from robust_ad.data.images import write_image
-from robust_ad.errors import DataError
-from robust_ad.fileio import output_folder, write_json
+from robust_ad.errors import DataError, OverwriteError
+from robust_ad.fileio import has_content, output_folder, write_json
 from robust_ad.progress import track
 
 Rng = np.random.Generator
@@ -199,7 +199,10 @@ def synthesize(
         raise DataError(f"unknown example category '{category}' (choose from {', '.join(GENERATORS)})")
     if size < 32:
         raise DataError("example images need --size of at least 32 px")
-    with output_folder(Path(out) / category, force, "category folder") as base:
+    target = Path(out) / category
+    if has_content(target) and not (target / "synth.json").is_file():  # a real dataset: never cleared
+        raise OverwriteError(f"{target} holds a dataset not written by 'datasets synth': choose another --out")
+    with output_folder(target, force, "category folder") as base:
         jobs = [("train/good", None, i) for i in range(n_train)]
         jobs += [("test/good", None, i) for i in range(n_test_good)]
         jobs += [(f"test/{d}", d, i) for d in defect_types(category) for i in range(n_per_defect)]
