@@ -28,13 +28,13 @@ import torch
 
 from robust_ad import api, machine, rundir
 from robust_ad.config import load_config
+from robust_ad.data.loading import labelled_images, load_split, open_dataset
 from robust_ad.data.synth import synthesize
 from robust_ad.denoising import _quality, evaluate_denoising
 from robust_ad.scoring.calibration import calibrate
 from robust_ad.scoring.evaluate import evaluate
 from robust_ad.scoring.inference import predict
 from robust_ad.scoring.scorer import COMPONENTS, AnomalyScorer
-from robust_ad.training.data import labelled_images, load_split, open_dataset
 from robust_ad.training.encoder import evaluate_encoder, train_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 def train_encoder(config: Config, categories: list[str], out: str | Path, resume: bool = False, force: bool = False):
     """``robust-ad encoder train``: robust proxy training on the normal images of ``categories``."""
+    from robust_ad.data.loading import labelled_images
     from robust_ad.device import resolve_device
-    from robust_ad.training.data import labelled_images
     from robust_ad.training.encoder import train_encoder as _train
 
     if not resume:
@@ -47,8 +47,8 @@ def evaluate_encoder(
     force: bool = False,
 ) -> dict:
     """``robust-ad encoder eval``: clean and PGD accuracy on the held-out normal images of ``categories``."""
+    from robust_ad.data.loading import labelled_images
     from robust_ad.device import resolve_device
-    from robust_ad.training.data import labelled_images
     from robust_ad.training.encoder import EncoderRun
     from robust_ad.training.encoder import evaluate_encoder as _evaluate
 
@@ -92,8 +92,8 @@ def _write_losses(path: Path, history: list[dict[str, float]]) -> None:
 def _prepare_encoder(model, config: Config, train_images, run_dir: Path, resume: bool, device) -> dict:
     """Load the user's robust weights, or adversarially train the encoder (resumable) in the run folder."""
     from robust_ad import rundir
-    from robust_ad.models.weights import load_encoder_weights
     from robust_ad.training.encoder import train_encoder as _train
+    from robust_ad.training.weights import load_encoder_weights
 
     if config.encoder.weights:
         load_encoder_weights(model.encoder, config.encoder.weights)
@@ -146,15 +146,14 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
 
     from robust_ad import machine, rundir
     from robust_ad.data.images import write_image
+    from robust_ad.data.loading import load_split, open_dataset
     from robust_ad.device import resolve_device, seed_everything
     from robust_ad.fileio import output_folder
     from robust_ad.models.autoencoder import RobustAutoencoder
     from robust_ad.scoring.calibration import calibrate
     from robust_ad.scoring.scorer import AnomalyScorer
-    from robust_ad.training import checkpoint
+    from robust_ad.tensors import save_checkpoint, to_tensor
     from robust_ad.training.autoencoder import fit_decoder
-    from robust_ad.training.data import load_split, open_dataset
-    from robust_ad.training.encoder import to_tensor
     from robust_ad.training.noise import random_corruption
     from robust_ad.viz import reconstruction_grid
 
@@ -204,7 +203,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
             extra["scorer"] = scorer.cpu().statistics()
         held_out = dataset.val or dataset.train
         rundir.write_verification(run_dir, *_verification_images(dataset, config.data.image_size, held_out))
-        checkpoint.save(run_dir / rundir.MODEL, model.cpu().payload(extra))
+        save_checkpoint(run_dir / rundir.MODEL, model.cpu().payload(extra))
         write_json(
             run_dir / rundir.TRAINING,
             {
@@ -315,12 +314,12 @@ def evaluate(
     Writes into ``out`` (default ``<model>/eval``) only; the model's own files are never changed.
     """
     from robust_ad import machine, rundir
+    from robust_ad.data.loading import load_split, open_dataset
     from robust_ad.device import resolve_device
     from robust_ad.fileio import output_folder
     from robust_ad.report import html_report, roc_figure
     from robust_ad.scoring.evaluate import evaluate as _evaluate
     from robust_ad.scoring.inference import predict
-    from robust_ad.training.data import load_split, open_dataset
 
     config = rundir.read_config(model)
     scorer = rundir.load_scorer(model, resolve_device(device))
@@ -400,10 +399,10 @@ def evaluate_denoiser(
 ) -> list[dict]:
     """``robust-ad eval --mode denoise``: PSNR/SSIM vs the noisy input, OpenCV NLM and the eps=0 ``baseline``."""
     from robust_ad import machine, rundir
+    from robust_ad.data.loading import load_split, open_dataset
     from robust_ad.denoising import evaluate_denoising, load_denoiser
     from robust_ad.device import resolve_device
     from robust_ad.fileio import output_folder
-    from robust_ad.training.data import load_split, open_dataset
 
     config = rundir.read_config(model)
     dev = resolve_device(device)

@@ -14,7 +14,7 @@ from robust_ad import rundir
 from robust_ad.data.images import like_raw, read_raw, to_float_rgb, write_image, write_raw
 from robust_ad.errors import ImageReadError, ModelError
 from robust_ad.progress import track
-from robust_ad.training.encoder import to_tensor
+from robust_ad.tensors import to_tensor
 from robust_ad.training.noise import EVAL_LEVELS, NOISES, apply_noise
 
 log = logging.getLogger(__name__)

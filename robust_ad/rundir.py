@@ -22,7 +22,7 @@ import yaml
 from robust_ad.config import Config, config_from_dict
 from robust_ad.errors import ConfigError, ModelError
 from robust_ad.fileio import refuse_if_busy, write_atomic, write_yaml
-from robust_ad.training import checkpoint
+from robust_ad.tensors import load_checkpoint
 
 MODEL = "model.pt"
 CONFIG = "config.yaml"
@@ -143,7 +143,7 @@ def _load(run_dir: str | Path):
     path = Path(run_dir) / MODEL
     if not path.is_file():
         raise ModelError(f"{run_dir} has no {MODEL}: the run did not finish (rerun 'robust-ad train --resume')")
-    payload = checkpoint.load(path)
+    payload = load_checkpoint(path)
     return RobustAutoencoder.from_payload(config, payload, path), payload, path
 
 

@@ -78,7 +78,7 @@ def test_peers_train_and_evaluate_with_anomalib(synth_root: Path) -> None:
     pytest.importorskip("anomalib")
     import peers
 
-    from robust_ad.training.data import load_split, open_dataset
+    from robust_ad.data.loading import load_split, open_dataset
 
     config = tiny_config(synth_root)
     dataset = open_dataset(config)

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from robust_ad import rundir
 from robust_ad.api import train
 from robust_ad.cli import app
+from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.denoising import _corrupt, _quality, evaluate_denoising
 from robust_ad.export import export
 from robust_ad.runtime import InferenceSession
-from robust_ad.training.data import load_split, open_dataset
 from robust_ad.training.noise import NOISES, apply_noise
 from tests.conftest import tiny_config
 

@@ -18,9 +18,10 @@ from robust_ad.cli import app
 from robust_ad.config import EncoderConfig
 from robust_ad.errors import ConfigError, ModelError
 from robust_ad.models.encoder import BACKBONES, Encoder, ProxyClassifier
-from robust_ad.models.weights import load_encoder_weights
+from robust_ad.tensors import to_tensor
 from robust_ad.training import proxy
-from robust_ad.training.encoder import EncoderRun, evaluate_encoder, to_tensor, train_encoder
+from robust_ad.training.encoder import EncoderRun, evaluate_encoder, train_encoder
+from robust_ad.training.weights import load_encoder_weights
 
 TINY = {"width": 0.125, "layer": "layer2", "feature_layers": ["layer1"]}
 

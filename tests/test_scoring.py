@@ -17,10 +17,10 @@ from robust_ad import rundir
 from robust_ad.cli import app
 from robust_ad.data.arrays import ImageSet
 from robust_ad.data.layouts import Sample
+from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.scoring import metrics
 from robust_ad.scoring.evaluate import evaluate
 from robust_ad.scoring.inference import Prediction, predict
-from robust_ad.training.data import load_split, open_dataset
 
 runner = CliRunner()
 

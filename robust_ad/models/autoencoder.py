@@ -67,12 +67,12 @@ class RobustAutoencoder(nn.Module):
         """Write ``model.pt`` and ``config.yaml`` (weights only; no scoring statistics: use ``fit`` for those)."""
         from robust_ad.fileio import check_writable, write_yaml
         from robust_ad.rundir import CONFIG, MODEL
-        from robust_ad.training import checkpoint
+        from robust_ad.tensors import save_checkpoint
 
         run_dir = Path(run_dir)
         check_writable(run_dir / MODEL, force)
         write_yaml(run_dir / CONFIG, self.config.to_dict())
-        return checkpoint.save(run_dir / MODEL, self.payload())
+        return save_checkpoint(run_dir / MODEL, self.payload())
 
     def payload(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """What ``model.pt`` holds: weights only (no optimizer), plus the format tag."""

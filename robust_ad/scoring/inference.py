@@ -10,7 +10,7 @@ import torch
 from robust_ad.device import full_float32
 from robust_ad.progress import track
 from robust_ad.scoring.scorer import AnomalyScorer
-from robust_ad.training.encoder import to_tensor
+from robust_ad.tensors import to_tensor
 
 
 @dataclass

@@ -13,8 +13,9 @@ import torch
 from robust_ad.models.autoencoder import RobustAutoencoder
 from robust_ad.models.decoder import PatchDiscriminator
 from robust_ad.progress import track
-from robust_ad.training import checkpoint, losses
-from robust_ad.training.encoder import batches, optimizer_to, to_tensor
+from robust_ad.tensors import batches, load_checkpoint, save_checkpoint, to_tensor
+from robust_ad.training import losses
+from robust_ad.training.encoder import optimizer_to
 
 log = logging.getLogger(__name__)
 Corruption = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -91,7 +92,7 @@ def fit_decoder(
     start = 0
     model.decoder.init_output(torch.from_numpy(train_images.reshape(-1, 3).mean(0)))
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state = checkpoint.load(checkpoint_path)
+        state = load_checkpoint(checkpoint_path)
         model.load_state_dict(state["model"])
         opt_g.load_state_dict(state["opt_g"])
         if disc is not None:
@@ -143,7 +144,7 @@ def fit_decoder(
         history.append(row)
         log.info("decoder epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
         if checkpoint_path is not None:
-            checkpoint.save(
+            save_checkpoint(
                 checkpoint_path,
                 {
                     "model": model.state_dict(),

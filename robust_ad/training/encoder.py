@@ -21,7 +21,8 @@ from robust_ad.config import EncoderConfig
 from robust_ad.errors import ModelError
 from robust_ad.models.encoder import Encoder, ProxyClassifier
 from robust_ad.progress import track
-from robust_ad.training import checkpoint, proxy
+from robust_ad.tensors import batches, load_checkpoint, save_checkpoint, to_tensor
+from robust_ad.training import proxy
 
 log = logging.getLogger(__name__)
 FORMAT = "robust-ad-encoder"
@@ -29,17 +30,6 @@ FORMAT = "robust-ad-encoder"
 
 def build_encoder(config: EncoderConfig) -> Encoder:
     return Encoder(config.backbone, config.layer, config.feature_layers, config.width)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) float images in [0, 1] → (N, 3, H, W) tensor."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Index batches over ``n`` items, shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(batch_size))
 
 
 def _proxy_batch(
@@ -65,7 +55,7 @@ class EncoderRun:
         return self.classifier.encoder
 
     def save(self, path: str | Path, epoch: int, optimizer: torch.optim.Optimizer | None = None) -> Path:
-        return checkpoint.save(
+        return save_checkpoint(
             path,
             {
                 "format": FORMAT,
@@ -84,7 +74,7 @@ class EncoderRun:
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[EncoderRun, dict]:
-        payload = checkpoint.load(path)
+        payload = load_checkpoint(path)
         if payload.get("format") != FORMAT:
             raise ModelError(f"{path}: not a robust-ad encoder checkpoint")
         config = EncoderConfig(**payload["config"])
