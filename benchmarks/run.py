@@ -35,6 +35,7 @@ from robust_ad.scoring.calibration import calibrate
 from robust_ad.scoring.evaluate import evaluate
 from robust_ad.scoring.inference import predict
 from robust_ad.scoring.scorer import COMPONENTS, AnomalyScorer
+from robust_ad.tensors import to_tensor
 from robust_ad.training.encoder import evaluate_encoder, train_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -120,8 +121,8 @@ def detection_sweep(profile: dict, root: Path, runs: Path) -> list[dict]:
             run = api.train(config, runs / f"{category}-eps{eps:g}", force=True)
             minutes = (time.perf_counter() - began) / 60
             dataset = open_dataset(config)
-            calibration = rundir.read_json(run, rundir.CALIBRATION)
-            metrics = _detect(rundir.load_scorer(run), dataset, config, calibration["threshold"])
+            threshold = rundir.read_calibration(run).threshold
+            metrics = _detect(rundir.load_scorer(run), dataset, config, threshold)
             psnr, ssim = _reconstruction(run, dataset, config)
             rows.append(
                 {
@@ -146,7 +147,7 @@ def component_ablation(profile: dict, root: Path, runs: Path, eps: float) -> lis
         for chosen in [*[[c] for c in COMPONENTS], list(COMPONENTS)]:
             scoring = config.scoring.model_copy(update={"weights": {c: float(c in chosen) for c in COMPONENTS}})
             scorer = AnomalyScorer(rundir.load_model(run), scoring, config.data.image_size)
-            threshold = calibrate(scorer, train.images, val.images)["threshold"]
+            threshold = calibrate(scorer, to_tensor(train.images).split(16), val.images)["threshold"]
             metrics = _detect(scorer, dataset, config, threshold)
             rows.append(
                 {
@@ -171,9 +172,7 @@ def loss_ablation(profile: dict, root: Path, runs: Path, eps: float) -> list[dic
         if weights:
             api.train(config, run, force=True)
         dataset = open_dataset(config)
-        metrics = _detect(
-            rundir.load_scorer(run), dataset, config, rundir.read_json(run, rundir.CALIBRATION)["threshold"]
-        )
+        metrics = _detect(rundir.load_scorer(run), dataset, config, rundir.read_calibration(run).threshold)
         psnr, ssim = _reconstruction(run, dataset, config)
         rows.append(
             {
@@ -194,7 +193,7 @@ def resolution(profile: dict, runs: Path, eps_values: list[float]) -> list[dict]
         run = runs / f"{category}-eps{eps:g}"
         config = rundir.read_config(run)
         dataset = open_dataset(config)
-        scorer, threshold = rundir.load_scorer(run), rundir.read_json(run, rundir.CALIBRATION)["threshold"]
+        scorer, threshold = rundir.load_scorer(run), rundir.read_calibration(run).threshold
         for factor in (1, 2):
             size = config.data.image_size * factor
             metrics = _detect(scorer, dataset, config, threshold, size)

@@ -7,29 +7,23 @@ from pathlib import Path
 
 from robust_ad.config import Config, load_config
 from robust_ad.errors import ConfigError
-from robust_ad.fileio import check_writable, write_json, write_text
+from robust_ad.fileio import check_writable, write_json
 
 log = logging.getLogger(__name__)
 
 
 def train_encoder(config: Config, categories: list[str], out: str | Path, resume: bool = False, force: bool = False):
     """``robust-ad encoder train``: robust proxy training on the normal images of ``categories``."""
-    from robust_ad.data.loading import labelled_images
+    from robust_ad.data.loading import labelled_files
     from robust_ad.device import resolve_device
     from robust_ad.training.encoder import train_encoder as _train
 
     if not resume:
         check_writable(out, force)
-    images, labels = labelled_images(config, categories, "train")
+    device = resolve_device(config.device)
+    files = labelled_files(config, categories, "train")
     return _train(
-        images,
-        config.encoder,
-        labels if config.encoder.proxy_task == "labels" else None,
-        resolve_device(config.device),
-        config.seed,
-        out,
-        resume,
-        categories,
+        files, config.encoder, None, device, config.seed, out, resume, categories, config.precision, config.data.workers
     )
 
 
@@ -47,7 +41,7 @@ def evaluate_encoder(
     force: bool = False,
 ) -> dict:
     """``robust-ad encoder eval``: clean and PGD accuracy on the held-out normal images of ``categories``."""
-    from robust_ad.data.loading import labelled_images
+    from robust_ad.data.loading import labelled_files
     from robust_ad.device import resolve_device
     from robust_ad.training.encoder import EncoderRun
     from robust_ad.training.encoder import evaluate_encoder as _evaluate
@@ -60,36 +54,15 @@ def evaluate_encoder(
     )
     if run.config.proxy_task == "labels" and list(categories) != run.categories:
         raise ConfigError(f"this encoder classifies the categories {run.categories}: evaluate on exactly those")
-    images, labels = labelled_images(config, categories, "val")
     result = _evaluate(
-        run,
-        images,
-        labels if run.config.proxy_task == "labels" else None,
-        eps,
-        norm,
-        steps,
-        restarts,
-        resolve_device(device),
-        seed,
+        run, labelled_files(config, categories, "val"), None, eps, norm, steps, restarts, resolve_device(device), seed
     )
     if out is not None:
         write_json(out, {"encoder": str(encoder), "categories": categories, **result})
     return result
 
 
-def _write_losses(path: Path, history: list[dict[str, float]]) -> None:
-    import csv
-    import io
-
-    columns = list(dict.fromkeys(key for row in history for key in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns)
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(path, buffer.getvalue())
-
-
-def _prepare_encoder(model, config: Config, train_images, run_dir: Path, resume: bool, device) -> dict:
+def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: bool, device) -> dict:
     """Load the user's robust weights, or adversarially train the encoder (resumable) in the run folder."""
     from robust_ad import rundir
     from robust_ad.training.encoder import train_encoder as _train
@@ -99,7 +72,17 @@ def _prepare_encoder(model, config: Config, train_images, run_dir: Path, resume:
         load_encoder_weights(model.encoder, config.encoder.weights)
         return {"encoder_source": str(config.encoder.weights), "encoder_minutes": 0.0}
     path = run_dir / rundir.ENCODER
-    run = _train(train_images, config.encoder, None, device, config.seed, path, resume and path.is_file())
+    run = _train(
+        train_files,
+        config.encoder,
+        None,
+        device,
+        config.seed,
+        path,
+        resume and path.is_file(),
+        precision=config.precision,
+        workers=config.data.workers,
+    )
     model.encoder.load_state_dict(run.encoder.state_dict())
     return {"encoder_source": "trained", "encoder_minutes": run.minutes, "encoder_history": run.history}
 
@@ -143,17 +126,18 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     import time
 
     import torch
+    from torch.utils.data import DataLoader
 
     from robust_ad import machine, rundir
     from robust_ad.data.images import write_image
-    from robust_ad.data.loading import load_split, open_dataset
+    from robust_ad.data.loading import image_files, load_split, open_dataset
     from robust_ad.device import resolve_device, seed_everything
     from robust_ad.fileio import output_folder
-    from robust_ad.models.autoencoder import RobustAutoencoder
     from robust_ad.scoring.calibration import calibrate
     from robust_ad.scoring.scorer import AnomalyScorer
-    from robust_ad.tensors import save_checkpoint, to_tensor
+    from robust_ad.tensors import to_images, to_tensor
     from robust_ad.training.autoencoder import fit_decoder
+    from robust_ad.training.build import build_autoencoder
     from robust_ad.training.noise import random_corruption
     from robust_ad.viz import reconstruction_grid
 
@@ -162,7 +146,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     if resume:
         config = rundir.read_config(run_dir)
     device = resolve_device(config.device)
-    model = RobustAutoencoder(config)  # checks the backbone's layer names before any work
+    model = build_autoencoder(config)  # checks the backbone's layer names before any work
     dataset = open_dataset(config)
     config = config.model_copy(update={"data_root": str(dataset.root)})
     inputs = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]
@@ -171,50 +155,56 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
             rundir.write_config(run_dir, config)
         began = time.perf_counter()
         seed_everything(config.seed)
-        train_set = load_split(dataset, "train", config)
+        train_files = image_files(dataset, "train", config)
         val_set = load_split(dataset, "val", config) if dataset.val else None
-        info = _prepare_encoder(model, config, train_set.images, run_dir, resume, device)
+        info = _prepare_encoder(model, config, train_files, run_dir, resume, device)
         corrupt = random_corruption(config.denoise) if config.mode == "denoise" else None
         history = fit_decoder(
             model,
-            train_set.images,
+            config.autoencoder,
+            train_files,
             val_set.images if val_set else None,
+            config.data.batch_size,
             device,
             config.seed,
             run_dir / rundir.CHECKPOINT,
             resume,
             corrupt,
+            config.precision,
+            config.data.workers,
         )
-        _write_losses(run_dir / rundir.LOSSES, history)
-        shown = val_set.images if val_set is not None else train_set.images
+        rundir.write_losses(run_dir, history)
+        shown = val_set.images if val_set is not None else load_split(dataset, "train", config).images[:16]
         inputs = shown[:8]
         if corrupt is not None:
-            generator = torch.Generator().manual_seed(config.seed)
-            inputs = corrupt(to_tensor(inputs), generator).permute(0, 2, 3, 1).numpy()
+            inputs = to_images(corrupt(to_tensor(inputs), torch.Generator().manual_seed(config.seed)))
         write_image(run_dir / rundir.GRID, reconstruction_grid(inputs, model.reconstruct(inputs)))
-        extra = {}
+        memory = None
         if config.mode == "detect":
             scorer = AnomalyScorer(model, config.scoring, config.data.image_size).to(device)
             if val_set is None:
                 log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
-            calibration = calibrate(scorer, train_set.images, shown, config.data.batch_size)
-            calibration["train_aspect_ratio"] = train_set.aspect_ratio
-            write_json(run_dir / rundir.CALIBRATION, calibration)
-            extra["scorer"] = scorer.cpu().statistics()
+            train_batches = (images for images, _ in DataLoader(train_files, config.data.batch_size))
+            record = calibrate(scorer, train_batches, shown, config.data.batch_size)
+            record["train_aspect_ratio"] = train_files.aspect_ratio
+            rundir.write_calibration(run_dir, rundir.Calibration.model_validate(record))
+            memory = scorer.memory_statistics()
         held_out = dataset.val or dataset.train
         rundir.write_verification(run_dir, *_verification_images(dataset, config.data.image_size, held_out))
-        save_checkpoint(run_dir / rundir.MODEL, model.cpu().payload(extra))
-        write_json(
-            run_dir / rundir.TRAINING,
-            {
-                "category": config.category,
-                "eps": config.encoder.eps,
-                "device": str(device),
-                "machine": machine.describe(),
-                "minutes": (time.perf_counter() - began) / 60,
-                "decoder_minutes": sum(row["seconds"] for row in history) / 60,
+        rundir.save_model(run_dir, model.cpu(), memory)
+        minutes = (time.perf_counter() - began) / 60
+        decoder_minutes = sum(row["seconds"] for row in history) / 60
+        rundir.write_training(
+            run_dir,
+            rundir.TrainingInfo(
+                category=config.category,
+                eps=config.encoder.eps,
+                device=str(device),
+                machine=machine.describe(),
+                minutes=minutes,
+                decoder_minutes=decoder_minutes,
                 **info,
-            },
+            ),
         )
         (run_dir / rundir.CHECKPOINT).unlink(missing_ok=True)
     return run_dir
@@ -291,8 +281,8 @@ def score(
             log.info("scoring with the run %s", model)
         scorer = rundir.load_scorer(model, resolve_device(device))
         calibration = rundir.read_calibration(model)
-        predictor = _torch_predictor(scorer, batch_size, calibration.get("train_aspect_ratio"))
-        calibrated, vmax = calibration["threshold"], calibration["map_vmax"]
+        predictor = _torch_predictor(scorer, batch_size, calibration.train_aspect_ratio)
+        calibrated, vmax = calibration.threshold, calibration.map_vmax
     inputs = [*files, *(p for p in paths if Path(p).is_dir())]
     with output_folder(out, force, "results folder", inputs=inputs, models=[onnx or model]) as folder:
         result = score_files(files, predictor, calibrated if threshold is None else threshold, folder, vmax, batch_size)
@@ -330,7 +320,7 @@ def evaluate(
         out or Path(model) / "eval", force, "evaluation folder", inputs=[dataset.root], models=[model]
     ) as folder:
         prediction = predict(scorer, test.images, batch_size, "evaluating")
-        metrics = _evaluate(test, prediction, calibration["threshold"])
+        metrics = _evaluate(test, prediction, calibration.threshold)
         metrics.update(
             {
                 "category": dataset.category,
@@ -347,7 +337,7 @@ def evaluate(
             )
         write_json(folder / "metrics.json", metrics)
         roc_figure(folder / "roc.png", test, prediction, f"{dataset.category} (eps={config.encoder.eps})")
-        html_report(folder, metrics, test, prediction, calibration["map_vmax"])
+        html_report(folder, metrics, test, prediction, calibration.map_vmax)
     return metrics
 
 

@@ -37,6 +37,8 @@ class DataConfig(_Section):
     test_normal_fraction: Fraction = 0.2  # folder layout only: normal images moved to test
     batch_size: Count = 16
     skip_bad: bool = False
+    workers: Annotated[int, Field(ge=0, le=64)] = 0  # data-loading processes (0: in the training process)
+    cache_mb: Annotated[int, Field(ge=0)] = 2048  # decoded training images kept in memory, at most
 
 
 class EncoderConfig(_Section):
@@ -103,6 +105,8 @@ class DenoiseConfig(_Section):
 
 class Config(_Section):
     mode: Literal["detect", "denoise"] = "detect"
+    # Training arithmetic: bf16 autocast, or fp16 autocast with gradient scaling (CUDA only; else fp32).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     category: str = ""
     data_root: str = ""
     seed: Annotated[int, Field(ge=0)] = 0

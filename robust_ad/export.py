@@ -88,14 +88,14 @@ def _graph(run_dir: Path, size: tuple[int, int] | None, uint8: bool, reconstruct
         "input_size": "any H x W: the graph resizes every frame itself",
         "resize": METHOD,
         "resize_definition": f"to {size[0]}x{size[1]} (H x W) inside the graph: {METHOD_DOC}",
-        "train_aspect_ratio": calibration.get("train_aspect_ratio", 1.0),
+        "train_aspect_ratio": calibration.train_aspect_ratio,
         "image_size": size[0],
         "map_size": f"{size[0]},{size[1]}",
-        "threshold": calibration["threshold"],
-        "map_vmax": calibration["map_vmax"],
-        "score_mean": calibration["score_mean"],
-        "score_std": calibration["score_std"],
-        "components": json.dumps(calibration["components"]),
+        "threshold": calibration.threshold,
+        "map_vmax": calibration.map_vmax,
+        "score_mean": calibration.score_mean,
+        "score_std": calibration.score_std,
+        "components": json.dumps({k: v.model_dump() for k, v in calibration.components.items()}),
     }
 
 

@@ -1,28 +1,35 @@
-"""The run directory: everything a trained category model consists of, and how to read it back.
+"""The run folder: the one module that reads and writes what a trained category model consists of.
 
-``runs/<category>/``: ``model.pt`` (weights only), ``config.yaml`` (everything needed to rebuild the
-model), ``calibration.json``, ``verification.npz`` (a few held-out normal and defect images that ``export``
-checks the ONNX file on), ``losses.csv``, ``reconstructions.png``, ``training.json``; while training also
-``checkpoint.pt`` (optimiser state, for ``--resume``) and ``encoder.pt`` (the robust encoder). A training
-holds the folder's lock (``.robust-ad.lock``): readers and a second writer are refused meanwhile.
+``runs/<category>/``: ``model.pt`` (weights and the feature-memory statistics), ``config.yaml`` (everything
+needed to rebuild the model), ``calibration.json`` (:class:`Calibration`: the threshold and every
+normalisation statistic; the only place they live), ``verification.npz`` (held-out normal and defect images
+that ``export`` checks the ONNX file on), ``losses.csv``, ``reconstructions.png``, ``training.json``
+(:class:`TrainingInfo`); while training also ``checkpoint.pt`` (for ``--resume``) and ``encoder.pt`` (the
+robust encoder). A training holds the folder's lock (``.robust-ad.lock``): readers and a second writer are
+refused meanwhile. Every file is written atomically.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from robust_ad import __version__
 from robust_ad.config import Config, config_from_dict
 from robust_ad.errors import ConfigError, ModelError
-from robust_ad.fileio import refuse_if_busy, write_atomic, write_yaml
-from robust_ad.tensors import load_checkpoint
+from robust_ad.fileio import refuse_if_busy, write_atomic, write_json, write_text, write_yaml
+from robust_ad.scoring.scorer import AnomalyScorer
+from robust_ad.tensors import load_checkpoint, save_checkpoint
+from robust_ad.training.build import build_autoencoder
 
 MODEL = "model.pt"
 CONFIG = "config.yaml"
@@ -34,14 +41,72 @@ GRID = "reconstructions.png"
 TRAINING = "training.json"
 VERIFICATION = "verification.npz"
 RUNS = "runs"  # where 'train' writes by default, and where 'score' looks for a model when given none
-# calibration.json numbers that must be finite (a NaN threshold would pass every part as normal)
-_FINITE = ("threshold", "score_mean", "score_std", "map_vmax")
+MODEL_FORMAT = "robust-ad-model"
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(_Record):
+    weight: Finite
+    mean: Finite
+    std: PositiveFinite
+
+
+class Calibration(_Record):
+    """calibration.json: how raw maps and scores become normalised ones, and where the verdict switches."""
+
+    threshold: Finite  # on the normalised score; a NaN here would pass every part as normal
+    threshold_rule: str
+    score_mean: Finite
+    score_std: PositiveFinite
+    map_vmax: PositiveFinite  # heat-map colour scale (normal std units)
+    components: dict[str, Component]
+    image_score: str
+    image_size: int
+    normal_scores: list[Finite]  # normalised scores of the held-out normal images
+    train_aspect_ratio: PositiveFinite = 1.0
+    previous_thresholds: list[dict[str, Any]] = []  # what 'robust-ad threshold' replaced, newest last
+
+
+class TrainingInfo(_Record):
+    """training.json: where, how long and from what a run was trained."""
+
+    category: str
+    eps: float
+    device: str
+    machine: str
+    minutes: float
+    decoder_minutes: float
+    encoder_source: str
+    encoder_minutes: float
+    encoder_history: list[dict[str, float]] = []
+
+
+# -- configuration -----------------------------------------------------------------------------------------
 def write_config(run_dir: str | Path, config: Config) -> Path:
     return write_yaml(Path(run_dir) / CONFIG, config.to_dict())
 
 
+def read_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / CONFIG
+    if not Path(run_dir).is_dir():
+        raise ModelError(f"model folder {run_dir} not found (train one with 'robust-ad train')")
+    if not path.is_file():
+        raise ModelError(f"{run_dir} is not a robust-ad run folder (no {CONFIG})")
+    try:
+        return config_from_dict(yaml.safe_load(path.read_text()), str(path))
+    except yaml.YAMLError as exc:
+        raise ModelError(f"{path}: unreadable run configuration ({str(exc).splitlines()[0]})") from exc
+    except ConfigError as exc:
+        raise ModelError(str(exc)) from exc
+
+
+# -- state of a run ----------------------------------------------------------------------------------------
 def is_finished(run_dir: str | Path) -> bool:
     """Whether a run folder holds a finished training (a model, and its calibration for a detector)."""
     run_dir = Path(run_dir)
@@ -68,30 +133,54 @@ def find_run(category: str | None = None, runs: str | Path = RUNS) -> Path:
     return max(finished, key=lambda p: os.stat(p / MODEL).st_mtime)
 
 
-def read_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / CONFIG
-    if not Path(run_dir).is_dir():
-        raise ModelError(f"model folder {run_dir} not found (train one with 'robust-ad train')")
+# -- records ---------------------------------------------------------------------------------------------------
+def _refuse_constant(name: str) -> None:
+    raise ModelError(f"non-finite number {name} in a run file (not valid JSON)")
+
+
+def _read_json(path: Path) -> Any:
+    refuse_if_busy(path.parent, "run folder")
     if not path.is_file():
-        raise ModelError(f"{run_dir} is not a robust-ad run folder (no {CONFIG})")
+        raise ModelError(f"{path.parent} has no {path.name}: the run did not finish (rerun 'robust-ad train --resume')")
     try:
-        return config_from_dict(yaml.safe_load(path.read_text()), str(path))
-    except yaml.YAMLError as exc:
-        raise ModelError(f"{path}: unreadable run configuration ({str(exc).splitlines()[0]})") from exc
-    except ConfigError as exc:
-        raise ModelError(str(exc)) from exc
+        return json.loads(path.read_text(), parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: corrupt JSON ({exc.msg})") from exc
 
 
-def read_calibration(run_dir: str | Path) -> dict[str, Any]:
+def _record(cls: type[BaseModel], path: Path) -> Any:
+    try:
+        return cls.model_validate(_read_json(path))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise ModelError(f"{path}: '{key}' is {first.get('input')!r}: {first['msg']}") from None
+
+
+def read_calibration(run_dir: str | Path) -> Calibration:
     """calibration.json, refused when a number that decides verdicts is missing or not finite."""
-    calibration = read_json(run_dir, CALIBRATION)
-    for key in _FINITE:
-        value = calibration.get(key)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-            raise ModelError(f"{Path(run_dir) / CALIBRATION}: '{key}' is {value!r}, not a finite number")
-    if calibration["score_std"] <= 0:
-        raise ModelError(f"{Path(run_dir) / CALIBRATION}: 'score_std' must be positive")
-    return calibration
+    return _record(Calibration, Path(run_dir) / CALIBRATION)
+
+
+def write_calibration(run_dir: str | Path, calibration: Calibration) -> Path:
+    return write_json(Path(run_dir) / CALIBRATION, calibration.model_dump())
+
+
+def read_training(run_dir: str | Path) -> TrainingInfo:
+    return _record(TrainingInfo, Path(run_dir) / TRAINING)
+
+
+def write_training(run_dir: str | Path, info: TrainingInfo) -> Path:
+    return write_json(Path(run_dir) / TRAINING, info.model_dump())
+
+
+def write_losses(run_dir: str | Path, history: list[dict[str, float]]) -> Path:
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns)
+    writer.writeheader()
+    writer.writerows(history)
+    return write_text(Path(run_dir) / LOSSES, buffer.getvalue())
 
 
 def write_verification(run_dir: str | Path, normal: np.ndarray, defect: np.ndarray) -> Path:
@@ -120,48 +209,48 @@ def read_verification(run_dir: str | Path) -> dict[str, np.ndarray]:
         raise ModelError(f"{path}: corrupt verification images ({exc})") from exc
 
 
-def read_json(run_dir: str | Path, name: str) -> dict[str, Any]:
-    path = Path(run_dir) / name
-    refuse_if_busy(run_dir, "run folder")
-    if not path.is_file():
-        raise ModelError(f"{run_dir} has no {name}: the run did not finish (rerun 'robust-ad train --resume')")
-    try:
-        return json.loads(path.read_text(), parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path}: corrupt JSON ({exc.msg})") from exc
+# -- the model ---------------------------------------------------------------------------------------------
+def save_model(run_dir: str | Path, model: torch.nn.Module, memory: dict[str, torch.Tensor] | None = None) -> Path:
+    """model.pt: the autoencoder's weights and (detectors) the feature-memory statistics; no optimiser state."""
+    payload = {"format": MODEL_FORMAT, "version": __version__, "weights": model.state_dict()}
+    if memory is not None:
+        payload["memory"] = {k: v.detach().cpu() for k, v in memory.items()}
+    return save_checkpoint(Path(run_dir) / MODEL, payload)
 
 
-def _refuse_constant(name: str) -> None:
-    raise ModelError(f"non-finite number {name} in a run file (not valid JSON)")
-
-
-def _load(run_dir: str | Path):
-    from robust_ad.models.autoencoder import RobustAutoencoder
-
+def _load(run_dir: str | Path) -> tuple[Any, dict, Path, Config]:
     config = read_config(run_dir)
     refuse_if_busy(run_dir, "run folder")
     path = Path(run_dir) / MODEL
     if not path.is_file():
         raise ModelError(f"{run_dir} has no {MODEL}: the run did not finish (rerun 'robust-ad train --resume')")
     payload = load_checkpoint(path)
-    return RobustAutoencoder.from_payload(config, payload, path), payload, path
+    if payload.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: not a robust-ad model file")
+    model = build_autoencoder(config)
+    try:
+        model.load_state_dict(payload["weights"])
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not match config.yaml ({str(exc).splitlines()[1].strip()})") from exc
+    return model.eval(), payload, path, config
 
 
 def load_model(run_dir: str | Path, device: torch.device | str = "cpu"):
     """The trained autoencoder of a run folder, in eval mode on ``device``."""
-    return _load(run_dir)[0].to(device).eval()
+    return _load(run_dir)[0].to(device)
 
 
 def load_scorer(run_dir: str | Path, device: torch.device | str = "cpu"):
-    """The calibrated detector of a run folder, in eval mode on ``device``."""
-    from robust_ad.scoring.scorer import AnomalyScorer
-
-    model, payload, path = _load(run_dir)
-    if "scorer" not in payload:
-        raise ModelError(f"{path}: the model was not calibrated (rerun 'robust-ad train')")
-    scorer = AnomalyScorer(model, model.config.scoring, model.config.data.image_size)
+    """The calibrated detector of a run folder, in eval mode on ``device``: memory statistics from model.pt,
+    normalisation from calibration.json."""
+    model, payload, path, config = _load(run_dir)
+    if "memory" not in payload:
+        raise ModelError(f"{path}: the model was not calibrated (retrain it with 'robust-ad train')")
+    calibration = read_calibration(run_dir)
+    scorer = AnomalyScorer(model, config.scoring, config.data.image_size)
     try:
-        scorer.load_state_dict({**payload["scorer"], **{f"model.{k}": v for k, v in model.state_dict().items()}})
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: scorer statistics do not match config.yaml") from exc
+        scorer.load_memory(payload["memory"])
+        scorer.load_normalisation(calibration.model_dump())
+    except (RuntimeError, KeyError) as exc:
+        raise ModelError(f"{path}: scoring statistics do not match config.yaml ({exc})") from exc
     return scorer.to(device).eval()

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from robust_ad import rundir
 from robust_ad.api import train
 from robust_ad.cli import app
-from robust_ad.errors import OverwriteError
-from robust_ad.models.autoencoder import RobustAutoencoder
+from robust_ad.errors import ModelError
 from robust_ad.models.encoder import BACKBONES
 from robust_ad.training.autoencoder import fit_decoder
+from robust_ad.training.build import build_autoencoder
 from tests.conftest import tiny_config
 
 
@@ -30,7 +30,7 @@ def test_mirror_decoder_returns_input_sized_images(backbone: str, size: int) -> 
         else {"layer": "pool2", "feature_layers": ["relu1_1"]}
     )
     config = tiny_config(Path("."), encoder={"backbone": backbone, **layers})
-    out = RobustAutoencoder(config).eval()(torch.rand(2, 3, size, size))
+    out = build_autoencoder(config).eval()(torch.rand(2, 3, size, size))
     assert out.shape == (2, 3, size, size) and out.min() >= 0 and out.max() <= 1
 
 
@@ -47,15 +47,16 @@ def test_run_folder_is_complete_and_loads_back_identically(tiny_run: Path) -> No
     np.testing.assert_array_equal(a, b)
 
 
-def test_python_api_save_and_load_round_trip(tiny_run: Path, tmp_path: Path) -> None:
-    model = RobustAutoencoder.load(tiny_run)
-    model.save(tmp_path / "copy")
+def test_model_file_round_trip(tiny_run: Path, tmp_path: Path) -> None:
+    model = rundir.load_model(tiny_run)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    rundir.write_config(copy, rundir.read_config(tiny_run))
+    rundir.save_model(copy, model)
     images = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
-    np.testing.assert_array_equal(
-        RobustAutoencoder.load(tmp_path / "copy").reconstruct(images), model.reconstruct(images)
-    )
-    with pytest.raises(OverwriteError):
-        model.save(tmp_path / "copy")
+    np.testing.assert_array_equal(rundir.load_model(copy).reconstruct(images), model.reconstruct(images))
+    with pytest.raises(ModelError, match="not calibrated"):  # weights alone are no detector
+        rundir.load_scorer(copy)
 
 
 def test_model_trained_at_32_px_reconstructs_64_px(tiny_run: Path) -> None:
@@ -68,10 +69,10 @@ def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, autoencoder={"epochs": 1})
     images = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
     path = tmp_path / "checkpoint.pt"
-    first = fit_decoder(RobustAutoencoder(config), images, images[:2], torch.device("cpu"), checkpoint_path=path)
+    first = fit_decoder(build_autoencoder(config), config.autoencoder, images, images[:2], 8, checkpoint_path=path)
     config.autoencoder.epochs = 3
     history = fit_decoder(
-        RobustAutoencoder(config), images, None, torch.device("cpu"), checkpoint_path=path, resume=True
+        build_autoencoder(config), config.autoencoder, images, images[:2], 8, checkpoint_path=path, resume=True
     )
     assert [row["epoch"] for row in history] == [1, 2, 3] and history[0] == first[0]
 
@@ -80,7 +81,7 @@ def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
 def test_each_loss_can_be_switched_off(tmp_path: Path, switched_off: str) -> None:
     config = tiny_config(tmp_path, autoencoder={"epochs": 1, switched_off: 0.0})
     images = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
-    history = fit_decoder(RobustAutoencoder(config), images, None, torch.device("cpu"))
+    history = fit_decoder(build_autoencoder(config), config.autoencoder, images)
     name = {"w_feature": "train_feature", "w_gan": "train_gan"}[switched_off]
     assert name not in history[0] and np.isfinite(history[0]["train_total"])
 
@@ -98,7 +99,7 @@ def test_eps_zero_and_robust_runs_differ_only_in_the_encoder(synth_root: Path, t
     decoders = []
     for eps in (0.0, 0.5):
         torch.manual_seed(0)
-        decoders.append(RobustAutoencoder(tiny_config(synth_root, encoder={"eps": eps})).decoder.state_dict())
+        decoders.append(build_autoencoder(tiny_config(synth_root, encoder={"eps": eps})).decoder.state_dict())
     assert all(torch.equal(decoders[0][k], decoders[1][k]) for k in decoders[0])  # same decoder start
 
 

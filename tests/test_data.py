@@ -155,7 +155,7 @@ def test_skip_bad_skips_and_default_raises(synth_root: Path, tmp_path: Path) -> 
         make_image(tmp_path / "good" / f"{i}.png", seed=i)
     (tmp_path / "good" / "3.png").write_bytes(b"garbage")
     ds = AnomalyDataset.load(tmp_path, "x", val_fraction=0.0)
-    with pytest.raises(ImageReadError, match=r"3\.png.*--skip-bad"):
+    with pytest.raises(ImageReadError, match=r"3\.png.*data.skip_bad: true"):
         load_samples(ds.train, 16)
     assert len(load_samples(ds.train, 16, skip_bad=True).samples) == 3
     assert not check_dataset(ds).usable

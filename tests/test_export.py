@@ -37,10 +37,10 @@ def test_export_passes_checker_and_metadata_round_trips(onnx_file: Path, tiny_ru
     proto = onnx.load(str(onnx_file))
     onnx.checker.check_model(proto)
     session = InferenceSession(onnx_file, device="cpu")
-    calibration = rundir.read_json(tiny_run, rundir.CALIBRATION)
+    calibration = rundir.read_calibration(tiny_run)
     meta = session.metadata
-    assert meta["threshold"] == pytest.approx(calibration["threshold"])
-    assert meta["score_mean"] == pytest.approx(calibration["score_mean"])
+    assert meta["threshold"] == pytest.approx(calibration.threshold)
+    assert meta["score_mean"] == pytest.approx(calibration.score_mean)
     assert meta["image_size"] == 32 and meta["category"] == "bottle" and meta["channel_order"] == "RGB"
     assert meta["input_format"] == "uint8" and meta["eps"] == 0.5 and meta["version"]
     assert session.output_names == ["anomaly_map", "score"]

@@ -52,7 +52,7 @@ def load_samples(
                     )
         except ImageReadError as exc:
             if not skip_bad:
-                raise ImageReadError(f"{exc} (pass --skip-bad to skip unreadable files)") from exc
+                raise ImageReadError(f"{exc} (data.skip_bad: true in the recipe skips unreadable files)") from exc
             log.warning("skipping %s", exc)
             continue
         images.append(resize_image(image, size))

@@ -11,6 +11,7 @@ from robust_ad.config import Config
 from robust_ad.data import AnomalyDataset
 from robust_ad.data.arrays import ImageSet, load_samples
 from robust_ad.data.locate import find_data_root
+from robust_ad.data.torchdata import ImageFiles
 from robust_ad.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,26 @@ def load_split(dataset: AnomalyDataset, split: str, config: Config, size: int | 
     return load_samples(
         samples, size or config.data.image_size, config.data.skip_bad, f"loading {dataset.category}/{split}"
     )
+
+
+def image_files(dataset: AnomalyDataset, split: str, config: Config, labels: list[int] | None = None) -> ImageFiles:
+    """The normal images of one split as a lazily read, checked ``torch`` dataset at the model's size."""
+    samples = getattr(dataset, split)
+    if not samples:
+        raise DataError(f"category '{dataset.category}' has no {split} images")
+    files = ImageFiles([s.path for s in samples], config.data.image_size, labels, config.data.cache_mb)
+    return files.verify(config.data.skip_bad, f"reading {dataset.category}/{split}")
+
+
+def labelled_files(config: Config, categories: list[str], split: str) -> ImageFiles:
+    """Normal images of several categories labelled by category index (the 'labels' proxy task)."""
+    paths, labels = [], []
+    for index, category in enumerate(categories):
+        samples = getattr(open_dataset(config, category=category), split)
+        paths += [s.path for s in samples]
+        labels += [index] * len(samples)
+    files = ImageFiles(paths, config.data.image_size, labels, config.data.cache_mb)
+    return files.verify(config.data.skip_bad, f"reading {', '.join(categories)}/{split}")
 
 
 def labelled_images(config: Config, categories: list[str], split: str) -> tuple[np.ndarray, np.ndarray]:

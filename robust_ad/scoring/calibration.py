@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 
@@ -11,36 +13,40 @@ from robust_ad.tensors import to_tensor
 
 
 @torch.no_grad()
-def fit_memory(scorer: AnomalyScorer, images: np.ndarray, batch_size: int = 16) -> None:
-    """Per-location mean and variance of the normal training features (at the training size)."""
+def fit_memory(scorer: AnomalyScorer, batches: Iterable[torch.Tensor]) -> None:
+    """Per-location mean and variance of the normal training features (at the training size), streamed over
+    batches of (N, 3, S, S) images: memory does not grow with the number of images."""
     scorer.eval()
     device = scorer.score_mean.device
     sums = {k: 0.0 for k in scorer.layers}
     squares = {k: 0.0 for k in scorer.layers}
-    x_all = to_tensor(images)
-    for start in range(0, len(x_all), batch_size):
-        feats = scorer.model.features(x_all[start : start + batch_size].to(device))
+    n = 0
+    for images in batches:
+        feats = scorer.model.features(images.to(device))
+        n += len(images)
         for layer in scorer.layers:
-            sums[layer] = sums[layer] + feats[layer].sum(0)
-            squares[layer] = squares[layer] + feats[layer].pow(2).sum(0)
-    n = len(x_all)
+            sums[layer] = sums[layer] + feats[layer].double().sum(0)
+            squares[layer] = squares[layer] + feats[layer].double().pow(2).sum(0)
     for layer in scorer.layers:
         mean = sums[layer] / n
         var = (squares[layer] / n - mean.pow(2)).clamp_min(0)
         # a floor keeps near-constant channels from dominating the distance
         var = var + 1e-2 * var.mean() + 1e-6
-        getattr(scorer, f"memory_mean_{layer}").copy_(mean)
-        getattr(scorer, f"memory_var_{layer}").copy_(var)
+        getattr(scorer, f"memory_mean_{layer}").copy_(mean.float())
+        getattr(scorer, f"memory_var_{layer}").copy_(var.float())
 
 
 @torch.no_grad()
 @full_float32()
-def calibrate(scorer: AnomalyScorer, train_images: np.ndarray, val_images: np.ndarray, batch_size: int = 16) -> dict:
+def calibrate(
+    scorer: AnomalyScorer, train_batches: Iterable[torch.Tensor], val_images: np.ndarray, batch_size: int = 16
+) -> dict:
     """Fit every statistic of ``scorer`` and return the calibration record (``calibration.json``).
 
-    The threshold is the ``threshold_quantile`` of the normalised scores of the held-out normal images.
+    ``train_batches`` streams the normal training images; the threshold is the ``threshold_quantile`` of the
+    normalised scores of the held-out normal ``val_images``.
     """
-    fit_memory(scorer, train_images, batch_size)
+    fit_memory(scorer, train_batches)
     device = scorer.score_mean.device
     x_val = to_tensor(val_images)
     maps = torch.cat(

@@ -38,7 +38,7 @@ class AnomalyScorer(nn.Module):
         super().__init__()
         self.components = [c for c in COMPONENTS if config.weights.get(c, 0) > 0]
         self.model, self.config, self.train_size = model, config, train_size
-        self.layers = list(model.config.encoder.feature_layers)
+        self.layers = list(model.encoder.feature_layers)
         weights = torch.tensor([float(config.weights[c]) for c in self.components])
         self.register_buffer("weights", weights / weights.sum())
         self.register_buffer("map_mean", torch.zeros(len(self.components)))
@@ -117,6 +117,23 @@ class AnomalyScorer(nn.Module):
         raw = self.raw_score(fused)
         return fused, (raw - self.score_mean) / self.score_std, raw, x_hat
 
-    def statistics(self) -> dict[str, torch.Tensor]:
-        """The scorer's own buffers (not the autoencoder's weights): what calibration fits."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+    def memory_statistics(self) -> dict[str, torch.Tensor]:
+        """The per-location feature statistics of the normal training images (what model.pt keeps)."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith("memory_")}
+
+    def load_memory(self, statistics: dict[str, torch.Tensor]) -> None:
+        names = {k for k in self.state_dict() if k.startswith("memory_")}
+        if set(statistics) != names:
+            raise KeyError(f"memory statistics {sorted(statistics)} instead of {sorted(names)}")
+        for name, value in statistics.items():
+            getattr(self, name).copy_(value)
+
+    def load_normalisation(self, calibration: dict) -> None:
+        """Component and score normalisation from a calibration record (calibration.json)."""
+        components = calibration["components"]
+        if list(components) != self.components:
+            raise KeyError(f"calibrated components {list(components)} instead of {self.components}")
+        self.map_mean.copy_(torch.tensor([components[c]["mean"] for c in self.components]))
+        self.map_std.copy_(torch.tensor([components[c]["std"] for c in self.components]))
+        self.score_mean.fill_(calibration["score_mean"])
+        self.score_std.fill_(calibration["score_std"])

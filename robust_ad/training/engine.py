@@ -1,0 +1,200 @@
+"""The one training loop: encoder, decoder and denoiser training are tasks that it runs.
+
+The engine owns what every training needs: seeding and data order, batches through ``torch.utils.data``,
+the flip augmentation, device placement, mixed precision (bf16 autocast, or fp16 with gradient scaling),
+a progress bar per epoch, timing, per-epoch history, and an atomic checkpoint after every epoch from which
+``resume`` continues exactly (model, optimisers, scaler, history and random state).
+
+A task says what one optimisation step is (:meth:`Task.step`) and what to do after each epoch
+(:meth:`Task.end_epoch`, e.g. validation or batch-norm recalibration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from robust_ad.errors import ConfigError, ModelError
+from robust_ad.progress import track
+from robust_ad.tensors import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class Batch:
+    """One batch on the training device: images (N, 3, H, W) in [0, 1] and labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    generator: torch.Generator  # the engine's (CPU) random stream, for task-side randomness
+
+
+class Task:
+    """What a training is made of: its modules, its optimisers, one step, and an end-of-epoch hook."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def train_mode(self) -> None:
+        """Put the modules in the mode of a training step (frozen parts stay in eval mode)."""
+        for module in self.modules.values():
+            module.train()
+
+    def step(self, batch: Batch, engine: Engine) -> dict[str, torch.Tensor]:
+        """One optimisation step (through :meth:`Engine.optimize`); returns the losses to record."""
+        raise NotImplementedError
+
+    def end_epoch(self, engine: Engine) -> dict[str, float]:
+        """Work after each epoch (validation, statistics); returns extra history entries."""
+        return {}
+
+    def metadata(self) -> dict:
+        """What the checkpoint holds beside the training state (so that it can be used on its own)."""
+        return {}
+
+
+class Engine:
+    """Runs a :class:`Task` for ``epochs`` over ``dataset``; see the module docstring."""
+
+    def __init__(
+        self,
+        task: Task,
+        dataset: Dataset,
+        epochs: int,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        checkpoint_path: str | Path | None = None,
+        precision: str = "fp32",
+        workers: int = 0,
+        flip: bool = True,
+        description: str = "epoch",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise ConfigError("no training images")
+        self.task, self.dataset, self.epochs, self.batch_size = task, dataset, epochs, batch_size
+        self.device = torch.device(device)
+        self.seed, self.checkpoint_path, self.workers, self.flip = seed, checkpoint_path, workers, flip
+        self.description = description
+        self.precision = precision if self.device.type == "cuda" or precision == "bf16" else "fp32"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.generator = torch.Generator().manual_seed(seed)
+        self.history: list[dict[str, float]] = []
+        self.epoch = 0
+
+    # -- what tasks call -------------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward-pass precision context (a no-op in fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward ``loss`` and step ``optimizer`` (gradient scaling in fp16; the scale updates per batch)."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+
+    def loader(self, shuffle: bool = False, dataset: Dataset | None = None) -> DataLoader:
+        """Batches of (images, labels) from ``dataset`` (default: the training set), read by the workers."""
+        return DataLoader(
+            dataset if dataset is not None else self.dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=self.generator if shuffle else None,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[Batch]:
+        for images, labels in self.loader(shuffle=True):
+            if self.flip:
+                flip = torch.rand(len(images), generator=self.generator) < 0.5
+                images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+            yield Batch(
+                images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), self.generator
+            )
+
+    def _state(self) -> dict:
+        return {
+            **self.task.metadata(),
+            "modules": {name: module.state_dict() for name, module in self.task.modules.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.task.optimizers.items()},
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history,
+            "epoch": self.epoch,
+        }
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if "modules" not in state or set(state["modules"]) != set(self.task.modules):
+            raise ModelError(f"{path}: a checkpoint of another kind of training; cannot resume from it")
+        for name, module in self.task.modules.items():
+            module.load_state_dict(state["modules"][name])
+        for name, optimizer in self.task.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.history, self.epoch = list(state["history"]), int(state["epoch"])
+        log.info("resuming %s after epoch %d", self.description, self.epoch)
+
+    def _to_device(self) -> None:
+        for module in self.task.modules.values():
+            module.to(self.device)
+        for optimizer in self.task.optimizers.values():
+            for state in optimizer.state.values():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor) and key != "step":
+                        state[key] = value.to(self.device)
+
+    def fit(self, resume: bool = False) -> list[dict[str, float]]:
+        """Train until ``epochs``; with ``resume``, continue from the checkpoint. Returns the history."""
+        torch.manual_seed(self.seed)
+        if resume:
+            if self.checkpoint_path is None or not Path(self.checkpoint_path).is_file():
+                raise ModelError(f"--resume: no checkpoint at {self.checkpoint_path} to resume from")
+            self._restore(Path(self.checkpoint_path))
+        self._to_device()
+        while self.epoch < self.epochs:
+            began = time.perf_counter()
+            self.task.train_mode()
+            sums: dict[str, float] = {}
+            count = 0
+            steps = -(-len(self.dataset) // self.batch_size)  # type: ignore[arg-type]
+            for batch in track(self._batches(), f"{self.description} {self.epoch + 1}/{self.epochs}", steps):
+                for name, value in self.task.step(batch, self).items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * len(batch.images)
+                self.scaler.update()
+                count += len(batch.images)
+            self.epoch += 1
+            row: dict[str, float] = {"epoch": self.epoch, **{k: v / count for k, v in sums.items()}}
+            row.update(self.task.end_epoch(self))
+            row["seconds"] = time.perf_counter() - began
+            self.history.append(row)
+            log.info(
+                "%s %d: %s",
+                self.description,
+                self.epoch,
+                ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"),
+            )
+            if self.checkpoint_path is not None:
+                save_checkpoint(self.checkpoint_path, self._state())
+        for module in self.task.modules.values():
+            module.eval()
+        return self.history
