@@ -191,9 +191,7 @@ def run_peer(name: str, sets: dict[str, ImageSet], settings: dict, seed: int, qu
     return {**row, **{k: metrics[k] for k in keep}}
 
 
-def run_peers(
-    categories: dict[str, dict[str, ImageSet]], settings: dict, seed: int, quantile: float
-) -> list[dict]:
+def run_peers(categories: dict[str, dict[str, ImageSet]], settings: dict, seed: int, quantile: float) -> list[dict]:
     """Rows for every (category, anomalib image model); failures carry an 'error'."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail at once instead of retrying a download
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

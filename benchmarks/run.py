@@ -30,7 +30,7 @@ from robust_ad import api, machine, rundir
 from robust_ad.config import load_config
 from robust_ad.data.loading import labelled_images, load_split, open_dataset
 from robust_ad.data.synth import synthesize
-from robust_ad.denoising import _quality, evaluate_denoising
+from robust_ad.denoising import evaluate_denoising, image_quality
 from robust_ad.scoring.calibration import calibrate
 from robust_ad.scoring.evaluate import evaluate
 from robust_ad.scoring.inference import predict
@@ -94,7 +94,7 @@ def _detect(scorer: AnomalyScorer, dataset, config, threshold: float, size: int 
 def _reconstruction(run: Path, dataset, config) -> tuple[float, float]:
     normal = [s for s in dataset.test if s.label == 0]
     images = load_split(dataclasses.replace(dataset, test=normal), "test", config).images
-    return _quality(images, rundir.load_model(run).reconstruct(images))
+    return image_quality(images, rundir.load_model(run).reconstruct(images))
 
 
 def encoder_sweep(profile: dict, root: Path) -> list[dict]:

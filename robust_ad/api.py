@@ -341,6 +341,46 @@ def evaluate(
     return metrics
 
 
+def set_threshold(
+    model: str | Path, value: float | None = None, from_eval: str | Path | None = None, reason: str | None = None
+):
+    """``robust-ad threshold``: adopt a new threshold for a run (a value, or the F1-optimal one an ``eval``
+    found), recording the one it replaces. Returns the new calibration record."""
+    import json
+    import math
+
+    from robust_ad import rundir
+    from robust_ad.fileio import output_folder
+
+    if (value is None) == (from_eval is None):
+        raise ConfigError("give one of --value X or --from-eval EVAL_FOLDER")
+    if from_eval is not None:
+        path = Path(from_eval) / "metrics.json" if Path(from_eval).is_dir() else Path(from_eval)
+        if not path.is_file():
+            raise ConfigError(f"{path} not found (run 'robust-ad eval' first)")
+        value = json.loads(path.read_text()).get("f1_max_threshold")
+        if value is None:
+            raise ConfigError(f"{path} has no F1-optimal threshold (the evaluation had no labelled defects)")
+        reason = reason or f"F1-optimal on the test split evaluated in {path} (optimistic: tuned on those images)"
+    if not math.isfinite(value):
+        raise ConfigError(f"the threshold must be a finite number, got {value}")
+    with output_folder(model, False, "run folder", keep=True):
+        calibration = rundir.read_calibration(model)
+        history = [
+            *calibration.previous_thresholds,
+            {"threshold": calibration.threshold, "rule": calibration.threshold_rule},
+        ]
+        updated = calibration.model_copy(
+            update={
+                "threshold": float(value),
+                "threshold_rule": reason or "set by hand",
+                "previous_thresholds": history,
+            }
+        )
+        rundir.write_calibration(model, updated)
+    return updated
+
+
 def export(run_dir: str | Path, out: str | Path | None = None, **options) -> dict:
     """``robust-ad export``: see :func:`robust_ad.export.export` for the options."""
     from robust_ad.export import export as _export

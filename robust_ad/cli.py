@@ -352,6 +352,26 @@ def evaluate(
     console.print(f"report: {out or Path(model) / 'eval'}/report.html")
 
 
+@app.command("threshold")
+def threshold(
+    model: Path = typer.Option(..., "--model", help="Run folder whose threshold to change."),
+    value: float = typer.Option(None, "--value", help="The new threshold on the normalised score."),
+    from_eval: Path = typer.Option(
+        None, "--from-eval", help="Adopt the F1-optimal threshold of an 'eval' folder (or its metrics.json)."
+    ),
+    reason: str = typer.Option(None, "--reason", help="Why, recorded beside the threshold."),
+) -> None:
+    """Adopt a new threshold for a run, explicitly; the one it replaces is kept in calibration.json."""
+    from robust_ad.api import set_threshold
+
+    calibration = set_threshold(model, value, from_eval, reason)
+    previous = calibration.previous_thresholds[-1]["threshold"]
+    console.print(
+        f"threshold of {model}: {previous:.3f} -> {calibration.threshold:.3f} ({calibration.threshold_rule}); "
+        "export again to carry it into an ONNX file"
+    )
+
+
 @app.command("export")
 def export(
     model: Path = typer.Option(..., "--model", help="Run folder written by 'robust-ad train'."),

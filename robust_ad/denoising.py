@@ -14,7 +14,7 @@ from robust_ad import rundir
 from robust_ad.data.images import like_raw, read_raw, to_float_rgb, write_image, write_raw
 from robust_ad.errors import ImageReadError, ModelError
 from robust_ad.progress import track
-from robust_ad.tensors import to_tensor
+from robust_ad.tensors import to_images, to_tensor
 from robust_ad.training.noise import EVAL_LEVELS, NOISES, apply_noise
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def denoise_files(
     return written, errors
 
 
-def _quality(clean: np.ndarray, restored: np.ndarray) -> tuple[float, float]:
+def image_quality(clean: np.ndarray, restored: np.ndarray) -> tuple[float, float]:
     """Mean PSNR (dB) and SSIM over images (scikit-image)."""
     psnr = [peak_signal_noise_ratio(c, r, data_range=1.0) for c, r in zip(clean, restored, strict=True)]
     ssim = [structural_similarity(c, r, channel_axis=2, data_range=1.0) for c, r in zip(clean, restored, strict=True)]
@@ -72,9 +72,9 @@ def _nlm(images: np.ndarray, strength: float) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def _corrupt(images: np.ndarray, kind: str, level: float, seed: int) -> np.ndarray:
-    noisy = apply_noise(to_tensor(images), kind, level, torch.Generator().manual_seed(seed))
-    return noisy.permute(0, 2, 3, 1).numpy()
+def corrupt_images(images: np.ndarray, kind: str, level: float, seed: int) -> np.ndarray:
+    """(N, H, W, 3) images in [0, 1] with ``kind`` noise at ``level``, deterministic by ``seed``."""
+    return to_images(apply_noise(to_tensor(images), kind, level, torch.Generator().manual_seed(seed)))
 
 
 def evaluate_denoising(
@@ -88,11 +88,11 @@ def evaluate_denoising(
     rows = []
     for kind in noises or list(NOISES):
         for level in EVAL_LEVELS[kind]:
-            noisy_tune, noisy = _corrupt(tune, kind, level, seed), _corrupt(test, kind, level, seed + 1)
-            best = max(NLM_STRENGTHS, key=lambda h: _quality(tune, _nlm(noisy_tune, h))[0])
+            noisy_tune, noisy = corrupt_images(tune, kind, level, seed), corrupt_images(test, kind, level, seed + 1)
+            best = max(NLM_STRENGTHS, key=lambda h: image_quality(tune, _nlm(noisy_tune, h))[0])
             results = {"noisy input": noisy, f"OpenCV NLM (h={best})": _nlm(noisy, best)}
             results.update({name: model.reconstruct(noisy) for name, model in models.items()})
             for method, restored in results.items():
-                psnr, ssim = _quality(test, restored)
+                psnr, ssim = image_quality(test, restored)
                 rows.append({"noise": kind, "level": level, "method": method, "psnr": psnr, "ssim": ssim})
     return rows

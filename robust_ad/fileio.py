@@ -77,10 +77,13 @@ def _refuse_overlap(path: Path, what: str, inputs: Iterable[str | Path], models:
             )
 
 
+_HELD: set[Path] = set()  # folders whose lock this process holds (it may read what it is writing)
+
+
 def _busy(path: Path) -> bool:
     """Whether another robust-ad process holds the folder's lock right now."""
     lock_file = path / LOCK_NAME
-    if not lock_file.is_file():
+    if not lock_file.is_file() or path.resolve() in _HELD:
         return False
     try:
         with FileLock(lock_file, timeout=0):
@@ -145,6 +148,7 @@ def output_folder(
         raise _busy_error(path, what) from None
     except OSError as exc:
         raise OverwriteError(f"cannot write into {what} {path}: {exc.strerror or exc}") from exc
+    _HELD.add(path.resolve())
     try:
         if has_content(path) and not keep:
             if not force:
@@ -157,6 +161,7 @@ def output_folder(
             shutil.rmtree(path, ignore_errors=True)
         raise
     finally:
+        _HELD.discard(path.resolve())
         lock.release()
 
 

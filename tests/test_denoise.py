@@ -14,7 +14,7 @@ from robust_ad import rundir
 from robust_ad.api import train
 from robust_ad.cli import app
 from robust_ad.data.loading import load_split, open_dataset
-from robust_ad.denoising import _corrupt, _quality, evaluate_denoising
+from robust_ad.denoising import corrupt_images, evaluate_denoising, image_quality
 from robust_ad.export import export
 from robust_ad.runtime import InferenceSession
 from robust_ad.training.noise import NOISES, apply_noise
@@ -45,9 +45,9 @@ def test_each_noise_changes_images_and_keeps_the_range(kind: str) -> None:
 def test_denoiser_raises_psnr_above_the_noisy_input(denoiser: Path) -> None:
     config = rundir.read_config(denoiser)
     clean = load_split(open_dataset(config), "test", config).images
-    noisy = _corrupt(clean, "gaussian", 0.25, seed=5)
+    noisy = corrupt_images(clean, "gaussian", 0.25, seed=5)
     restored = rundir.load_model(denoiser).reconstruct(noisy)
-    assert _quality(clean, restored)[0] > _quality(clean, noisy)[0] + 1.0
+    assert image_quality(clean, restored)[0] > image_quality(clean, noisy)[0] + 1.0
 
 
 def test_denoise_evaluation_table_has_every_method(denoiser: Path) -> None:

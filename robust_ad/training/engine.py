@@ -90,7 +90,9 @@ class Engine:
         self.description = description
         self.precision = precision if self.device.type == "cuda" or precision == "bf16" else "fp32"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # augmentation and task randomness
+        # data order: a stream of its own, since DataLoader draws differently from it with and without workers
+        self.order = torch.Generator().manual_seed(seed + 1)
         self.history: list[dict[str, float]] = []
         self.epoch = 0
 
@@ -114,7 +116,7 @@ class Engine:
             dataset if dataset is not None else self.dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            generator=self.generator if shuffle else None,
+            generator=self.order if shuffle else None,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
@@ -137,6 +139,9 @@ class Engine:
             "optimizers": {name: opt.state_dict() for name, opt in self.task.optimizers.items()},
             "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
+            "order": self.order.get_state(),
+            "rng": torch.get_rng_state(),  # PGD's random starts and dropout draw from the global streams
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.history,
             "epoch": self.epoch,
         }
@@ -151,6 +156,10 @@ class Engine:
             optimizer.load_state_dict(state["optimizers"][name])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
+        self.order.set_state(state["order"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.history, self.epoch = list(state["history"]), int(state["epoch"])
         log.info("resuming %s after epoch %d", self.description, self.epoch)
 
@@ -165,7 +174,7 @@ class Engine:
 
     def fit(self, resume: bool = False) -> list[dict[str, float]]:
         """Train until ``epochs``; with ``resume``, continue from the checkpoint. Returns the history."""
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.seed)  # a resumed run restores the streams of its last epoch instead
         if resume:
             if self.checkpoint_path is None or not Path(self.checkpoint_path).is_file():
                 raise ModelError(f"--resume: no checkpoint at {self.checkpoint_path} to resume from")

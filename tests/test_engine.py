@@ -1,0 +1,85 @@
+"""The training engine: exact resume, mixed precision, workers, bounded memory; the threshold command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robust_ad import rundir
+from robust_ad.cli import app
+from robust_ad.config import EncoderConfig
+from robust_ad.data.images import write_image
+from robust_ad.data.torchdata import ImageFiles
+from robust_ad.fileio import LOCK_NAME
+from robust_ad.training.autoencoder import fit_decoder
+from robust_ad.training.build import build_autoencoder
+from robust_ad.training.encoder import train_encoder
+from tests.conftest import tiny_config
+
+runner = CliRunner()
+TINY = {"width": 0.125, "layer": "layer2", "feature_layers": ["layer1"], "batch_size": 8}
+
+
+def _images(n: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 32, 32, 3), dtype=np.float32)
+
+
+def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """Three epochs straight, or one epoch, a stop, then two more: the same model and history."""
+    images = _images()
+    straight = train_encoder(images, EncoderConfig(**TINY, eps=0.5, epochs=3), seed=1)
+    path = tmp_path / "enc.pt"
+    train_encoder(images, EncoderConfig(**TINY, eps=0.5, epochs=1), seed=1, checkpoint_path=path)
+    resumed = train_encoder(images, EncoderConfig(**TINY, eps=0.5, epochs=3), seed=1, checkpoint_path=path, resume=True)
+    for a, b in zip(straight.classifier.state_dict().values(), resumed.classifier.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert [row["loss"] for row in straight.history] == pytest.approx([row["loss"] for row in resumed.history])
+
+
+def test_bf16_training_runs_and_learns(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, autoencoder={"epochs": 4, "w_gan": 0.0})
+    history = fit_decoder(build_autoencoder(config), config.autoencoder, _images(), precision="bf16")
+    assert history[-1]["train_total"] < history[0]["train_total"]
+
+
+def test_data_loader_workers_give_the_same_training(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    paths = [write_image(folder / f"{i}.png", image) for i, image in enumerate(_images(8))]
+    config = tiny_config(tmp_path, autoencoder={"epochs": 1, "w_gan": 0.0})
+    runs = []
+    for workers in (0, 2):
+        files = ImageFiles(paths, 32, cache_mb=0).verify()
+        torch.manual_seed(0)
+        runs.append(fit_decoder(build_autoencoder(config), config.autoencoder, files, batch_size=4, workers=workers))
+    assert runs[0][0]["train_total"] == pytest.approx(runs[1][0]["train_total"], rel=1e-5)
+
+
+def test_image_files_keep_memory_within_the_cache_budget(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).random((30, 64, 64, 3), dtype=np.float32)
+    paths = [write_image(tmp_path / f"{i}.png", image) for i, image in enumerate(images)]
+    files = ImageFiles(paths, 64, cache_mb=1).verify()
+    cached = sum(t.numel() * t.element_size() for t in files._cache.values())
+    assert len(files) == 30 and 0 < cached <= 2**20 < 30 * 3 * 64 * 64 * 4  # 1 MB holds 21 of the 30
+    np.testing.assert_allclose(files[29][0].permute(1, 2, 0).numpy(), images[29], atol=1 / 255)  # read again
+
+
+def test_threshold_is_adopted_explicitly_and_the_old_one_kept(tiny_run: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(LOCK_NAME, "*.onnx")))
+    before = rundir.read_calibration(run).threshold
+    assert runner.invoke(app, ["eval", "--model", str(run), "--out", str(tmp_path / "eval")]).exit_code == 0
+    f1 = json.loads((tmp_path / "eval" / "metrics.json").read_text())["f1_max_threshold"]
+    result = runner.invoke(app, ["threshold", "--model", str(run), "--from-eval", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    calibration = rundir.read_calibration(run)
+    assert calibration.threshold == pytest.approx(f1) and "F1-optimal" in calibration.threshold_rule
+    assert calibration.previous_thresholds[-1]["threshold"] == pytest.approx(before)
+    result = runner.invoke(app, ["threshold", "--model", str(run), "--value", "nan"])
+    assert result.exit_code == 2 and "finite" in result.output
+    assert runner.invoke(app, ["threshold", "--model", str(run), "--value", "2.5"]).exit_code == 0
+    assert rundir.read_calibration(run).threshold == 2.5 and len(rundir.read_calibration(run).previous_thresholds) == 2
