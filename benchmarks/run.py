@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from robust_ad import api, machine, rundir
-from robust_ad.config import load_config
+from robust_ad.config import load_config, merge
 from robust_ad.data.loading import labelled_images, load_split, open_dataset
 from robust_ad.data.synth import synthesize
 from robust_ad.denoising import evaluate_denoising, image_quality
@@ -77,9 +77,7 @@ def _config(profile: dict, root: Path, category: str, eps: float, **sections: di
         "encoder": {**profile["encoder"], "eps": eps},
         "autoencoder": dict(profile["autoencoder"]),
     }
-    for section, values in sections.items():
-        overrides[section] = {**overrides.get(section, {}), **values} if isinstance(values, dict) else values
-    return load_config("synthetic", overrides)
+    return load_config("synthetic", merge(overrides, sections))
 
 
 def _detect(scorer: AnomalyScorer, dataset, config, threshold: float, size: int | None = None) -> dict:

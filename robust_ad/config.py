@@ -180,8 +180,8 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     category = overrides.get("category") or values.get("category")
     per_category = values.get("categories") or {}
     if isinstance(per_category, dict) and category in per_category:
-        values = _merge(values, per_category[category])
-    return validate(_merge(values, overrides), where)
+        values = merge(values, per_category[category])
+    return validate(merge(values, overrides), where)
 
 
 def config_from_dict(values: Any, source: str = "config.yaml") -> Config:
@@ -189,13 +189,13 @@ def config_from_dict(values: Any, source: str = "config.yaml") -> Config:
     return validate(values, source)
 
 
-def _merge(base: dict[str, Any], update: Any) -> dict[str, Any]:
+def merge(base: dict[str, Any], update: Any) -> dict[str, Any]:
     """``base`` with ``update`` laid over it, mappings merged key by key."""
     if not isinstance(update, dict):
         raise ConfigError(f"per-category overrides must be a mapping, got {type(update).__name__}")
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 

@@ -38,7 +38,7 @@ def make_mask(path: Path, size: int = 32, box: tuple[int, int, int, int] = (8, 8
 
 def tiny_config(root: Path, category: str = "bottle", **sections: dict):
     """A model small enough to train in seconds on 32 px images."""
-    from robust_ad.config import load_config
+    from robust_ad.config import load_config, merge
 
     overrides = {
         "category": category,
@@ -48,9 +48,7 @@ def tiny_config(root: Path, category: str = "bottle", **sections: dict):
         "encoder": {"width": 0.125, "epochs": 1, "eps": 0.5, "batch_size": 16},
         "autoencoder": {"epochs": 3, "decoder_width": 0.25},
     }
-    for section, values in sections.items():
-        overrides[section] = {**overrides.get(section, {}), **values} if isinstance(values, dict) else values
-    return load_config("synthetic", overrides)
+    return load_config("synthetic", merge(overrides, sections))
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ def _run_module():
     return module
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     report = _run_module().main(["--quick", "--out", str(tmp_path), "--report", str(tmp_path / "RESULTS.md")])
     text = report.read_text()
@@ -72,6 +73,7 @@ def test_peer_predictions_are_scored_like_robust_ad(synth_root: Path) -> None:
     np.testing.assert_allclose(prediction.scores, images[..., 0].mean((1, 2)), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_peers_train_and_evaluate_with_anomalib(synth_root: Path) -> None:
     """Runs where the bench extra is installed: a peer trains on robust-ad's splits; a download-bound one is
     reported with its reason instead of failing the benchmark."""

@@ -75,6 +75,7 @@ def _gratings(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
     return np.clip(np.repeat(np.stack(images)[..., None], 3, 3), 0, 1).astype(np.float32), labels
 
 
+@pytest.mark.slow
 def test_robust_training_beats_standard_under_attack() -> None:
     rng = np.random.default_rng(0)
     x_train, y_train = _gratings(256, rng)
