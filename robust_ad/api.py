@@ -18,6 +18,8 @@ def train_encoder(config: Config, categories: list[str], out: str | Path, resume
     from robust_ad.device import resolve_device
     from robust_ad.training.encoder import train_encoder as _train
 
+    if Path(out).suffix != ".pt":  # also keeps --force from replacing a dataset image or a JSON file
+        raise ConfigError(f"--out must name a .pt file, got {out}")
     if not resume:
         check_writable(out, force)
     device = resolve_device(config.device)
@@ -47,6 +49,8 @@ def evaluate_encoder(
     from robust_ad.training.encoder import evaluate_encoder as _evaluate
 
     if out is not None:
+        if Path(out).suffix != ".json":
+            raise ConfigError(f"--out must name a .json file, got {out}")
         check_writable(out, force)
     run, _ = EncoderRun.load(encoder)
     config = load_config(

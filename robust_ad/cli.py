@@ -488,9 +488,16 @@ def denoise(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: usage errors, like every other error, are one line (exit 2)."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as exc:  # click's usage errors (typer vendors its own click): they format themselves
+        if not hasattr(exc, "format_message"):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "robust-ad"
+        sys.exit(_fail(f"{exc.format_message()} (see '{command} --help')", EXIT_ERROR).exit_code)
+    sys.exit(code or 0)

@@ -240,3 +240,19 @@ def test_force_never_replaces_a_real_dataset_or_a_models_files(
     export = ["export", "--model", str(tiny_run), "--out", str(tiny_run / rundir.MODEL), "--force"]
     assert "--out must name an .onnx file" in _one_line_error(runner.invoke(app, export))
     assert (tiny_run / rundir.MODEL).read_bytes() == model
+
+
+def test_usage_errors_of_the_installed_command_are_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for args, message in (
+        (["score", "x", "--batch", "abc"], "Invalid value for '--batch'"),
+        (["nope"], "No such command 'nope'"),
+        (["encoder", "train", "--category", "b", "--out", str(tmp_path / "enc.png")], "--out must name a .pt file"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "robust_ad", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
