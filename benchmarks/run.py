@@ -502,9 +502,10 @@ def main(argv: list[str] | None = None) -> Path:
     root = args.data_root or args.out / "data"
     previous = args.report.with_name("results.json")
     kept = json.loads(previous.read_text()) if args.sections and previous.exists() else {}
-    if args.data_root is None and not kept:
+    if args.data_root is None:  # deterministic: a --sections rerun on a fresh clone regenerates the same images
         for category in profile["categories"]:
-            synthesize(root, category, seed=0, force=True, **profile["synth"])
+            if not kept or not (root / category / "synth.json").is_file():
+                synthesize(root, category, seed=0, force=True, **profile["synth"])
     runs = args.out / "runs"
     recipe_eps = load_config("synthetic").encoder.eps
     if recipe_eps not in profile["eps"]:
