@@ -97,14 +97,16 @@ def _verification_images(dataset, size: int, normal) -> tuple:
     import numpy as np
 
     from robust_ad.data.arrays import load_samples
+    from robust_ad.errors import DataError
+
+    def readable(samples) -> np.ndarray:  # never fail a finished training over a verification image
+        try:
+            return load_samples(samples, 2 * size, skip_bad=True).images
+        except DataError:
+            return np.zeros((0, 2 * size, 2 * size, 3), np.float32)
 
     defects = [s for s in dataset.test if s.label == 1]
-    defects = defects[:: max(1, len(defects) // 8)][:8]
-    normal_set = load_samples(normal[:8], 2 * size, skip_bad=True)
-    defect_images = (
-        load_samples(defects, 2 * size, skip_bad=True).images if defects else np.zeros((0, 2 * size, 2 * size, 3))
-    )
-    return normal_set.images, defect_images
+    return readable(normal[:8]), readable(defects[:: max(1, len(defects) // 8)][:8])
 
 
 def _refuse_resume_or_overwrite(run_dir: Path, resume: bool, force: bool) -> None:
@@ -239,11 +241,11 @@ def _torch_predictor(scorer, batch_size: int, train_aspect: float | None):
     return run
 
 
-def _check_threshold(threshold: float | None) -> None:
+def _check_finite(value: float | None, name: str) -> None:
     import math
 
-    if threshold is not None and not math.isfinite(threshold):
-        raise ConfigError(f"--threshold must be a finite number, got {threshold}")
+    if value is not None and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
 
 
 def score(
@@ -271,7 +273,7 @@ def score(
         raise ConfigError("give one of --model RUN_FOLDER or --onnx FILE, not both")
     if batch_size < 1:
         raise ConfigError(f"--batch must be at least 1, got {batch_size}")
-    _check_threshold(threshold)
+    _check_finite(threshold, "--threshold")
     files = resolve_paths(paths)
     if onnx is not None:
         from robust_ad.runtime import InferenceSession
@@ -351,7 +353,6 @@ def set_threshold(
     """``robust-ad threshold``: adopt a new threshold for a run (a value, or the F1-optimal one an ``eval``
     found), recording the one it replaces. Returns the new calibration record."""
     import json
-    import math
 
     from robust_ad import rundir
     from robust_ad.fileio import output_folder
@@ -366,8 +367,7 @@ def set_threshold(
         if value is None:
             raise ConfigError(f"{path} has no F1-optimal threshold (the evaluation had no labelled defects)")
         reason = reason or f"F1-optimal on the test split evaluated in {path} (optimistic: tuned on those images)"
-    if not math.isfinite(value):
-        raise ConfigError(f"the threshold must be a finite number, got {value}")
+    _check_finite(value, "the threshold")
     with output_folder(model, False, "run folder", keep=True):
         calibration = rundir.read_calibration(model)
         history = [

@@ -245,7 +245,7 @@ def load_scorer(run_dir: str | Path, device: torch.device | str = "cpu"):
     normalisation from calibration.json."""
     model, payload, path, config = _load(run_dir)
     if "memory" not in payload:
-        raise ModelError(f"{path}: the model was not calibrated (retrain it with 'robust-ad train')")
+        raise ModelError(f"{path}: not a calibrated detector of this robust-ad version (retrain it: 'robust-ad train')")
     calibration = read_calibration(run_dir)
     scorer = AnomalyScorer(model, config.scoring, config.data.image_size)
     try:

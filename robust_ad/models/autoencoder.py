@@ -11,6 +11,7 @@ from torch import nn
 
 from robust_ad.models.decoder import MirrorDecoder
 from robust_ad.models.encoder import Encoder
+from robust_ad.tensors import to_images, to_tensor
 
 
 class RobustAutoencoder(nn.Module):
@@ -39,8 +40,5 @@ class RobustAutoencoder(nn.Module):
         """Reconstructions of (N, H, W, 3) float images in [0, 1], same shape."""
         self.eval()
         device = next(self.parameters()).device
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
-            out.append(self(x.to(device)).permute(0, 2, 3, 1).cpu().numpy())
-        return np.concatenate(out)
+        starts = range(0, len(images), batch_size)
+        return np.concatenate([to_images(self(to_tensor(images[i : i + batch_size]).to(device))) for i in starts])

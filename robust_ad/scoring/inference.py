@@ -10,7 +10,7 @@ import torch
 from robust_ad.device import full_float32
 from robust_ad.progress import track
 from robust_ad.scoring.scorer import AnomalyScorer
-from robust_ad.tensors import to_tensor
+from robust_ad.tensors import to_images, to_tensor
 
 
 @dataclass
@@ -35,6 +35,6 @@ def predict(
     for start in track(range(0, len(x_all), batch_size), description, total=-(-len(x_all) // batch_size)):
         with full_float32():
             fused, score, raw, x_hat = scorer(x_all[start : start + batch_size].to(device))
-        parts.append((fused.cpu(), score.cpu(), raw.cpu(), x_hat.permute(0, 2, 3, 1).cpu()))
-    maps, scores, raw, recon = (torch.cat(column).numpy() for column in zip(*parts, strict=True))
+        parts.append((fused.cpu().numpy(), score.cpu().numpy(), raw.cpu().numpy(), to_images(x_hat)))
+    maps, scores, raw, recon = (np.concatenate(column) for column in zip(*parts, strict=True))
     return Prediction(maps, scores, raw, recon)

@@ -65,6 +65,8 @@ class EncoderRun:
         payload = load_checkpoint(path)
         if payload.get("format") != FORMAT:
             raise ModelError(f"{path}: not a robust-ad encoder checkpoint")
+        if "modules" not in payload:
+            raise ModelError(f"{path}: an encoder file of an older robust-ad; train it again with 'encoder train'")
         config = EncoderConfig(**payload["config"])
         classifier = ProxyClassifier(build_encoder(config), payload["n_classes"])
         classifier.load_state_dict(payload["modules"]["classifier"])

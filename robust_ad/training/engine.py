@@ -95,6 +95,7 @@ class Engine:
         self.order = torch.Generator().manual_seed(seed + 1)
         self.history: list[dict[str, float]] = []
         self.epoch = 0
+        self._train_loader: DataLoader | None = None
 
     # -- what tasks call -------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -110,21 +111,29 @@ class Engine:
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
 
-    def loader(self, shuffle: bool = False, dataset: Dataset | None = None) -> DataLoader:
-        """Batches of (images, labels) from ``dataset`` (default: the training set), read by the workers."""
-        return DataLoader(
-            dataset if dataset is not None else self.dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=self.order if shuffle else None,
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
+    def loader(self, dataset: Dataset | None = None) -> DataLoader:
+        """Batches of (images, labels) in order from ``dataset`` (default: the training set), for the work of
+        :meth:`Task.end_epoch`; read in this process."""
+        return DataLoader(dataset if dataset is not None else self.dataset, batch_size=self.batch_size)
+
+    def _training_loader(self) -> DataLoader:
+        """The shuffled training batches, read by ``workers`` processes that live for the whole training (each
+        keeps its own image cache of up to ``data.cache_mb``)."""
+        if self._train_loader is None:
+            self._train_loader = DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                shuffle=True,
+                generator=self.order,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0,
+            )
+        return self._train_loader
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[Batch]:
-        for images, labels in self.loader(shuffle=True):
+        for images, labels in self._training_loader():
             if self.flip:
                 flip = torch.rand(len(images), generator=self.generator) < 0.5
                 images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
