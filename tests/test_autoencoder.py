@@ -55,7 +55,7 @@ def test_model_file_round_trip(tiny_run: Path, tmp_path: Path) -> None:
     rundir.save_model(copy, model)
     images = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
     np.testing.assert_array_equal(rundir.load_model(copy).reconstruct(images), model.reconstruct(images))
-    with pytest.raises(ModelError, match="not calibrated"):  # weights alone are no detector
+    with pytest.raises(ModelError, match="not a calibrated detector"):  # weights alone are none
         rundir.load_scorer(copy)
 
 
