@@ -129,6 +129,8 @@ def detection_sweep(profile: dict, root: Path, runs: Path) -> list[dict]:
                     "psnr": psnr,
                     "ssim": ssim,
                     "train_minutes": minutes,
+                    # the decoder's colour cast on held-out normal images, worst channel, 8-bit levels
+                    "colour_error": max(rundir.read_training(run).colour_error_255),
                     **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1", "ms_per_image")},
                 }
             )
@@ -443,6 +445,7 @@ def write_report(path: Path, results: dict, command: str) -> None:
                 "f1",
                 "psnr",
                 "ssim",
+                "colour_error",
                 "train_minutes",
                 "ms_per_image",
             ],

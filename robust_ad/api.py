@@ -29,6 +29,62 @@ def train_encoder(config: Config, categories: list[str], out: str | Path, resume
     )
 
 
+def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume: bool = False, force: bool = False):
+    """``robust-ad encoder pretrain``: robust (PGD) training on a corpus from ``datasets corpus``. The proxy task
+    is which source image a patch comes from: as many classes as source images."""
+    import csv
+
+    from robust_ad.data.torchdata import ImageFiles
+    from robust_ad.device import resolve_device
+    from robust_ad.errors import DataError
+    from robust_ad.training.encoder import train_encoder as _train
+
+    manifest = Path(corpus) / "manifest.csv"
+    if not manifest.is_file():
+        raise DataError(f"{manifest} not found (assemble a corpus with 'robust-ad datasets corpus')")
+    if Path(out).suffix != ".pt":
+        raise ConfigError(f"--out must name a .pt file, got {out}")
+    if not resume:
+        check_writable(out, force)
+    rows = list(csv.DictReader(manifest.open()))
+    sources = {key: index for index, key in enumerate(dict.fromkeys(f"{r['source']}/{r['source_file']}" for r in rows))}
+    if len(sources) < 2:
+        raise DataError(f"{manifest}: the corpus needs images from at least two source files")
+    labels = [sources[f"{r['source']}/{r['source_file']}"] for r in rows]
+    files = ImageFiles([Path(corpus) / r["file"] for r in rows], config.data.image_size, labels, config.data.cache_mb)
+    files = files.verify(config.data.skip_bad, f"reading the corpus ({len(rows)} images, {len(sources)} sources)")
+    encoder = config.encoder.model_copy(update={"proxy_task": "labels"})
+    device = resolve_device(config.device)
+    return _train(
+        files, encoder, None, device, config.seed, out, resume, [str(corpus)], config.precision, config.data.workers
+    )
+
+
+def list_encoders() -> list[dict]:
+    """``robust-ad encoder list``: the published robust encoders, whether verified and cached."""
+    from robust_ad.training.pretrained import REGISTRY, expected_sha256, is_cached
+
+    return [
+        {
+            "name": e.name,
+            "backbone": e.backbone,
+            "norm": e.norm,
+            "eps": e.eps,
+            "verified": e.sha256 is not None,
+            "sha256": expected_sha256(e),
+            "cached": is_cached(e),
+        }
+        for e in REGISTRY.values()
+    ]
+
+
+def fetch_encoder(name: str) -> Path:
+    """``robust-ad encoder fetch NAME``: download (or find in the cache) and verify a published encoder."""
+    from robust_ad.training.pretrained import fetch
+
+    return fetch(name)
+
+
 def evaluate_encoder(
     encoder: str | Path,
     categories: list[str],
@@ -42,16 +98,35 @@ def evaluate_encoder(
     out: str | Path | None = None,
     force: bool = False,
 ) -> dict:
-    """``robust-ad encoder eval``: clean and PGD accuracy on the held-out normal images of ``categories``."""
+    """``robust-ad encoder eval``: clean and PGD accuracy on the held-out normal images of ``categories``.
+
+    ``encoder`` is a file of ``encoder train`` / ``encoder pretrain``, or a published encoder's name; for the
+    latter, whose classes are ImageNet's, the accuracy under attack is the share of its own predictions that
+    PGD within ``eps`` (default: its training eps) cannot move."""
+    from torch.utils.data import DataLoader
+
     from robust_ad.data.loading import labelled_files
     from robust_ad.device import resolve_device
-    from robust_ad.training.encoder import EncoderRun
+    from robust_ad.training import pretrained
+    from robust_ad.training.encoder import EncoderRun, attack_accuracy
     from robust_ad.training.encoder import evaluate_encoder as _evaluate
 
     if out is not None:
         if Path(out).suffix != ".json":
             raise ConfigError(f"--out must name a .json file, got {out}")
         check_writable(out, force)
+    if not Path(encoder).is_file() and str(encoder) in pretrained.REGISTRY:
+        entry = pretrained.lookup(str(encoder))
+        config = load_config(None, {"data_root": str(data_root) if data_root else None, "seed": seed})
+        dev = resolve_device(device)
+        images = DataLoader(labelled_files(config, categories, "val"), 16)
+        eps, norm = entry.eps if eps is None else eps, norm or entry.norm
+        model = pretrained.classifier(entry.name).to(dev)
+        result = attack_accuracy(model, ((x, None) for x, _ in images), eps, norm, steps, restarts, dev)
+        result = {**result, "clean_acc": None, "target": "the model's own predictions"}
+        if out is not None:
+            write_json(out, {"encoder": str(encoder), "categories": categories, **result})
+        return result
     run, _ = EncoderRun.load(encoder)
     config = load_config(
         None, {"data_root": str(data_root) if data_root else None, "seed": seed, "data": {"image_size": run.image_size}}
@@ -66,12 +141,43 @@ def evaluate_encoder(
     return result
 
 
+def with_published_encoder(config: Config) -> Config:
+    """``config`` with the backbone, norm and eps of its published encoder (``encoder.pretrained``); eps = 0
+    asks for the standard twin (the same architecture's eps-0 checkpoint)."""
+    from robust_ad.training.pretrained import lookup
+
+    name = config.encoder.pretrained
+    if not name:
+        return config
+    if config.encoder.weights:
+        raise ConfigError("give one of --encoder NAME or --encoder-weights PATH, not both")
+    entry = lookup(name)
+    if config.encoder.eps == 0 and entry.eps != 0:
+        entry = lookup(f"{entry.backbone}_l2_eps0")
+        log.info("eps 0: using %s, the standard twin of %s", entry.name, name)
+    encoder = config.encoder.model_copy(
+        update={
+            "pretrained": entry.name,
+            "backbone": entry.backbone,
+            "norm": entry.norm,
+            "eps": entry.eps,
+            "width": 1.0,
+        }
+    )
+    return config.model_copy(update={"encoder": encoder})
+
+
 def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: bool, device) -> dict:
-    """Load the user's robust weights, or adversarially train the encoder (resumable) in the run folder."""
+    """Load published or the user's robust weights, or adversarially train the encoder (resumable) in the run
+    folder."""
     from robust_ad import rundir
     from robust_ad.training.encoder import train_encoder as _train
+    from robust_ad.training.pretrained import fetch
     from robust_ad.training.weights import load_encoder_weights
 
+    if config.encoder.pretrained:
+        load_encoder_weights(model.encoder, fetch(config.encoder.pretrained))
+        return {"encoder_source": config.encoder.pretrained, "encoder_minutes": 0.0}
     if config.encoder.weights:
         load_encoder_weights(model.encoder, config.encoder.weights)
         return {"encoder_source": str(config.encoder.weights), "encoder_minutes": 0.0}
@@ -142,7 +248,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad.scoring.calibration import calibrate
     from robust_ad.scoring.scorer import AnomalyScorer
     from robust_ad.tensors import to_images, to_tensor
-    from robust_ad.training.autoencoder import fit_decoder
+    from robust_ad.training.autoencoder import colour_error, fit_decoder
     from robust_ad.training.build import build_autoencoder
     from robust_ad.training.noise import random_corruption
     from robust_ad.viz import reconstruction_grid
@@ -151,6 +257,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     _refuse_resume_or_overwrite(run_dir, resume, force)
     if resume:
         config = rundir.read_config(run_dir)
+    config = with_published_encoder(config)
     device = resolve_device(config.device)
     model = build_autoencoder(config)  # checks the backbone's layer names before any work
     dataset = open_dataset(config)
@@ -181,10 +288,15 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
         )
         rundir.write_losses(run_dir, history)
         shown = val_set.images if val_set is not None else load_split(dataset, "train", config).images[:16]
-        inputs = shown[:8]
-        if corrupt is not None:
-            inputs = to_images(corrupt(to_tensor(inputs), torch.Generator().manual_seed(config.seed)))
+
+        def corrupted(images):  # what the model is given: the noisy image in denoising mode
+            if corrupt is None:
+                return images
+            return to_images(corrupt(to_tensor(images), torch.Generator().manual_seed(config.seed)))
+
+        inputs = corrupted(shown[:8])
         write_image(run_dir / rundir.GRID, reconstruction_grid(inputs, model.reconstruct(inputs)))
+        colour = colour_error(shown, model.reconstruct(corrupted(shown)))
         memory = None
         if config.mode == "detect":
             scorer = AnomalyScorer(model, config.scoring, config.data.image_size).to(device)
@@ -209,6 +321,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
                 machine=machine.describe(),
                 minutes=minutes,
                 decoder_minutes=decoder_minutes,
+                colour_error_255=colour,
                 **info,
             ),
         )

@@ -104,6 +104,27 @@ def datasets_synth(
     console.print(f"wrote {path}")
 
 
+@datasets_app.command("corpus")
+def datasets_corpus(
+    out: Path = typer.Option(..., "--out", help="Folder for images/ and manifest.csv."),
+    debs: Path = typer.Option(None, "--debs", help="Use the .deb files in this folder instead of apt-get download."),
+    package: list[str] = typer.Option(None, "--package", help="Debian package to use; repeat (default: all six)."),
+    photos: list[Path] = typer.Option(None, "--photos", help="A folder of your own photographs; repeat."),
+    patch: int = typer.Option(128, "--patch", help="Side of the square images written."),
+    seed: int = SEED,
+    force: bool = FORCE,
+) -> None:
+    """Assemble a pretraining corpus of real photographs and photo textures from installable packages."""
+    from robust_ad.data.corpus import DEFAULT_PACKAGES, CorpusSettings, assemble_corpus
+
+    counts = assemble_corpus(
+        out, package or DEFAULT_PACKAGES, debs, photos or [], CorpusSettings(patch=patch), seed, force
+    )
+    for source, count in counts.items():
+        console.print(f"{source}: {count} images")
+    console.print(f"wrote {out}/manifest.csv ({sum(counts.values())} images)")
+
+
 @datasets_app.command("check")
 def datasets_check(
     data_root: Path = typer.Option(..., "--data-root", help="Dataset root folder."),
@@ -140,7 +161,7 @@ def datasets_check(
 RECIPE = typer.Option(None, "--recipe", help="Recipe YAML path or name from recipes/ (default: default).")
 DATA_ROOT = typer.Option(None, "--data-root", help="Dataset root (MVTec AD, VisA or folder layout).")
 EPS = typer.Option(None, "--eps", help="PGD radius of robust training on [0, 1] images; 0 = standard baseline.")
-BACKBONE = typer.Option(None, "--backbone", help="resnet18, resnet50, vgg16 or alexnet.")
+BACKBONE = typer.Option(None, "--backbone", help="resnet18, resnet50, wide_resnet50_2, vgg16 or alexnet.")
 EPOCHS = typer.Option(None, "--epochs", help="Training epochs.")
 IMAGE_SIZE = typer.Option(None, "--image-size", help="Side of the square images the model is trained at.")
 BATCH_SIZE = typer.Option(None, "--batch-size", help="Training batch size.")
@@ -204,9 +225,65 @@ def encoder_train(
     )
 
 
+@encoder_app.command("pretrain")
+def encoder_pretrain(
+    corpus: Path = typer.Option(..., "--corpus", help="A corpus folder written by 'robust-ad datasets corpus'."),
+    out: Path = typer.Option(..., "--out", help="Encoder checkpoint file to write (.pt)."),
+    recipe: str = RECIPE,
+    eps: float = EPS,
+    norm: str = typer.Option(None, "--norm", help="Threat model: l2 or linf."),
+    backbone: str = BACKBONE,
+    epochs: int = EPOCHS,
+    image_size: int = IMAGE_SIZE,
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
+    seed: int = SEED,
+    resume: bool = RESUME,
+    force: bool = FORCE,
+) -> None:
+    """Robust (PGD) pretraining of an encoder on a photo corpus: which source image does a patch come from?"""
+    from robust_ad.api import pretrain_encoder
+
+    encoder = {"eps": eps, "norm": norm, "backbone": backbone, "epochs": epochs, "batch_size": batch_size}
+    config = _config(recipe, seed=seed, device=device, data={"image_size": image_size}, encoder=encoder)
+    run = pretrain_encoder(config, corpus, out, resume=resume, force=force)
+    last = run.history[-1]
+    console.print(
+        f"wrote {out}: loss {last['loss']:.4f}, adversarial train accuracy {last['adv_train_acc']:.3f}, "
+        f"{run.minutes:.2f} min"
+    )
+
+
+@encoder_app.command("list")
+def encoder_list() -> None:
+    """The published robust encoders that --encoder NAME accepts, with their hash status and cache state."""
+    from robust_ad.api import list_encoders
+    from robust_ad.training.pretrained import cache_dir
+
+    table = Table(title=f"published robust encoders (cache: {cache_dir()})")
+    table.add_column("name", no_wrap=True)
+    for column in ("backbone", "threat model", "eps", "SHA-256", "cached"):
+        table.add_column(column)
+    for row in list_encoders():
+        status = "published" if row["verified"] else ("recorded at first download" if row["sha256"] else "unverified")
+        eps = f"{row['eps'] * 255:g}/255" if row["norm"] == "linf" else f"{row['eps']:g}"
+        table.add_row(row["name"], row["backbone"], row["norm"], eps, status, "yes" if row["cached"] else "")
+    console.print(table)
+
+
+@encoder_app.command("fetch")
+def encoder_fetch(name: str = typer.Argument(..., help="A name from 'robust-ad encoder list'.")) -> None:
+    """Download a published robust encoder into the cache (hash-checked), for later offline use."""
+    from robust_ad.api import fetch_encoder
+
+    console.print(f"{name}: {fetch_encoder(name)}")
+
+
 @encoder_app.command("eval")
 def encoder_eval(
-    encoder: Path = typer.Option(..., "--encoder", help="Encoder checkpoint written by 'encoder train'."),
+    encoder: Path = typer.Option(
+        ..., "--encoder", help="Encoder file of 'encoder train' / 'encoder pretrain', or a published encoder's name."
+    ),
     category: list[str] = typer.Option(..., "--category", help="Categories to evaluate on (held-out normals)."),
     data_root: Path = DATA_ROOT,
     eps: float = typer.Option(None, "--eps", help="Attack radius (default: the training eps)."),
@@ -225,7 +302,7 @@ def encoder_eval(
     table = Table(title=f"{encoder}")
     for column in ("clean accuracy", f"PGD accuracy ({result['norm']}, eps={result['eps']})", "images"):
         table.add_column(column)
-    table.add_row(f"{result['clean_acc']:.3f}", f"{result['pgd_acc']:.3f}", str(result["n"]))
+    table.add_row(_number(result["clean_acc"], 3), _number(result["pgd_acc"], 3), str(result["n"]))
     console.print(table)
 
 
@@ -237,6 +314,9 @@ def train(
     recipe: str = RECIPE,
     eps: float = EPS,
     backbone: str = BACKBONE,
+    encoder: str = typer.Option(
+        None, "--encoder", help="A published robust encoder by name ('robust-ad encoder list'), downloaded once."
+    ),
     encoder_weights: Path = typer.Option(None, "--encoder-weights", help="Robust checkpoint to use as encoder."),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<category>, runs/<category>-denoise)."),
     epochs: int = typer.Option(None, "--epochs", help="Decoder training epochs."),
@@ -264,6 +344,7 @@ def train(
             "backbone": backbone,
             "epochs": encoder_epochs,
             "weights": str(encoder_weights) if encoder_weights else None,
+            "pretrained": encoder,
         },
         autoencoder={"epochs": epochs},
     )

@@ -42,11 +42,12 @@ class DataConfig(_Section):
 
 
 class EncoderConfig(_Section):
-    backbone: Literal["resnet18", "resnet50", "vgg16", "alexnet"] = "resnet18"
+    backbone: Literal["resnet18", "resnet50", "wide_resnet50_2", "vgg16", "alexnet"] = "resnet18"
     layer: str = "layer2"  # where the backbone is cut; the decoder inverts this layer
     feature_layers: Annotated[list[str], Field(min_length=1)] = ["layer1", "layer2"]
     width: Annotated[float, Field(gt=0, le=4)] = 1.0  # channel multiplier (tests use tiny widths)
-    weights: str | None = None  # a robust checkpoint to load instead of training
+    weights: str | None = None  # a robust checkpoint file to load instead of training
+    pretrained: str | None = None  # a published robust encoder by name ('robust-ad encoder list')
     norm: Literal["l2", "linf"] = "l2"
     eps: NonNegative = 1.0  # PGD radius on [0, 1] images; 0 trains the standard baseline
     pgd_steps: Count = 3
@@ -59,7 +60,8 @@ class EncoderConfig(_Section):
 
 class AutoencoderConfig(_Section):
     epochs: Annotated[int, Field(ge=0)] = 30
-    lr: Positive = 1e-3
+    lr: Positive = 1e-3  # decoder (generator) Adam
+    disc_lr: Positive = 1.2e-3  # discriminator Adam, betas (0, 0.9), as in the paper's code
     pixel_loss: Literal["l1", "l2"] = "l1"
     w_pixel: NonNegative = 1.0
     w_feature: NonNegative = 1.0

@@ -210,13 +210,12 @@ def _check_real_images(
             raise _refuse(f"max |image difference| {diff:.3g} on {len(images)} held-out images exceeds {bound:.3g}")
         return {"parity_images": len(images), "parity_image_max_diff": diff}
     problems = [
-        f"{name} differs by {diff:.2e} at {value:.3g}, over {atol:.0e} + {rtol:.0e} * |value|"
-        for name, expected, got, (atol, rtol) in (
-            ("the normalised score", want[1], have[1], PARITY_SCORE[precision]),
-            ("the anomaly map", want[0], have[0], PARITY_MAP[precision]),
+        problem
+        for problem in (
+            _exceeds("the normalised score", want[1], have[1], PARITY_SCORE[precision]),
+            _exceeds("the anomaly map", want[0], have[0], PARITY_MAP[precision]),
         )
-        for diff, value in [_worst(expected, got, atol, rtol)]
-        if diff > atol + rtol * abs(value)
+        if problem
     ]
     flipped = int(((want[1] > meta["threshold"]) != (have[1] > meta["threshold"])).sum())
     if flipped:
@@ -231,11 +230,15 @@ def _check_real_images(
     }
 
 
-def _worst(expected: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> tuple[float, float]:
-    """The |difference| and value where the bound ATOL + RTOL * |value| is most exceeded (or least met)."""
+def _exceeds(name: str, expected: np.ndarray, got: np.ndarray, bound: tuple[float, float]) -> str | None:
+    """What is wrong when some |expected - got| exceeds ATOL + RTOL * |expected| (the worst place), else None."""
+    atol, rtol = bound
     diff = np.abs(expected - got)
     index = int((diff - rtol * np.abs(expected)).argmax())
-    return float(diff.flat[index]), float(expected.flat[index])
+    worst, value = float(diff.flat[index]), float(expected.flat[index])
+    if worst <= atol + rtol * abs(value):
+        return None
+    return f"{name} differs by {worst:.2e} at {value:.3g}, over {atol:.0e} + {rtol:.0e} * |value|"
 
 
 def _check_noise(graph: nn.Module, session, uint8: bool, size: tuple[int, int], batch: str | int, precision: str):
@@ -243,15 +246,12 @@ def _check_noise(graph: nn.Module, session, uint8: bool, size: tuple[int, int], 
     want, have = _outputs(graph, session, _sample(uint8, 3, size, seed=1), batch)
     worst = 0.0
     for name, expected, got in zip(session.output_names, want, have, strict=True):
-        atol, rtol = PARITY_NOISE[precision]
+        bound = PARITY_NOISE[precision]
         if name == "clean" and uint8:  # uint8 images: one grey level of rounding (fp16: a few)
-            atol, rtol = (3.0 if precision == "fp16" else 1.0), 0.0
-        diff, value = _worst(expected, got, atol, rtol)
-        if diff > atol + rtol * abs(value):
-            raise _refuse(
-                f"on uniform noise, '{name}' differs by {diff:.2e} at {value:.3g}, over {atol:.0e} + "
-                f"{rtol:.0e} * |value|"
-            )
+            bound = (3.0 if precision == "fp16" else 1.0), 0.0
+        problem = _exceeds(f"on uniform noise, '{name}'", expected, got, bound)
+        if problem:
+            raise _refuse(problem)
         worst = max(worst, float(np.abs(expected - got).max()))
     return worst
 

@@ -85,6 +85,8 @@ class TrainingInfo(_Record):
     encoder_source: str
     encoder_minutes: float
     encoder_history: list[dict[str, float]] = []
+    # per-channel (R, G, B) mean colour error of held-out normal reconstructions, 8-bit grey levels
+    colour_error_255: list[float] = []
 
 
 # -- configuration -----------------------------------------------------------------------------------------

@@ -151,3 +151,21 @@ def test_train_cli_end_to_end(synth_root: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((tmp_path / "fabric" / rundir.CONFIG).read_text())
     assert saved["encoder"]["eps"] == 0.25 and saved["data"]["image_size"] == 32 and saved["seed"] == 3
+
+
+def test_run_reports_the_decoders_colour_cast(tiny_run: Path) -> None:
+    colour = rundir.read_training(tiny_run).colour_error_255
+    assert len(colour) == 3 and all(0 <= c < 255 for c in colour)
+
+
+def test_discriminator_is_one_lipschitz_per_layer() -> None:
+    from robust_ad.models.decoder import PatchDiscriminator
+
+    disc = PatchDiscriminator(8).train()
+    for _ in range(20):  # power iterations run in training-mode forward passes
+        disc(torch.rand(2, 3, 32, 32))
+    convs = [m for m in disc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in disc.modules())
+    for conv in convs:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+        assert sigma == pytest.approx(1.0, abs=0.05)

@@ -52,20 +52,23 @@ class MirrorDecoder(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN: a logit per overlapping patch, real (normal image) vs reconstructed."""
+    """PatchGAN: a logit per overlapping patch, real (normal image) vs reconstructed.
+
+    Every convolution is spectrally normalised (no batch norm): a 1-Lipschitz critic cannot win outright, which
+    kept its loss near zero and the decoder's GAN loss above its pixel loss before.
+    """
 
     def __init__(self, width: int = 64) -> None:
         super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
         self.body = nn.Sequential(
-            nn.Conv2d(3, width, 4, 2, 1),
+            sn(nn.Conv2d(3, width, 4, 2, 1)),
             nn.LeakyReLU(0.2),
-            nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(width * 2),
+            sn(nn.Conv2d(width, width * 2, 4, 2, 1)),
             nn.LeakyReLU(0.2),
-            nn.Conv2d(width * 2, width * 4, 4, 1, 1, bias=False),
-            nn.BatchNorm2d(width * 4),
+            sn(nn.Conv2d(width * 2, width * 4, 4, 1, 1)),
             nn.LeakyReLU(0.2),
-            nn.Conv2d(width * 4, 1, 4, 1, 1),
+            sn(nn.Conv2d(width * 4, 1, 4, 1, 1)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from robust_ad.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ("resnet18", "resnet50", "vgg16", "alexnet")
+BACKBONES = ("resnet18", "resnet50", "wide_resnet50_2", "vgg16", "alexnet")
 
 
 def _named_stages(backbone: str) -> list[tuple[str, str, nn.Module]]:
@@ -26,7 +26,7 @@ def _named_stages(backbone: str) -> list[tuple[str, str, nn.Module]]:
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown backbone '{backbone}' (choose from {', '.join(BACKBONES)})")
     net = getattr(torchvision.models, backbone)(weights=None)
-    if backbone.startswith("resnet"):
+    if backbone.startswith(("resnet", "wide_resnet")):
         names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
         return [(n, n, getattr(net, n)) for n in names]
     stages, block, k = [], 1, 0

@@ -42,7 +42,7 @@ class DecoderTask(Task):
         if config.w_gan > 0:
             self.disc = PatchDiscriminator(max(8, round(64 * config.decoder_width)))
             self.modules["disc"] = self.disc
-            self.optimizers["opt_d"] = torch.optim.Adam(self.disc.parameters(), lr=config.lr, betas=(0.5, 0.999))
+            self.optimizers["opt_d"] = torch.optim.Adam(self.disc.parameters(), lr=config.disc_lr, betas=(0.0, 0.9))
 
     def train_mode(self) -> None:
         super().train_mode()
@@ -96,6 +96,12 @@ class DecoderTask(Task):
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value) * len(x)
         return {f"val_{name}": value / len(self.val) for name, value in sums.items()}
+
+
+def colour_error(images: np.ndarray, reconstructions: np.ndarray) -> list[float]:
+    """Mean absolute difference of each image's mean R, G and B between images and reconstructions, in 8-bit
+    grey levels: a colour cast of the decoder (goal: at most 2)."""
+    return [float(v) for v in np.abs(reconstructions.mean((1, 2)) - images.mean((1, 2))).mean(0) * 255]
 
 
 def mean_colour(dataset: Dataset, batch_size: int = 64) -> torch.Tensor:

@@ -7,6 +7,7 @@ training engine's (:mod:`robust_ad.training.engine`); this module says what one 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,12 +180,31 @@ def evaluate_encoder(
     torch.manual_seed(seed)
     model = run.classifier.to(device).eval()
     use_labels = run.config.proxy_task == "labels"
+    batches = (
+        proxy.make_batch(run.config.proxy_task, x, y if use_labels else None, generator)
+        for x, y in DataLoader(as_dataset(images, labels), batch_size)
+    )
+    return attack_accuracy(model, batches, eps, norm, steps, restarts, device)
+
+
+def attack_accuracy(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+    eps: float,
+    norm: str,
+    steps: int,
+    restarts: int,
+    device: torch.device | str,
+) -> dict:
+    """Clean accuracy and accuracy under PGD over (images, targets) batches. A target of None takes the model's
+    own clean prediction: the accuracy under attack is then the share of predictions the attack cannot move."""
     clean = robust = total = 0
-    for images_batch, labels_batch in track(DataLoader(as_dataset(images, labels), batch_size), "evaluating encoder"):
-        x, y = proxy.make_batch(run.config.proxy_task, images_batch, labels_batch if use_labels else None, generator)
-        x, y = x.to(device), y.to(device)
+    for x, y in track(batches, "attacking"):
+        x = x.to(device)
         with torch.no_grad():
-            ok = model(x).argmax(1) == y
+            predicted = model(x).argmax(1)
+        y = predicted if y is None else y.to(device)
+        ok = predicted == y
         clean += int(ok.sum())
         still = ok.clone()
         for _ in range(restarts if eps > 0 else 0):

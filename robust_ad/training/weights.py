@@ -1,8 +1,17 @@
-"""Load encoder weights: the ``robustness`` library's checkpoints, plain torchvision state dicts, or robust-ad's own."""
+"""Load encoder weights: the ``robustness`` library's checkpoints, plain torchvision state dicts, or robust-ad's own.
+
+Files are read with ``weights_only=True`` (no pickled code runs). The ``robustness`` library pickles its
+checkpoints with ``dill`` and stores an optimizer and a schedule beside the weights, which ``weights_only``
+refuses; those files are read by a restricted unpickler instead: it rebuilds tensors and plain containers and
+turns every other pickled object into an inert placeholder, so no pickled code is imported or executed.
+What was skipped is said in one line.
+"""
 
 from __future__ import annotations
 
+import logging
 import pickle
+import types
 from pathlib import Path
 
 import torch
@@ -15,6 +24,54 @@ from robust_ad.models.encoder import Encoder
 # robust-ad's own encoder checkpoints keep the friendly stage names under encoder.stages.*
 _PREFIXES = ("module.model.", "model.", "module.", "encoder.stages.")
 _IGNORED = ("module.attacker.", "attacker.", "module.normalizer.", "normalizer.")
+log = logging.getLogger(__name__)
+# What the restricted unpickler builds; everything else becomes a _Skipped placeholder.
+_ALLOWED = {
+    ("collections", "OrderedDict"),
+    ("torch", "Size"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch.nn.parameter", "Parameter"),
+    ("torch", "Tensor"),
+    *(("torch", name) for name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")),
+}
+
+
+class _Skipped:
+    """An inert stand-in for a pickled object the restricted unpickler does not build."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
+def _restricted_pickle_module(skipped: set[str]) -> types.SimpleNamespace:
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            if (module, name) in _ALLOWED:
+                return super().find_class(module, name)
+            skipped.add(f"{module}.{name}")
+            return _Skipped
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="robust_ad_restricted")
+
+
+def _load(path: Path) -> object:
+    """The checkpoint object: weights_only first; a restricted unpickler for dill/robustness files."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        skipped: set[str] = set()
+        checkpoint = torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module(skipped)
+        )
+        if skipped:
+            names = ", ".join(sorted(skipped)[:4]) + (" ..." if len(skipped) > 4 else "")
+            log.info("%s: kept the weights, skipped %d pickled objects (%s)", path.name, len(skipped), names)
+        return checkpoint
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -23,10 +80,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelError(f"encoder weights {path} not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        checkpoint = _load(path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({first})") from exc
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("modules"), dict):  # robust-ad's encoder files
+        checkpoint = checkpoint["modules"].get("classifier", checkpoint)
     if isinstance(checkpoint, dict):
         for key in ("model", "state_dict"):
             if isinstance(checkpoint.get(key), dict):

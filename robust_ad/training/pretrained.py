@@ -1,0 +1,175 @@
+"""Published robust ImageNet encoders by name: a registry, a verified download, and a cache.
+
+The registry holds the robust classifiers of Salman et al. 2020 ("Do Adversarially Robust ImageNet Models
+Transfer Better?", MadryLab), published on the Hugging Face Hub as ``madrylab/robust-imagenet-models``:
+ResNet-18/50 and Wide-ResNet-50-2, L2 eps in {0, 0.01, ..., 3, 5} and L-inf eps in {0.5, ..., 8}/255.
+
+Files are downloaded on request only (``pooch``: to a temporary file, renamed into the cache when complete,
+the SHA-256 checked before use), cached under ``$ROBUST_AD_HOME/encoders`` (default: the user cache folder),
+and used offline once cached. Where the publisher gives no hash, the first download's hash is recorded and
+every later use is checked against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from robust_ad.errors import ConfigError, ModelError
+from robust_ad.fileio import write_json
+
+log = logging.getLogger(__name__)
+HUB = "https://huggingface.co/madrylab/robust-imagenet-models/resolve/main"
+URL_ENV = "ROBUST_AD_ENCODER_URL"  # a mirror (a factory's file server) instead of the Hub
+HOME_ENV = "ROBUST_AD_HOME"
+# SHA-256 of the files as published (their Git LFS object ids on the Hub's file pages).
+PUBLISHED_SHA256 = {
+    "resnet50_l2_eps3": "380b14e6f9750bffa1447cf7017f65da4dc5ce71a3dd112f107515dcf7b14d9d",
+    "resnet18_l2_eps3": "b4315784a1a10257b05906aee94d6884678f7b77412d10100d7c05daa959eab0",
+    "resnet50_l2_eps0": "72d4a99582db5d7fa86c3fd2a089f0bfd6a10f69d635bca51f6ad72ac6b458f0",
+}
+_ARCHS = {"resnet18": "resnet18", "resnet50": "resnet50", "wide_resnet50_2": "wide_resnet50_2"}
+_L2 = ("0", "0.01", "0.03", "0.05", "0.1", "0.25", "0.5", "1", "3", "5")
+_LINF = ("0.5", "1.0", "2.0", "4.0", "8.0")
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published encoder: its backbone, threat model and radius (on [0, 1] pixels), file and hash."""
+
+    name: str
+    backbone: str
+    norm: str
+    eps: float
+    sha256: str | None
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.ckpt"
+
+    @property
+    def url(self) -> str:
+        return f"{os.environ.get(URL_ENV, HUB).rstrip('/')}/{self.filename}"
+
+
+def _registry() -> dict[str, Published]:
+    entries = {}
+    for arch, backbone in _ARCHS.items():
+        for eps in _L2:
+            name = f"{arch}_l2_eps{eps}"
+            entries[name] = Published(name, backbone, "l2", float(eps), PUBLISHED_SHA256.get(name))
+        for eps in _LINF:
+            name = f"{arch}_linf_eps{eps}"
+            entries[name] = Published(name, backbone, "linf", float(eps) / 255, PUBLISHED_SHA256.get(name))
+    return entries
+
+
+REGISTRY = _registry()
+
+
+def lookup(name: str) -> Published:
+    if name not in REGISTRY:
+        close = [n for n in REGISTRY if n.split("_eps")[0] == name.split("_eps")[0]][:4]
+        hint = f" (e.g. {', '.join(close)})" if close else " ('robust-ad encoder list' shows them)"
+        raise ConfigError(f"unknown published encoder '{name}'{hint}")
+    return REGISTRY[name]
+
+
+def cache_dir() -> Path:
+    """Where downloaded encoders live: $ROBUST_AD_HOME/encoders, else the user cache folder."""
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home) / "encoders"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "robust-ad" / "encoders"
+
+
+def _recorded_hashes() -> dict[str, str]:
+    path = cache_dir() / "hashes.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def expected_sha256(entry: Published) -> str | None:
+    """The published hash, else the one recorded at the first download, else None (never downloaded)."""
+    return entry.sha256 or _recorded_hashes().get(entry.name)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_cached(entry: Published) -> bool:
+    return (cache_dir() / entry.filename).is_file()
+
+
+def fetch(name: str) -> Path:
+    """The verified local file of a published encoder: from the cache, else downloaded (with progress)."""
+    import pooch
+    import requests
+
+    entry = lookup(name)
+    target = cache_dir() / entry.filename
+    expected = expected_sha256(entry)
+    if target.is_file():
+        actual = sha256_of(target)
+        if expected is None or actual == expected:
+            return target
+        raise ModelError(
+            f"{target}: SHA-256 {actual} differs from the expected {expected}; delete the file to download it again"
+        )
+    manual = f"put the file there by hand: {target}" + (f" (SHA-256 {expected})" if expected else "")
+    try:
+        path = Path(
+            pooch.retrieve(
+                entry.url,
+                known_hash=f"sha256:{expected}" if expected else None,
+                fname=entry.filename,
+                path=cache_dir(),
+                progressbar=os.environ.get("ROBUST_AD_QUIET") is None,
+            )
+        )
+    except requests.exceptions.RequestException as exc:
+        reason = type(exc).__name__
+        raise ModelError(f"cannot download {entry.url} ({reason}; offline?): {manual}") from None
+    except ValueError as exc:  # pooch: the hash does not match; it has removed the file
+        raise ModelError(f"{entry.url}: downloaded file refused ({str(exc).splitlines()[0]})") from None
+    if expected is None:  # unpublished hash: trust on first use, verify ever after
+        write_json(cache_dir() / "hashes.json", {**_recorded_hashes(), entry.name: sha256_of(path)})
+        log.warning("%s has no published SHA-256; recorded the first download's", entry.name)
+    return path
+
+
+def classifier(name: str) -> torch.nn.Module:
+    """The whole published ImageNet classifier (normalisation included), for robustness checks."""
+    import torchvision
+
+    from robust_ad.models.encoder import IMAGENET_MEAN, IMAGENET_STD
+    from robust_ad.training.weights import read_state_dict
+
+    entry = lookup(name)
+    net = getattr(torchvision.models, entry.backbone)(weights=None)
+    net.load_state_dict(read_state_dict(fetch(name)))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    class Normalised(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", mean)
+            self.register_buffer("std", std)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net((x - self.mean) / self.std)
+
+    return Normalised().eval()

@@ -1,0 +1,105 @@
+"""The pretraining corpus: photo textures and wallpapers from .deb packages, with a manifest."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from robust_ad.cli import app
+from robust_ad.data.images import read_image, write_image
+
+runner = CliRunner()
+pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian tools)")
+
+
+def _deb(folder: Path, package: str, files: dict[str, np.ndarray], licence: str) -> Path:
+    """A real .deb (dpkg-deb -b) holding ``files`` and a Debian copyright file."""
+    stage = folder / f"stage-{package}"
+    (stage / "DEBIAN").mkdir(parents=True)
+    (stage / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: test <t@example.org>\n"
+        f"Description: test data\n"
+    )
+    doc = stage / "usr" / "share" / "doc" / package
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text(f"Format: dep5\n\nFiles: *\nLicense: {licence}\n")
+    for name, image in files.items():
+        write_image(stage / name, image)
+    deb = folder / f"{package}_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "-b", str(stage), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+def test_corpus_from_deb_files_skips_maps_and_cuts_photographs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    _deb(
+        debs,
+        "fake-textures",
+        {
+            "usr/share/games/fake/textures/stone.jpg": rng.random((200, 300, 3)),
+            "usr/share/games/fake/textures/stone_norm.png": rng.random((200, 200, 3)),
+            "usr/share/games/fake/textures/wall_bump.png": rng.random((200, 200, 3)),
+            "usr/share/games/fake/textures/tiny.png": rng.random((20, 20, 3)),
+        },
+        "GPL-2+",
+    )
+    photo = np.clip(rng.random((600, 900, 3)) * 0.2 + np.linspace(0, 0.8, 900)[None, :, None], 0, 1)
+    _deb(debs, "fake-wallpapers", {"usr/share/backgrounds/lake.jpg": photo}, "CC-BY-SA-4.0")
+    out = tmp_path / "corpus"
+    args = ["datasets", "corpus", "--out", str(out), "--debs", str(debs), "--patch", "64"]
+    result = runner.invoke(app, [*args, "--package", "fake-textures", "--package", "fake-wallpapers"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    textures = [r for r in rows if r["source"] == "fake-textures"]
+    photos = [r for r in rows if r["source"] == "fake-wallpapers"]
+    assert [r["source_file"] for r in textures] == ["usr/share/games/fake/textures/stone.jpg"]  # maps, tiny: out
+    assert textures[0]["licence"] == "GPL-2+" and textures[0]["kind"] == "texture"
+    assert len(photos) > 10 and {r["licence"] for r in photos} == {"CC-BY-SA-4.0"}
+    assert all(read_image(out / r["file"]).shape == (64, 64, 3) for r in rows)
+    again = runner.invoke(app, [*args, "--package", "fake-textures"])
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_corpus_refuses_what_it_cannot_use(tmp_path: Path) -> None:
+    (tmp_path / "debs").mkdir()
+    result = runner.invoke(app, ["datasets", "corpus", "--out", str(tmp_path / "c"), "--debs", str(tmp_path / "debs")])
+    assert result.exit_code == 2 and "no .deb files" in result.output
+    result = runner.invoke(app, ["datasets", "corpus", "--out", str(tmp_path / "c"), "--photos", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "no such folder" in result.output
+
+
+def test_pretrain_on_a_corpus_then_train_a_category_on_that_encoder(synth_root: Path, tmp_path: Path) -> None:
+    from robust_ad import rundir
+
+    corpus = tmp_path / "corpus"
+    lines = ["file,kind,source,source_file,licence"]
+    for category in ("bottle", "fabric"):  # two sources, a few patches each
+        for path in sorted((synth_root / category / "train" / "good").glob("*.png"))[:6]:
+            name = f"images/{category}/{path.name}"
+            write_image(corpus / name, read_image(path)[:32, :32])
+            lines.append(f"{name},photo,test,{category}/{path.name},CC0")
+    (corpus / "manifest.csv").write_text("\n".join(lines) + "\n")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "data: {image_size: 32, batch_size: 8}\n"
+        "encoder: {width: 0.125, epochs: 1, batch_size: 8, eps: 0.5}\n"
+        "autoencoder: {epochs: 1, decoder_width: 0.25}\n"
+    )
+    encoder = tmp_path / "enc.pt"
+    result = runner.invoke(
+        app, ["encoder", "pretrain", "--corpus", str(corpus), "--out", str(encoder), "--recipe", str(recipe)]
+    )
+    assert result.exit_code == 0, result.output
+    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe)]
+    run = tmp_path / "run"
+    result = runner.invoke(app, [*args, "--encoder-weights", str(encoder), "--out", str(run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert rundir.read_training(run).encoder_source == str(encoder)

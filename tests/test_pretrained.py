@@ -1,0 +1,194 @@
+"""Published robust encoders by name: download, verification, cache, offline use (a local HTTP server)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from typer.testing import CliRunner
+
+from robust_ad.cli import app
+from robust_ad.errors import ModelError
+from robust_ad.training import pretrained
+from robust_ad.training.pretrained import REGISTRY, Published, fetch
+
+runner = CliRunner()
+NAME = "resnet18_l2_eps3"
+
+
+class _Schedule:
+    """Stands for the optimiser schedule the robustness library pickles (with dill) beside the weights."""
+
+    def __init__(self) -> None:
+        self.milestones = [30, 60]
+
+
+class _Payload:
+    """A pickled object that would run a command when unpickled: it must never be."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A full-size ResNet-18 in the robustness library's checkpoint layout, and a marker file path."""
+    folder = tmp_path_factory.mktemp("hub")
+    marker = folder / "code-was-executed"
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    model = {f"module.model.{k}": v for k, v in state.items()}
+    model |= {f"module.attacker.model.{k}": v for k, v in state.items()}
+    model |= {"module.normalizer.new_mean": torch.zeros(3, 1, 1), "module.normalizer.new_std": torch.ones(3, 1, 1)}
+    payload = {
+        "model": model,
+        "optimizer": {"state": {}},
+        "schedule": _Schedule(),
+        "hook": _Payload(marker),
+        "epoch": 90,
+    }
+    torch.save(payload, folder / f"{NAME}.ckpt")
+    return folder / f"{NAME}.ckpt", marker
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    truncate = False
+
+    def log_message(self, *args: object) -> None:  # quiet test output
+        pass
+
+    def copyfile(self, source, outputfile) -> None:
+        if not self.truncate:
+            return super().copyfile(source, outputfile)
+        outputfile.write(source.read(1000))  # the connection drops after 1000 bytes of a larger Content-Length
+
+
+@pytest.fixture
+def server(checkpoint: tuple[Path, Path], tmp_path: Path, monkeypatch) -> Iterator[http.server.HTTPServer]:
+    folder = checkpoint[0].parent
+
+    class Handler(_Handler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv(pretrained.URL_ENV, f"http://127.0.0.1:{httpd.server_port}")
+    monkeypatch.setenv(pretrained.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _with_hash(monkeypatch, sha: str | None) -> None:
+    monkeypatch.setitem(REGISTRY, NAME, Published(NAME, "resnet18", "l2", 3.0, sha))
+
+
+def test_fetch_verifies_caches_and_then_works_offline(checkpoint, server, monkeypatch) -> None:
+    _with_hash(monkeypatch, _sha(checkpoint[0]))
+    path = fetch(NAME)
+    assert path == pretrained.cache_dir() / f"{NAME}.ckpt" and _sha(path) == _sha(checkpoint[0])
+    server.shutdown()
+    server.server_close()
+    assert fetch(NAME) == path  # the cache, with the server gone
+
+
+def test_a_wrong_hash_is_refused_and_nothing_stays_in_the_cache(checkpoint, server, monkeypatch) -> None:
+    _with_hash(monkeypatch, "0" * 64)
+    with pytest.raises(ModelError, match="downloaded file refused"):
+        fetch(NAME)
+    assert not any(pretrained.cache_dir().glob("*.ckpt*"))
+
+
+def test_an_interrupted_transfer_leaves_no_usable_file(checkpoint, server, monkeypatch) -> None:
+    _with_hash(monkeypatch, None)  # even without a hash to check, a short file is never kept
+    monkeypatch.setattr(_Handler, "truncate", True)
+    with pytest.raises(ModelError, match="cannot download"):
+        fetch(NAME)
+    assert not (pretrained.cache_dir() / f"{NAME}.ckpt").exists()
+
+
+def test_an_unpublished_hash_is_recorded_at_first_download_and_checked_after(checkpoint, server, monkeypatch) -> None:
+    _with_hash(monkeypatch, None)
+    path = fetch(NAME)
+    assert pretrained.expected_sha256(REGISTRY[NAME]) == _sha(checkpoint[0])
+    path.write_bytes(path.read_bytes()[:-10] + b"tampered!!")
+    with pytest.raises(ModelError, match="differs from the expected"):
+        fetch(NAME)
+
+
+def test_offline_and_not_cached_says_where_to_put_the_file(checkpoint, server, monkeypatch) -> None:
+    sha = _sha(checkpoint[0])
+    _with_hash(monkeypatch, sha)
+    url = os.environ[pretrained.URL_ENV]
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(ModelError) as error:
+        fetch(NAME)
+    target = pretrained.cache_dir() / f"{NAME}.ckpt"
+    assert str(error.value) == (
+        f"cannot download {url}/{NAME}.ckpt (ConnectionError; offline?): put the file there by hand: {target} "
+        f"(SHA-256 {sha})"
+    )
+
+
+def test_train_with_a_published_encoder_loads_it_without_running_pickled_code(
+    checkpoint, server, monkeypatch, synth_root: Path, tmp_path: Path
+) -> None:
+    from robust_ad import rundir
+
+    _with_hash(monkeypatch, _sha(checkpoint[0]))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("data: {image_size: 32, batch_size: 8}\nautoencoder: {epochs: 1, decoder_width: 0.25}\n")
+    out = tmp_path / "run"
+    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe)]
+    result = runner.invoke(app, [*args, "--encoder", NAME, "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert not checkpoint[1].exists()  # the pickled command never ran
+    config = rundir.read_config(out)
+    assert config.encoder.pretrained == NAME and config.encoder.backbone == "resnet18" and config.encoder.eps == 3.0
+    state = torchvision.models.resnet18(weights=None)
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    assert torch.equal(rundir.load_model(out).encoder.stages.conv1.weight, state["conv1.weight"])
+    assert rundir.read_training(out).encoder_source == NAME
+
+
+def test_encoder_list_and_unknown_names() -> None:
+    result = runner.invoke(app, ["encoder", "list"])
+    assert (
+        result.exit_code == 0 and "resnet50_l2_eps3" in result.output and "wide_resnet50_2_linf_eps4.0" in result.output
+    )
+    result = runner.invoke(app, ["encoder", "fetch", "resnet50_l2_eps7"])
+    assert result.exit_code == 2 and "unknown published encoder 'resnet50_l2_eps7'" in result.output
+
+
+def test_encoder_eval_of_a_published_encoder_measures_prediction_stability(
+    checkpoint, server, monkeypatch, synth_root: Path
+) -> None:
+    import json
+
+    _with_hash(monkeypatch, _sha(checkpoint[0]))
+    out = Path(os.environ[pretrained.HOME_ENV]).parent / "eval.json"
+    args = ["encoder", "eval", "--encoder", NAME, "--category", "bottle", "--data-root", str(synth_root)]
+    result = runner.invoke(app, [*args, "--steps", "2", "--restarts", "1", "--eps", "0.05", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["clean_acc"] is None and 0 <= saved["pgd_acc"] <= 1 and saved["n"] > 0 and saved["norm"] == "l2"
