@@ -167,6 +167,7 @@ IMAGE_SIZE = typer.Option(None, "--image-size", help="Side of the square images 
 BATCH_SIZE = typer.Option(None, "--batch-size", help="Training batch size.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
+NORM = typer.Option(None, "--norm", help="Threat model: l2 or linf.")
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -186,7 +187,7 @@ def encoder_train(
     out: Path = typer.Option(..., "--out", help="Encoder checkpoint file to write."),
     recipe: str = RECIPE,
     eps: float = EPS,
-    norm: str = typer.Option(None, "--norm", help="Threat model: l2 or linf."),
+    norm: str = NORM,
     backbone: str = BACKBONE,
     task: str = typer.Option(None, "--task", help="Proxy task: corruption, rotation or labels (categories)."),
     epochs: int = EPOCHS,
@@ -217,7 +218,10 @@ def encoder_train(
         data={"image_size": image_size},
         encoder=encoder,
     )
-    run = train_encoder(config, category, out, resume=resume, force=force)
+    _print_encoder_run(out, train_encoder(config, category, out, resume=resume, force=force))
+
+
+def _print_encoder_run(out: Path, run: Any) -> None:
     last = run.history[-1]
     console.print(
         f"wrote {out}: loss {last['loss']:.4f}, adversarial train accuracy {last['adv_train_acc']:.3f}, "
@@ -231,7 +235,7 @@ def encoder_pretrain(
     out: Path = typer.Option(..., "--out", help="Encoder checkpoint file to write (.pt)."),
     recipe: str = RECIPE,
     eps: float = EPS,
-    norm: str = typer.Option(None, "--norm", help="Threat model: l2 or linf."),
+    norm: str = NORM,
     backbone: str = BACKBONE,
     epochs: int = EPOCHS,
     image_size: int = IMAGE_SIZE,
@@ -246,12 +250,7 @@ def encoder_pretrain(
 
     encoder = {"eps": eps, "norm": norm, "backbone": backbone, "epochs": epochs, "batch_size": batch_size}
     config = _config(recipe, seed=seed, device=device, data={"image_size": image_size}, encoder=encoder)
-    run = pretrain_encoder(config, corpus, out, resume=resume, force=force)
-    last = run.history[-1]
-    console.print(
-        f"wrote {out}: loss {last['loss']:.4f}, adversarial train accuracy {last['adv_train_acc']:.3f}, "
-        f"{run.minutes:.2f} min"
-    )
+    _print_encoder_run(out, pretrain_encoder(config, corpus, out, resume=resume, force=force))
 
 
 @encoder_app.command("list")

@@ -26,7 +26,7 @@ from tests.conftest import tiny_config
 def test_mirror_decoder_returns_input_sized_images(backbone: str, size: int) -> None:
     layers = (
         {"layer": "layer2", "feature_layers": ["layer1"]}
-        if backbone.startswith("resnet")
+        if "resnet" in backbone
         else {"layer": "pool2", "feature_layers": ["relu1_1"]}
     )
     config = tiny_config(Path("."), encoder={"backbone": backbone, **layers})

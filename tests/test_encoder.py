@@ -59,7 +59,7 @@ def test_pgd_rejects_unknown_norm() -> None:
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_every_backbone_builds_and_exposes_features(backbone: str) -> None:
-    layer, feats = ("layer2", ["layer1"]) if backbone.startswith("resnet") else ("relu2_1", ["relu1_1"])
+    layer, feats = ("layer2", ["layer1"]) if "resnet" in backbone else ("relu2_1", ["relu1_1"])
     encoder = Encoder(backbone, layer, feats, width=0.125).eval()
     out = encoder.features(torch.rand(2, 3, 64, 64))
     assert list(out)[-1] == layer and out[layer].shape[0] == 2 and feats[0] in out
