@@ -168,23 +168,25 @@ def with_published_encoder(config: Config) -> Config:
 
 
 def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: bool, device) -> dict:
-    """Load published or the user's robust weights, or adversarially train the encoder (resumable) in the run
-    folder."""
+    """Load published or the user's robust weights (and fine-tune them when ``encoder.finetune_epochs``), or
+    adversarially train the encoder from scratch; resumable, in the run folder."""
     from robust_ad import rundir
     from robust_ad.training.encoder import train_encoder as _train
     from robust_ad.training.pretrained import fetch
     from robust_ad.training.weights import load_encoder_weights
 
-    if config.encoder.pretrained:
-        load_encoder_weights(model.encoder, fetch(config.encoder.pretrained))
-        return {"encoder_source": config.encoder.pretrained, "encoder_minutes": 0.0}
-    if config.encoder.weights:
-        load_encoder_weights(model.encoder, config.encoder.weights)
-        return {"encoder_source": str(config.encoder.weights), "encoder_minutes": 0.0}
+    source = config.encoder.pretrained or config.encoder.weights
+    encoder_config, initial = config.encoder, None
+    if source:
+        load_encoder_weights(model.encoder, fetch(source) if config.encoder.pretrained else source)
+        if config.encoder.finetune_epochs == 0:
+            return {"encoder_source": str(source), "encoder_minutes": 0.0}
+        encoder_config = config.encoder.model_copy(update={"epochs": config.encoder.finetune_epochs})
+        initial = model.encoder
     path = run_dir / rundir.ENCODER
     run = _train(
         train_files,
-        config.encoder,
+        encoder_config,
         None,
         device,
         config.seed,
@@ -192,9 +194,15 @@ def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: 
         resume and path.is_file(),
         precision=config.precision,
         workers=config.data.workers,
+        initial=initial,
     )
     model.encoder.load_state_dict(run.encoder.state_dict())
-    return {"encoder_source": "trained", "encoder_minutes": run.minutes, "encoder_history": run.history}
+    fine_tuned = f"{source}, fine-tuned {encoder_config.epochs} epochs on the category's proxy task"
+    return {
+        "encoder_source": fine_tuned if source else "trained",
+        "encoder_minutes": run.minutes,
+        "encoder_history": run.history,
+    }
 
 
 def _verification_images(dataset, size: int, normal) -> tuple:

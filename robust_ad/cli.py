@@ -317,6 +317,9 @@ def train(
         None, "--encoder", help="A published robust encoder by name ('robust-ad encoder list'), downloaded once."
     ),
     encoder_weights: Path = typer.Option(None, "--encoder-weights", help="Robust checkpoint to use as encoder."),
+    encoder_finetune_epochs: int = typer.Option(
+        None, "--encoder-finetune-epochs", help="Fine-tune the loaded encoder on the category's proxy task."
+    ),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<category>, runs/<category>-denoise)."),
     epochs: int = typer.Option(None, "--epochs", help="Decoder training epochs."),
     encoder_epochs: int = typer.Option(None, "--encoder-epochs", help="Robust encoder training epochs."),
@@ -344,6 +347,7 @@ def train(
             "epochs": encoder_epochs,
             "weights": str(encoder_weights) if encoder_weights else None,
             "pretrained": encoder,
+            "finetune_epochs": encoder_finetune_epochs,
         },
         autoencoder={"epochs": epochs},
     )

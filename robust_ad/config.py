@@ -48,6 +48,7 @@ class EncoderConfig(_Section):
     width: Annotated[float, Field(gt=0, le=4)] = 1.0  # channel multiplier (tests use tiny widths)
     weights: str | None = None  # a robust checkpoint file to load instead of training
     pretrained: str | None = None  # a published robust encoder by name ('robust-ad encoder list')
+    finetune_epochs: Annotated[int, Field(ge=0)] = 0  # proxy-task epochs on the category, from loaded weights
     norm: Literal["l2", "linf"] = "l2"
     eps: NonNegative = 1.0  # PGD radius on [0, 1] images; 0 trains the standard baseline
     pgd_steps: Count = 3

@@ -164,8 +164,7 @@ def test_train_with_a_published_encoder_loads_it_without_running_pickled_code(
     assert not checkpoint[1].exists()  # the pickled command never ran
     config = rundir.read_config(out)
     assert config.encoder.pretrained == NAME and config.encoder.backbone == "resnet18" and config.encoder.eps == 3.0
-    state = torchvision.models.resnet18(weights=None)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the fixture's weights, rebuilt
     state = torchvision.models.resnet18(weights=None).state_dict()
     assert torch.equal(rundir.load_model(out).encoder.stages.conv1.weight, state["conv1.weight"])
     assert rundir.read_training(out).encoder_source == NAME
@@ -192,3 +191,27 @@ def test_encoder_eval_of_a_published_encoder_measures_prediction_stability(
     assert result.exit_code == 0, result.output
     saved = json.loads(out.read_text())
     assert saved["clean_acc"] is None and 0 <= saved["pgd_acc"] <= 1 and saved["n"] > 0 and saved["norm"] == "l2"
+
+
+def test_a_published_encoder_can_be_fine_tuned_on_the_category(
+    checkpoint, server, monkeypatch, synth_root: Path, tmp_path: Path
+) -> None:
+    from robust_ad import rundir
+
+    _with_hash(monkeypatch, _sha(checkpoint[0]))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "data: {image_size: 32, batch_size: 8}\n"
+        "encoder: {batch_size: 8, pgd_steps: 1}\n"
+        "autoencoder: {epochs: 1, decoder_width: 0.25}\n"
+    )
+    out = tmp_path / "run"
+    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--encoder", NAME, "--encoder-finetune-epochs", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    info = rundir.read_training(out)
+    assert info.encoder_source.startswith(f"{NAME}, fine-tuned 1 epochs") and len(info.encoder_history) == 1
+    torch.manual_seed(0)
+    published = torchvision.models.resnet18(weights=None).state_dict()["layer1.0.conv1.weight"]
+    tuned = rundir.load_model(out).encoder.stages.layer1[0].conv1.weight
+    assert tuned.shape == published.shape and not torch.equal(tuned, published)

@@ -130,9 +130,11 @@ def train_encoder(
     categories: list[str] | None = None,
     precision: str = "fp32",
     workers: int = 0,
+    initial: Encoder | None = None,
 ) -> EncoderRun:
     """Adversarially train an encoder on the proxy task built from ``images`` (a dataset of (image, label),
-    or (N, H, W, 3) arrays in [0, 1] with optional ``labels``).
+    or (N, H, W, 3) arrays in [0, 1] with optional ``labels``), from ``initial``'s weights when given (a
+    fine-tune of a pretrained encoder) or from scratch.
 
     ``checkpoint_path`` is written atomically after every epoch and is the encoder file; ``resume`` continues
     from it.
@@ -141,6 +143,8 @@ def train_encoder(
     n_labels = len({int(dataset[i][1]) for i in range(len(dataset))}) if config.proxy_task == "labels" else 0
     torch.manual_seed(seed)
     classifier = ProxyClassifier(build_encoder(config), proxy.n_classes(config.proxy_task, n_labels))
+    if initial is not None:
+        classifier.encoder.load_state_dict(initial.state_dict())
     task = EncoderTask(classifier, config, _image_size(dataset), list(categories or []))
     engine = Engine(
         task,
