@@ -31,10 +31,12 @@ def train_encoder(config: Config, categories: list[str], out: str | Path, resume
 
 def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume: bool = False, force: bool = False):
     """``robust-ad encoder pretrain``: robust (PGD) training on a corpus from ``datasets corpus``. The proxy task
-    is which source image a patch comes from: as many classes as source images."""
+    is which source image a patch comes from (as many classes as source images), on random crops of half to
+    all of each corpus image, resized to ``data.image_size``."""
     import csv
 
-    from robust_ad.data.torchdata import ImageFiles
+    from robust_ad.data.images import read_image
+    from robust_ad.data.torchdata import ImageFiles, RandomCrops
     from robust_ad.device import resolve_device
     from robust_ad.errors import DataError
     from robust_ad.training.encoder import train_encoder as _train
@@ -51,12 +53,15 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
     if len(sources) < 2:
         raise DataError(f"{manifest}: the corpus needs images from at least two source files")
     labels = [sources[f"{r['source']}/{r['source_file']}"] for r in rows]
-    files = ImageFiles([Path(corpus) / r["file"] for r in rows], config.data.image_size, labels, config.data.cache_mb)
+    patches = [Path(corpus) / r["file"] for r in rows]
+    side = read_image(patches[0]).shape[0]  # the corpus's patch side ('datasets corpus --patch')
+    files = ImageFiles(patches, side, labels, config.data.cache_mb)
     files = files.verify(config.data.skip_bad, f"reading the corpus ({len(rows)} images, {len(sources)} sources)")
     encoder = config.encoder.model_copy(update={"proxy_task": "labels"})
     device = resolve_device(config.device)
+    crops = RandomCrops(files, config.data.image_size)
     return _train(
-        files, encoder, None, device, config.seed, out, resume, [str(corpus)], config.precision, config.data.workers
+        crops, encoder, None, device, config.seed, out, resume, [str(corpus)], config.precision, config.data.workers
     )
 
 

@@ -140,7 +140,10 @@ def train_encoder(
     from it.
     """
     dataset = as_dataset(images, labels)
-    n_labels = len({int(dataset[i][1]) for i in range(len(dataset))}) if config.proxy_task == "labels" else 0
+    all_labels = getattr(dataset, "labels", None)  # the datasets here carry them; others are read once
+    if all_labels is None:
+        all_labels = [dataset[i][1] for i in range(len(dataset))]
+    n_labels = len({int(label) for label in all_labels}) if config.proxy_task == "labels" else 0
     torch.manual_seed(seed)
     classifier = ProxyClassifier(build_encoder(config), proxy.n_classes(config.proxy_task, n_labels))
     if initial is not None:
