@@ -108,18 +108,18 @@ def datasets_synth(
 def datasets_corpus(
     out: Path = typer.Option(..., "--out", help="Folder for images/ and manifest.csv."),
     debs: Path = typer.Option(None, "--debs", help="Use the .deb files in this folder instead of apt-get download."),
-    package: list[str] = typer.Option(None, "--package", help="Debian package to use; repeat (default: all six)."),
+    package: list[str] = typer.Option(
+        None, "--package", help="Debian package to use; repeat (default: every .deb of --debs, else all six)."
+    ),
     photos: list[Path] = typer.Option(None, "--photos", help="A folder of your own photographs; repeat."),
     patch: int = typer.Option(128, "--patch", help="Side of the square images written."),
     seed: int = SEED,
     force: bool = FORCE,
 ) -> None:
     """Assemble a pretraining corpus of real photographs and photo textures from installable packages."""
-    from robust_ad.data.corpus import DEFAULT_PACKAGES, CorpusSettings, assemble_corpus
+    from robust_ad.data.corpus import CorpusSettings, assemble_corpus
 
-    counts = assemble_corpus(
-        out, package or DEFAULT_PACKAGES, debs, photos or [], CorpusSettings(patch=patch), seed, force
-    )
+    counts = assemble_corpus(out, package or None, debs, photos or [], CorpusSettings(patch=patch), seed, force)
     for source, count in counts.items():
         console.print(f"{source}: {count} images")
     console.print(f"wrote {out}/manifest.csv ({sum(counts.values())} images)")

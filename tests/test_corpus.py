@@ -103,3 +103,27 @@ def test_pretrain_on_a_corpus_then_train_a_category_on_that_encoder(synth_root: 
     result = runner.invoke(app, [*args, "--encoder-weights", str(encoder), "--out", str(run), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert rundir.read_training(run).encoder_source == str(encoder)
+
+
+def test_textures_inside_game_archives_are_unpacked(tmp_path: Path) -> None:
+    import zipfile
+
+    rng = np.random.default_rng(1)
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    inner = tmp_path / "inner.png"
+    write_image(inner, rng.random((160, 160, 3)))
+    archive = tmp_path / "pak0.pk3"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.write(inner, "textures/base/rock.png")
+        bundle.write(inner, "textures/base/rock_n.png")  # a normal map: skipped
+    deb = _deb(debs, "fake-game-textures", {}, "GPL-2")
+    stage = tmp_path / "debs" / "stage-fake-game-textures"
+    (stage / "usr/share/games/fake").mkdir(parents=True)
+    shutil.copy(archive, stage / "usr/share/games/fake/pak0.pk3")
+    subprocess.run(["dpkg-deb", "-b", str(stage), str(deb)], check=True, capture_output=True)
+    out = tmp_path / "corpus"
+    result = runner.invoke(app, ["datasets", "corpus", "--out", str(out), "--debs", str(debs), "--patch", "64"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert [r["source_file"] for r in rows] == ["usr/share/games/fake/pak0.pk3.d/textures/base/rock.png"]

@@ -2,8 +2,9 @@
 
 Sources (Debian packages; any folder of photographs can be added):
 
-- photo textures of games: ``ufoai-textures``, ``nexuiz-textures``, ``openarena-081-textures``. Normal, bump,
-  gloss, specular and height maps are skipped (they are not photographs);
+- photo textures of games: ``ufoai-textures``, ``nexuiz-textures``, ``openarena-081-textures`` (zip/.pk3
+  archives inside a package are unpacked). Normal, bump, gloss, specular and height maps are skipped (they are
+  not photographs);
 - wallpapers that are photographs: ``mate-backgrounds``, ``plasma-workspace-wallpapers``, ``lomiri-wallpapers``,
   cut into many square patches.
 
@@ -129,20 +130,35 @@ def detail(patch: np.ndarray) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_32F).std())
 
 
+def _unpack_archives(root: Path) -> None:
+    """Game data keeps its textures in zip archives (.pk3 of Quake-engine games): unpack them in place.
+    ``zipfile`` strips absolute paths and '..' from member names, so nothing lands outside ``root``."""
+    import zipfile
+
+    for archive in sorted(p for p in root.rglob("*") if p.suffix.lower() in (".pk3", ".pk4", ".zip")):
+        try:
+            with zipfile.ZipFile(archive) as bundle:
+                bundle.extractall(archive.with_name(archive.name + ".d"))
+        except zipfile.BadZipFile:
+            log.debug("not a zip archive: %s", archive)
+
+
 def _images_of(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
 
 
 def assemble_corpus(
     out: str | Path,
-    packages: Sequence[str] = DEFAULT_PACKAGES,
+    packages: Sequence[str] | None = None,
     debs: str | Path | None = None,
     photo_folders: Sequence[str | Path] = (),
     settings: CorpusSettings | None = None,
     seed: int = 0,
     force: bool = False,
 ) -> dict:
-    """Write ``out/images/<source>/*.png`` and ``out/manifest.csv``; returns counts per source."""
+    """Write ``out/images/<source>/*.png`` and ``out/manifest.csv``; returns counts per source.
+
+    ``packages`` default: every ``.deb`` in ``debs`` when given, else the six packages named above."""
     settings = settings or CorpusSettings()
     for folder in photo_folders:
         if not Path(folder).is_dir():
@@ -154,15 +170,16 @@ def assemble_corpus(
         if debs is not None:
             deb_files = [d for d in sorted(Path(debs).glob("*.deb")) if not packages or _package_name(d) in packages]
             if not deb_files:
-                raise DataError(f"no .deb files of {', '.join(packages)} in {debs}")
+                raise DataError(f"no .deb files{' of ' + ', '.join(packages) if packages else ''} in {debs}")
         else:
-            deb_files = _download(packages, work)
+            deb_files = _download(packages or DEFAULT_PACKAGES, work)
         sources: list[tuple[str, Path, str, bool]] = []  # (source, root, licence, photo)
         for deb in deb_files:
             package = _package_name(deb)
             root = work / "unpacked" / package
             root.mkdir(parents=True)
             _run(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
+            _unpack_archives(root)
             sources.append((package, root, _licence(root, package), is_photo_package(package)))
         sources += [(f"folder:{Path(f).name}", Path(f), "the user's own photographs", True) for f in photo_folders]
         for source, root, licence, photo in sources:
