@@ -34,7 +34,7 @@ def denoise_files(
     """Denoise each file at its own resolution; outputs keep the input's bit depth and channels.
 
     Returns (written, errors). ``out`` is a fresh folder that holds no input (``api.denoise`` makes it with
-    ``prepare_output_dir``, which refuses input folders).
+    ``fileio.output_folder``, which refuses input folders).
     """
     model = load_denoiser(run_dir, device)
     written, errors = [], []
