@@ -165,7 +165,8 @@ def assemble_corpus(
             raise DataError(f"{folder}: no such folder of photographs")
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as work, output_folder(out, force, "corpus folder") as out:
+    inputs = [*photo_folders, *([debs] if debs is not None else [])]
+    with tempfile.TemporaryDirectory() as work, output_folder(out, force, "corpus folder", inputs=inputs) as out:
         work = Path(work)
         if debs is not None:
             deb_files = [d for d in sorted(Path(debs).glob("*.deb")) if not packages or _package_name(d) in packages]
