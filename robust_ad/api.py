@@ -254,6 +254,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from torch.utils.data import DataLoader
 
     from robust_ad import machine, rundir
+    from robust_ad.data.arrays import load_samples
     from robust_ad.data.images import write_image
     from robust_ad.data.loading import image_files, load_split, open_dataset
     from robust_ad.device import resolve_device, seed_everything
@@ -300,7 +301,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
             config.data.workers,
         )
         rundir.write_losses(run_dir, history)
-        shown = val_set.images if val_set is not None else load_split(dataset, "train", config).images[:16]
+        shown = (val_set or load_samples(dataset.train[:16], config.data.image_size)).images
 
         def corrupted(images):  # what the model is given: the noisy image in denoising mode
             if corrupt is None:
@@ -347,19 +348,14 @@ def _torch_predictor(scorer, batch_size: int, train_aspect: float | None):
     import numpy as np
 
     from robust_ad.data.resize import resize_image
-    from robust_ad.runtime import aspect_warning
+    from robust_ad.runtime import AspectCheck
     from robust_ad.scoring.inference import predict
 
-    warned: set[tuple[int, int]] = set()
+    check_aspect = AspectCheck(train_aspect)
 
     def run(images):
         for image in images:
-            shape = image.shape[:2]
-            if shape not in warned:
-                warned.add(shape)
-                warning = aspect_warning(shape, train_aspect)
-                if warning:
-                    log.warning("%s", warning)
+            check_aspect(image.shape)
         resized = np.stack([resize_image(image, scorer.train_size) for image in images])
         prediction = predict(scorer, resized, batch_size)
         return prediction.maps, prediction.scores, prediction.raw_scores

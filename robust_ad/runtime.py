@@ -59,6 +59,21 @@ def _metadata(raw: dict[str, str], path: Path) -> dict:
     return meta
 
 
+class AspectCheck:
+    """Warns once per frame size whose width/height differs from the training images' (see aspect_warning)."""
+
+    def __init__(self, train_aspect: float | None) -> None:
+        self.train_aspect, self.seen = train_aspect, set()
+
+    def __call__(self, shape: tuple[int, ...]) -> None:
+        if shape[:2] in self.seen:
+            return
+        self.seen.add(shape[:2])
+        warning = aspect_warning(shape, self.train_aspect)
+        if warning:
+            log.warning("%s", warning)
+
+
 def aspect_warning(shape: tuple[int, ...], train_aspect: float | None) -> str | None:
     """A warning when a (H, W, ...) frame's width/height differs from the training images' by over 5 %."""
     if not train_aspect:
@@ -119,7 +134,7 @@ class InferenceSession:
         self.metadata = _metadata(raw, path) if require_robust_ad else raw
         self.input = self.session.get_inputs()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self._warned: set[tuple[int, int]] = set()
+        self.check_aspect = AspectCheck(self.metadata.get("train_aspect_ratio") if require_robust_ad else None)
 
     def run_raw(self, images: np.ndarray) -> list[np.ndarray]:
         """Run the graph on an (N, 3, H, W) batch in the input format the file declares."""
@@ -136,12 +151,7 @@ class InferenceSession:
         """(N, H, W, 3) float RGB frames in [0, 1], any size → (anomaly maps, normalised scores, raw scores)."""
         if self.metadata.get("mode") != "detect":
             raise ModelError("this ONNX file is a denoising model: it has no anomaly scores")
-        shape = images.shape[1:3]
-        if shape not in self._warned:
-            self._warned.add(shape)
-            warning = aspect_warning(shape, self.metadata.get("train_aspect_ratio"))
-            if warning:
-                log.warning("%s", warning)
+        self.check_aspect(images.shape[1:3])
         maps, scores = self.run_raw(self._to_input(images))[:2]
         raw = scores * self.metadata["score_std"] + self.metadata["score_mean"]
         return maps.astype(np.float32), scores.astype(np.float32), raw.astype(np.float32)
