@@ -12,16 +12,27 @@ from robust_ad.fileio import check_writable, write_json
 log = logging.getLogger(__name__)
 
 
+def _check_out(out: str | Path, suffix: str, force: bool, resume: bool = False) -> None:
+    """An output file of the named type (so --force cannot replace a dataset image or a model file), not
+    overwritten without ``force`` (``resume`` continues it)."""
+    if Path(out).suffix != suffix:
+        raise ConfigError(f"--out must name a {suffix} file, got {out}")
+    if not resume:
+        check_writable(out, force)
+
+
+def _input_paths(paths: list[str | Path], files: list[Path]) -> list[Path]:
+    """What a command reads: the files, and the folders it was given (an output may not lie inside either)."""
+    return [*files, *(Path(p) for p in paths if Path(p).is_dir())]
+
+
 def train_encoder(config: Config, categories: list[str], out: str | Path, resume: bool = False, force: bool = False):
     """``robust-ad encoder train``: robust proxy training on the normal images of ``categories``."""
     from robust_ad.data.loading import labelled_files
     from robust_ad.device import resolve_device
     from robust_ad.training.encoder import train_encoder as _train
 
-    if Path(out).suffix != ".pt":  # also keeps --force from replacing a dataset image or a JSON file
-        raise ConfigError(f"--out must name a .pt file, got {out}")
-    if not resume:
-        check_writable(out, force)
+    _check_out(out, ".pt", force, resume)
     device = resolve_device(config.device)
     files = labelled_files(config, categories, "train")
     return _train(
@@ -44,10 +55,7 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
     manifest = Path(corpus) / "manifest.csv"
     if not manifest.is_file():
         raise DataError(f"{manifest} not found (assemble a corpus with 'robust-ad datasets corpus')")
-    if Path(out).suffix != ".pt":
-        raise ConfigError(f"--out must name a .pt file, got {out}")
-    if not resume:
-        check_writable(out, force)
+    _check_out(out, ".pt", force, resume)
     rows = list(csv.DictReader(manifest.open()))
     sources = {key: index for index, key in enumerate(dict.fromkeys(f"{r['source']}/{r['source_file']}" for r in rows))}
     if len(sources) < 2:
@@ -117,9 +125,7 @@ def evaluate_encoder(
     from robust_ad.training.encoder import evaluate_encoder as _evaluate
 
     if out is not None:
-        if Path(out).suffix != ".json":
-            raise ConfigError(f"--out must name a .json file, got {out}")
-        check_writable(out, force)
+        _check_out(out, ".json", force)
     if not Path(encoder).is_file() and str(encoder) in pretrained.REGISTRY:
         entry = pretrained.lookup(str(encoder))
         config = load_config(None, {"data_root": str(data_root) if data_root else None, "seed": seed})
@@ -129,18 +135,14 @@ def evaluate_encoder(
         model = pretrained.classifier(entry.name).to(dev)
         result = attack_accuracy(model, ((x, None) for x, _ in images), eps, norm, steps, restarts, dev)
         result = {**result, "clean_acc": None, "target": "the model's own predictions"}
-        if out is not None:
-            write_json(out, {"encoder": str(encoder), "categories": categories, **result})
-        return result
-    run, _ = EncoderRun.load(encoder)
-    config = load_config(
-        None, {"data_root": str(data_root) if data_root else None, "seed": seed, "data": {"image_size": run.image_size}}
-    )
-    if run.config.proxy_task == "labels" and list(categories) != run.categories:
-        raise ConfigError(f"this encoder classifies the categories {run.categories}: evaluate on exactly those")
-    result = _evaluate(
-        run, labelled_files(config, categories, "val"), None, eps, norm, steps, restarts, resolve_device(device), seed
-    )
+    else:
+        run, _ = EncoderRun.load(encoder)
+        data = {"image_size": run.image_size}
+        config = load_config(None, {"data_root": str(data_root) if data_root else None, "seed": seed, "data": data})
+        if run.config.proxy_task == "labels" and list(categories) != run.categories:
+            raise ConfigError(f"this encoder classifies the categories {run.categories}: evaluate on exactly those")
+        files = labelled_files(config, categories, "val")
+        result = _evaluate(run, files, None, eps, norm, steps, restarts, resolve_device(device), seed)
     if out is not None:
         write_json(out, {"encoder": str(encoder), "categories": categories, **result})
     return result
@@ -276,8 +278,8 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     model = build_autoencoder(config)  # checks the backbone's layer names before any work
     dataset = open_dataset(config)
     config = config.model_copy(update={"data_root": str(dataset.root)})
-    inputs = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]
-    with output_folder(run_dir, force, "run folder", inputs=inputs, keep=resume):
+    read = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]
+    with output_folder(run_dir, force, "run folder", inputs=read, keep=resume):
         if not resume:
             rundir.write_config(run_dir, config)
         began = time.perf_counter()
@@ -303,14 +305,12 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
         rundir.write_losses(run_dir, history)
         shown = (val_set or load_samples(dataset.train[:16], config.data.image_size)).images
 
-        def corrupted(images):  # what the model is given: the noisy image in denoising mode
-            if corrupt is None:
-                return images
-            return to_images(corrupt(to_tensor(images), torch.Generator().manual_seed(config.seed)))
-
-        inputs = corrupted(shown[:8])
-        write_image(run_dir / rundir.GRID, reconstruction_grid(inputs, model.reconstruct(inputs)))
-        colour = colour_error(shown, model.reconstruct(corrupted(shown)))
+        given = shown  # what the model is given: the noisy images in denoising mode
+        if corrupt is not None:
+            given = to_images(corrupt(to_tensor(shown), torch.Generator().manual_seed(config.seed)))
+        reconstructed = model.reconstruct(given)
+        write_image(run_dir / rundir.GRID, reconstruction_grid(given, reconstructed))
+        colour = colour_error(shown, reconstructed)
         memory = None
         if config.mode == "detect":
             scorer = AnomalyScorer(model, config.scoring, config.data.image_size).to(device)
@@ -411,8 +411,9 @@ def score(
         calibration = rundir.read_calibration(model)
         predictor = _torch_predictor(scorer, batch_size, calibration.train_aspect_ratio)
         calibrated, vmax = calibration.threshold, calibration.map_vmax
-    inputs = [*files, *(p for p in paths if Path(p).is_dir())]
-    with output_folder(out, force, "results folder", inputs=inputs, models=[onnx or model]) as folder:
+    with output_folder(
+        out, force, "results folder", inputs=_input_paths(paths, files), models=[onnx or model]
+    ) as folder:
         result = score_files(files, predictor, calibrated if threshold is None else threshold, folder, vmax, batch_size)
     result.model = str(onnx or model)
     return result
@@ -539,8 +540,7 @@ def denoise(
             f"two inputs share the file name {Path(clash[0]).name} ({', '.join(clash)}): denoise them "
             "into separate --out folders"
         )
-    inputs = [*files, *(p for p in paths if Path(p).is_dir())]
-    with output_folder(out, force, "output folder", inputs=inputs, models=[model]) as folder:
+    with output_folder(out, force, "output folder", inputs=_input_paths(paths, files), models=[model]) as folder:
         return denoise_files(files, model, folder, compare, resolve_device(device))
 
 

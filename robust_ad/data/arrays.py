@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robust_ad.data.images import read_image, read_mask, resize_mask
+from robust_ad.data.images import SKIP_BAD_HINT, read_image, read_mask, resize_mask
 from robust_ad.data.layouts import Sample
 from robust_ad.data.resize import resize_image
 from robust_ad.errors import DataError, ImageReadError
@@ -52,7 +52,7 @@ def load_samples(
                     )
         except ImageReadError as exc:
             if not skip_bad:
-                raise ImageReadError(f"{exc} (data.skip_bad: true in the recipe skips unreadable files)") from exc
+                raise ImageReadError(f"{exc} ({SKIP_BAD_HINT})") from exc
             log.warning("skipping %s", exc)
             continue
         images.append(resize_image(image, size))

@@ -16,6 +16,7 @@ import numpy as np
 from robust_ad.errors import ImageReadError
 from robust_ad.fileio import atomic_path
 
+SKIP_BAD_HINT = "data.skip_bad: true in the recipe skips unreadable files"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _PNG_END = b"IEND\xaeB`\x82"
 _JPEG_END = b"\xff\xd9"

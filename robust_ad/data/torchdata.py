@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from robust_ad.data.images import read_image
+from robust_ad.data.images import SKIP_BAD_HINT, read_image
 from robust_ad.data.resize import resize, resize_image
 from robust_ad.errors import DataError, ImageReadError
 from robust_ad.progress import track
@@ -58,7 +58,7 @@ class ImageFiles(Dataset):
                 self._load(path)
             except ImageReadError as exc:
                 if not skip_bad:
-                    raise ImageReadError(f"{exc} (data.skip_bad: true in the recipe skips unreadable files)") from exc
+                    raise ImageReadError(f"{exc} ({SKIP_BAD_HINT})") from exc
                 log.warning("skipping %s", exc)
                 continue
             keep.append(index)
