@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from robust_ad.config import Config, load_config
+from robust_ad.config import Config, from_scratch, load_config
 from robust_ad.errors import ConfigError
 from robust_ad.fileio import check_writable, write_json
 
@@ -42,30 +42,19 @@ def train_encoder(config: Config, categories: list[str], out: str | Path, resume
 
 def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume: bool = False, force: bool = False):
     """``robust-ad encoder pretrain``: robust (PGD) training on a corpus from ``datasets corpus``. The proxy task
-    is which source image a patch comes from (as many classes as source images), on random crops of half to
-    all of each corpus image, resized to ``data.image_size``."""
-    import csv
-
-    from robust_ad.data.images import read_image
-    from robust_ad.data.torchdata import ImageFiles, RandomCrops
+    is which source image a patch comes from (as many classes as source images) and which corruption it carries
+    (``labels+corruption``), on random crops of half to all of each corpus image, resized to
+    ``data.image_size``. Every tenth patch of each photograph is held out ('encoder eval --corpus')."""
+    from robust_ad.data.corpus import corpus_files
+    from robust_ad.data.torchdata import RandomCrops
     from robust_ad.device import resolve_device
-    from robust_ad.errors import DataError
     from robust_ad.training.encoder import train_encoder as _train
 
-    manifest = Path(corpus) / "manifest.csv"
-    if not manifest.is_file():
-        raise DataError(f"{manifest} not found (assemble a corpus with 'robust-ad datasets corpus')")
+    files = corpus_files(corpus, "train", cache_mb=config.data.cache_mb)
     _check_out(out, ".pt", force, resume)
-    rows = list(csv.DictReader(manifest.open()))
-    sources = {key: index for index, key in enumerate(dict.fromkeys(f"{r['source']}/{r['source_file']}" for r in rows))}
-    if len(sources) < 2:
-        raise DataError(f"{manifest}: the corpus needs images from at least two source files")
-    labels = [sources[f"{r['source']}/{r['source_file']}"] for r in rows]
-    patches = [Path(corpus) / r["file"] for r in rows]
-    side = read_image(patches[0]).shape[0]  # the corpus's patch side ('datasets corpus --patch')
-    files = ImageFiles(patches, side, labels, config.data.cache_mb)
-    files = files.verify(config.data.skip_bad, f"reading the corpus ({len(rows)} images, {len(sources)} sources)")
-    encoder = config.encoder.model_copy(update={"proxy_task": "labels"})
+    n_sources = len(set(files.labels))
+    files = files.verify(config.data.skip_bad, f"reading the corpus ({len(files)} images, {n_sources} sources)")
+    encoder = config.encoder.model_copy(update={"proxy_task": "labels+corruption"})
     device = resolve_device(config.device)
     crops = RandomCrops(files, config.data.image_size)
     return _train(
@@ -74,7 +63,7 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
 
 
 def list_encoders() -> list[dict]:
-    """``robust-ad encoder list``: the published robust encoders, whether verified and cached."""
+    """``robust-ad encoder list``: the shipped and the published robust encoders, whether verified and cached."""
     from robust_ad.training.pretrained import REGISTRY, expected_sha256, is_cached
 
     return [
@@ -84,6 +73,7 @@ def list_encoders() -> list[dict]:
             "norm": e.norm,
             "eps": e.eps,
             "verified": e.sha256 is not None,
+            "shipped": e.shipped,
             "sha256": expected_sha256(e),
             "cached": is_cached(e),
         }
@@ -110,14 +100,17 @@ def evaluate_encoder(
     seed: int = 0,
     out: str | Path | None = None,
     force: bool = False,
+    corpus: str | Path | None = None,
 ) -> dict:
-    """``robust-ad encoder eval``: clean and PGD accuracy on the held-out normal images of ``categories``.
+    """``robust-ad encoder eval``: clean and PGD accuracy on the held-out normal images of ``categories``, or on
+    the held-out images of the ``corpus`` an ``encoder pretrain`` encoder was trained on.
 
     ``encoder`` is a file of ``encoder train`` / ``encoder pretrain``, or a published encoder's name; for the
     latter, whose classes are ImageNet's, the accuracy under attack is the share of its own predictions that
     PGD within ``eps`` (default: its training eps) cannot move."""
     from torch.utils.data import DataLoader
 
+    from robust_ad.data.corpus import corpus_files
     from robust_ad.data.loading import labelled_files
     from robust_ad.device import resolve_device
     from robust_ad.training import pretrained
@@ -126,25 +119,33 @@ def evaluate_encoder(
 
     if out is not None:
         _check_out(out, ".json", force)
+    if bool(categories) == (corpus is not None):
+        raise ConfigError("give either categories or a corpus to evaluate on")
     if not Path(encoder).is_file() and str(encoder) in pretrained.REGISTRY:
         entry = pretrained.lookup(str(encoder))
-        config = load_config(None, {"data_root": str(data_root) if data_root else None, "seed": seed})
         dev = resolve_device(device)
-        images = DataLoader(labelled_files(config, categories, "val"), 16)
-        eps, norm = entry.eps if eps is None else eps, norm or entry.norm
         model = pretrained.classifier(entry.name).to(dev)
+        config = load_config(None, {"data_root": str(data_root) if data_root else None, "seed": seed})
+        files = corpus_files(corpus, "val", 224) if corpus else labelled_files(config, categories, "val")
+        images = DataLoader(files, 16)
+        eps, norm = entry.eps if eps is None else eps, norm or entry.norm
         result = attack_accuracy(model, ((x, None) for x, _ in images), eps, norm, steps, restarts, dev)
         result = {**result, "clean_acc": None, "target": "the model's own predictions"}
     else:
         run, _ = EncoderRun.load(encoder)
         data = {"image_size": run.image_size}
         config = load_config(None, {"data_root": str(data_root) if data_root else None, "seed": seed, "data": data})
-        if run.config.proxy_task == "labels" and list(categories) != run.categories:
+        if corpus is not None:
+            files = corpus_files(corpus, "val", run.image_size)
+            if run.proxy.uses_labels and max(files.labels) >= run.proxy.n_labels:
+                raise ConfigError(f"{encoder} was not pretrained on the corpus {corpus} (it has more sources)")
+        elif run.proxy.uses_labels and list(categories) != run.categories:
             raise ConfigError(f"this encoder classifies the categories {run.categories}: evaluate on exactly those")
-        files = labelled_files(config, categories, "val")
+        else:
+            files = labelled_files(config, categories, "val")
         result = _evaluate(run, files, None, eps, norm, steps, restarts, resolve_device(device), seed)
     if out is not None:
-        write_json(out, {"encoder": str(encoder), "categories": categories, **result})
+        write_json(out, {"encoder": str(encoder), "categories": categories, "corpus": corpus and str(corpus), **result})
     return result
 
 
@@ -154,13 +155,11 @@ def with_published_encoder(config: Config) -> Config:
     from robust_ad.training.pretrained import lookup
 
     name = config.encoder.pretrained
-    if not name:
-        return config
-    if config.encoder.weights:
-        raise ConfigError("give one of --encoder NAME or --encoder-weights PATH, not both")
+    if not name or config.encoder.weights:  # the user's weights replace the recipe's named encoder
+        return from_scratch(config) if name else config
     entry = lookup(name)
     if config.encoder.eps == 0 and entry.eps != 0:
-        entry = lookup(f"{entry.backbone}_l2_eps0")
+        entry = lookup(entry.twin)
         log.info("eps 0: using %s, the standard twin of %s", entry.name, name)
     encoder = config.encoder.model_copy(
         update={
@@ -168,7 +167,7 @@ def with_published_encoder(config: Config) -> Config:
             "backbone": entry.backbone,
             "norm": entry.norm,
             "eps": entry.eps,
-            "width": 1.0,
+            "width": entry.width,
         }
     )
     return config.model_copy(update={"encoder": encoder})
@@ -522,8 +521,10 @@ def denoise(
     compare: bool = False,
     device: str = "auto",
     force: bool = False,
+    sigma: float | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """``robust-ad denoise``: clean copies of the images in ``out`` (same bit depth and channels)."""
+    """``robust-ad denoise``: clean copies of the images in ``out`` (same bit depth and channels); ``sigma`` is a
+    known noise level in 8-bit grey levels (default: the skip denoiser estimates it per image)."""
     from collections import Counter
 
     from robust_ad.denoising import denoise_files
@@ -532,6 +533,8 @@ def denoise(
     from robust_ad.fileio import output_folder
     from robust_ad.scoring.files import resolve_paths
 
+    if sigma is not None and not 0 <= sigma <= 255:
+        raise ConfigError(f"--sigma must be a noise level between 0 and 255 grey levels, got {sigma}")
     files = resolve_paths(paths)
     names = Counter(p.name for p in files)
     if max(names.values()) > 1:  # outputs keep the input names: one would silently replace the other
@@ -541,7 +544,7 @@ def denoise(
             "into separate --out folders"
         )
     with output_folder(out, force, "output folder", inputs=_input_paths(paths, files), models=[model]) as folder:
-        return denoise_files(files, model, folder, compare, resolve_device(device))
+        return denoise_files(files, model, folder, compare, resolve_device(device), sigma)
 
 
 def evaluate_denoiser(

@@ -174,6 +174,9 @@ def _number(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+SCRATCH = "scratch"  # --encoder scratch: train the encoder per category instead of the recipe's pretrained one
+
+
 def _config(recipe: str | None, **overrides: Any) -> Any:
     from robust_ad.config import load_config
 
@@ -255,18 +258,20 @@ def encoder_pretrain(
 
 @encoder_app.command("list")
 def encoder_list() -> None:
-    """The published robust encoders that --encoder NAME accepts, with their hash status and cache state."""
+    """The robust encoders that --encoder NAME accepts (shipped and published), with hash status and cache state."""
     from robust_ad.api import list_encoders
     from robust_ad.training.pretrained import cache_dir
 
-    table = Table(title=f"published robust encoders (cache: {cache_dir()})")
+    table = Table(title=f"robust encoders (shipped with robust-ad, or downloaded once into {cache_dir()})")
     table.add_column("name", no_wrap=True)
     for column in ("backbone", "threat model", "eps", "SHA-256", "cached"):
         table.add_column(column)
     for row in list_encoders():
         status = "published" if row["verified"] else ("recorded at first download" if row["sha256"] else "unverified")
+        status = "shipped" if row["shipped"] else status
         eps = f"{row['eps'] * 255:g}/255" if row["norm"] == "linf" else f"{row['eps']:g}"
-        table.add_row(row["name"], row["backbone"], row["norm"], eps, status, "yes" if row["cached"] else "")
+        cached = "in package" if row["shipped"] else ("yes" if row["cached"] else "")
+        table.add_row(row["name"], row["backbone"], row["norm"], eps, status, cached)
     console.print(table)
 
 
@@ -283,7 +288,8 @@ def encoder_eval(
     encoder: Path = typer.Option(
         ..., "--encoder", help="Encoder file of 'encoder train' / 'encoder pretrain', or a published encoder's name."
     ),
-    category: list[str] = typer.Option(..., "--category", help="Categories to evaluate on (held-out normals)."),
+    category: list[str] = typer.Option(None, "--category", help="Categories to evaluate on (held-out normals)."),
+    corpus: Path = typer.Option(None, "--corpus", help="Or: the held-out images of a pretraining corpus."),
     data_root: Path = DATA_ROOT,
     eps: float = typer.Option(None, "--eps", help="Attack radius (default: the training eps)."),
     norm: str = typer.Option(None, "--norm", help="l2 or linf (default: the training norm)."),
@@ -297,7 +303,9 @@ def encoder_eval(
     """Clean and PGD accuracy of an encoder's proxy classifier on held-out normal images."""
     from robust_ad.api import evaluate_encoder
 
-    result = evaluate_encoder(encoder, category, data_root, eps, norm, steps, restarts, device, seed, out, force)
+    result = evaluate_encoder(
+        encoder, category or [], data_root, eps, norm, steps, restarts, device, seed, out, force, corpus
+    )
     table = Table(title=f"{encoder}")
     for column in ("clean accuracy", f"PGD accuracy ({result['norm']}, eps={result['eps']})", "images"):
         table.add_column(column)
@@ -314,7 +322,10 @@ def train(
     eps: float = EPS,
     backbone: str = BACKBONE,
     encoder: str = typer.Option(
-        None, "--encoder", help="A published robust encoder by name ('robust-ad encoder list'), downloaded once."
+        None,
+        "--encoder",
+        help="A robust encoder by name ('robust-ad encoder list'; default: the recipe's shipped one), or 'scratch' "
+        "to train one on the category's proxy task.",
     ),
     encoder_weights: Path = typer.Option(None, "--encoder-weights", help="Robust checkpoint to use as encoder."),
     encoder_finetune_epochs: int = typer.Option(
@@ -332,6 +343,8 @@ def train(
 ) -> None:
     """Train a robust autoencoder for one category: robust encoder, mirror decoder, calibration."""
     from robust_ad.api import train as train_run
+    from robust_ad.config import from_scratch
+    from robust_ad.errors import ConfigError
 
     config = _config(
         recipe,
@@ -346,11 +359,15 @@ def train(
             "backbone": backbone,
             "epochs": encoder_epochs,
             "weights": str(encoder_weights) if encoder_weights else None,
-            "pretrained": encoder,
+            "pretrained": None if encoder == SCRATCH else encoder,
             "finetune_epochs": encoder_finetune_epochs,
         },
         autoencoder={"epochs": epochs},
     )
+    if encoder is not None and encoder_weights is not None:
+        raise ConfigError("give one of --encoder NAME or --encoder-weights PATH, not both")
+    if encoder == SCRATCH:
+        config = from_scratch(config)
     default_out = Path("runs") / (category if mode == "detect" else f"{category}-denoise")
     run_dir = train_run(config, out or default_out, resume=resume, force=force)
     console.print(f"[green]trained[/green] {category}: run folder {run_dir}")
@@ -557,13 +574,17 @@ def denoise(
     model: Path = typer.Option(..., "--model", help="Run folder of 'robust-ad train --mode denoise'."),
     out: Path = typer.Option(..., "--out", help="Folder for the denoised images (never an input folder)."),
     compare: bool = typer.Option(False, "--compare", help="Also write side-by-side noisy | denoised PNGs."),
+    sigma: float = typer.Option(
+        None, "--sigma", help="Known noise level (std on 0..255 grey levels); default: estimated per image."
+    ),
     device: str = DEVICE,
     force: bool = FORCE,
 ) -> None:
-    """Denoise images; outputs keep each input's bit depth and channels. Exit code 3 if some were unreadable."""
+    """Denoise images at their own size; outputs keep each input's bit depth and channels. Exit code 3 if some
+    were unreadable."""
     from robust_ad.api import denoise as denoise_images
 
-    written, errors = denoise_images(paths, model, out, compare, device, force)
+    written, errors = denoise_images(paths, model, out, compare, device, force, sigma)
     console.print(f"denoised {len(written)} images into {out}")
     for error in errors:
         err_console.print(f"[yellow]skipped:[/yellow] {error['error']}", highlight=False, soft_wrap=True)

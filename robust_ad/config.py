@@ -53,7 +53,7 @@ class EncoderConfig(_Section):
     eps: NonNegative = 1.0  # PGD radius on [0, 1] images; 0 trains the standard baseline
     pgd_steps: Count = 3
     step_size: Positive | None = None  # default 2.5 * eps / pgd_steps
-    proxy_task: Literal["corruption", "rotation", "labels"] = "corruption"
+    proxy_task: Literal["corruption", "rotation", "labels", "labels+corruption"] = "corruption"
     epochs: Annotated[int, Field(ge=0)] = 8
     lr: Positive = 1e-3
     batch_size: Count = 32
@@ -65,6 +65,7 @@ class AutoencoderConfig(_Section):
     disc_lr: Positive = 1.2e-3  # discriminator Adam, betas (0, 0.9), as in the paper's code
     pixel_loss: Literal["l1", "l2"] = "l1"
     w_pixel: NonNegative = 1.0
+    w_colour: NonNegative = 1.0  # each image's mean colour (holds the decoder to it: no colour cast)
     w_feature: NonNegative = 1.0
     w_gan: NonNegative = 0.01
     gan_loss: Literal["hinge", "standard"] = "hinge"
@@ -99,8 +100,13 @@ class ScoringConfig(_Section):
 
 
 class DenoiseConfig(_Section):
+    # skip: robust features + Haar wavelet skips, correcting the input (robust_ad/models/denoiser.py);
+    # mirror: the detection autoencoder's plain decoder (everything through the bottleneck)
+    architecture: Literal["skip", "mirror"] = "skip"
+    min_sigma: NonNegative = 0.004  # skip: below this estimated (or given) noise level the input is returned as is
+    clean_fraction: Fraction = 0.1  # training images left clean (the denoiser learns to leave them alone)
     noises: Annotated[list[Literal[NOISES]], Field(min_length=1)] = list(NOISES)
-    gaussian_sigma: Range = [0.02, 0.15]
+    gaussian_sigma: Range = [0.005, 0.25]  # blind: one model for this whole range of sigma (on [0, 1] pixels)
     poisson_peak: Range = [10.0, 100.0]
     salt_pepper_amount: Range = [0.005, 0.05]
     jpeg_quality: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=2, max_length=2)] = [10, 60]
@@ -185,6 +191,12 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     if isinstance(per_category, dict) and category in per_category:
         values = merge(values, per_category[category])
     return validate(merge(values, overrides), where)
+
+
+def from_scratch(config: Config) -> Config:
+    """``config`` without its named pretrained encoder: the encoder comes from ``encoder.weights`` when given,
+    else it is trained on the category's proxy task (``--encoder scratch``)."""
+    return config.model_copy(update={"encoder": config.encoder.model_copy(update={"pretrained": None})})
 
 
 def config_from_dict(values: Any, source: str = "config.yaml") -> Config:

@@ -38,7 +38,7 @@ def make_mask(path: Path, size: int = 32, box: tuple[int, int, int, int] = (8, 8
 
 def tiny_config(root: Path, category: str = "bottle", **sections: dict):
     """A model small enough to train in seconds on 32 px images."""
-    from robust_ad.config import load_config, merge
+    from robust_ad.config import from_scratch, load_config, merge
 
     overrides = {
         "category": category,
@@ -48,7 +48,9 @@ def tiny_config(root: Path, category: str = "bottle", **sections: dict):
         "encoder": {"width": 0.125, "epochs": 1, "eps": 0.5, "batch_size": 16},
         "autoencoder": {"epochs": 3, "decoder_width": 0.25},
     }
-    return load_config("synthetic", merge(overrides, sections))
+    config = load_config("synthetic", merge(overrides, sections))
+    # a tiny encoder trained per category, unless a test names one
+    return config if (sections.get("encoder") or {}).get("pretrained") else from_scratch(config)
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +59,18 @@ def tiny_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     from robust_ad.api import train
 
     return train(tiny_config(synth_root, autoencoder={"epochs": 6}), tmp_path_factory.mktemp("runs") / "bottle")
+
+
+def make_corpus(corpus: Path, synth_root: Path, per_source: int = 12, side: int = 32) -> Path:
+    """A tiny pretraining corpus in the layout of 'datasets corpus': two photographs (bottle, fabric) at two
+    resolutions each, ``per_source`` patches per photograph."""
+    from robust_ad.data.images import read_image
+
+    lines = ["file,kind,source,source_file,licence"]
+    for category in ("bottle", "fabric"):
+        for index, path in enumerate(sorted((synth_root / category / "train" / "good").glob("*.png"))[:per_source]):
+            name = f"images/{category}/{path.name}"
+            write_image(corpus / name, read_image(path)[:side, :side])
+            lines.append(f"{name},photo,test,{category}_{['1920x1080', '800x600'][index % 2]}.jpg,CC0")
+    (corpus / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return corpus

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import make_corpus, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -24,8 +24,10 @@ def _run_module():
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
-    report = _run_module().main(["--quick", "--out", str(tmp_path), "--report", str(tmp_path / "RESULTS.md")])
+def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) -> None:
+    corpus = make_corpus(tmp_path / "corpus", synth_root)
+    args = ["--quick", "--out", str(tmp_path), "--report", str(tmp_path / "RESULTS.md"), "--corpus", str(corpus)]
+    report = _run_module().main(args)
     text = report.read_text()
     for section in (
         "eps sweep",
@@ -36,10 +38,17 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         "Denoising",
         "Inference speed",
         "anomalib peers",
+        "Pretrained encoders",
         "Machine:",
     ):
         assert section in text, section
     results = json.loads((tmp_path / "results.json").read_text())
+    pretrained = results["pretrained"]
+    assert [row["eps"] for row in pretrained["encoders"]] == [0.0, 1.0]
+    assert all(row["n_classes"] == 2 and 0 <= row["clean_acc"] <= 1 for row in pretrained["encoders"])
+    encoders = ["scratch", "pretrained eps=0", "pretrained eps=1", "pretrained eps=1 + fine-tune"]
+    assert [row["encoder"] for row in pretrained["detection"]] == encoders
+    assert "beats per-category from scratch on" in text
     assert {row["eps"] for row in results["detection"]} == {0.0, 1.0}
     assert all(0 <= row["image_auroc"] <= 1 and row["ms_per_image"] > 0 for row in results["detection"])
     assert {row["eval_size"] for row in results["resolution"]} == {32, 64}

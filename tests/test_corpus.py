@@ -12,7 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from robust_ad.cli import app
+from robust_ad.data.corpus import corpus_files, picture_of
 from robust_ad.data.images import read_image, write_image
+from robust_ad.errors import DataError
+from robust_ad.training.encoder import EncoderRun
+from tests.conftest import make_corpus
 
 runner = CliRunner()
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian tools)")
@@ -77,16 +81,11 @@ def test_corpus_refuses_what_it_cannot_use(tmp_path: Path) -> None:
 
 
 def test_pretrain_on_a_corpus_then_train_a_category_on_that_encoder(synth_root: Path, tmp_path: Path) -> None:
+    import json
+
     from robust_ad import rundir
 
-    corpus = tmp_path / "corpus"
-    lines = ["file,kind,source,source_file,licence"]
-    for category in ("bottle", "fabric"):  # two sources, a few patches each
-        for path in sorted((synth_root / category / "train" / "good").glob("*.png"))[:6]:
-            name = f"images/{category}/{path.name}"
-            write_image(corpus / name, read_image(path)[:32, :32])
-            lines.append(f"{name},photo,test,{category}/{path.name},CC0")
-    (corpus / "manifest.csv").write_text("\n".join(lines) + "\n")
+    corpus = make_corpus(tmp_path / "corpus", synth_root)
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         "data: {image_size: 32, batch_size: 8}\n"
@@ -98,11 +97,40 @@ def test_pretrain_on_a_corpus_then_train_a_category_on_that_encoder(synth_root: 
         app, ["encoder", "pretrain", "--corpus", str(corpus), "--out", str(encoder), "--recipe", str(recipe)]
     )
     assert result.exit_code == 0, result.output
-    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe)]
-    run = tmp_path / "run"
-    result = runner.invoke(app, [*args, "--encoder-weights", str(encoder), "--out", str(run), "--device", "cpu"])
+    run, _ = EncoderRun.load(encoder)
+    # one class per photograph (not per resolution), and which corruption it carries
+    assert run.config.proxy_task == "labels+corruption" and run.proxy.n_labels == 2
+    assert run.classifier.head[-1].out_features == 2 + 5
+    report = tmp_path / "eval.json"
+    args = ["encoder", "eval", "--encoder", str(encoder), "--corpus", str(corpus), "--steps", "2", "--restarts", "1"]
+    result = runner.invoke(app, [*args, "--out", str(report)])
     assert result.exit_code == 0, result.output
-    assert rundir.read_training(run).encoder_source == str(encoder)
+    assert json.loads(report.read_text())["n"] == 2  # every 10th patch of each photograph was held out
+    result = runner.invoke(app, [*args[:-4], "--category", "bottle"])
+    assert result.exit_code == 2 and "either categories or a corpus" in result.output
+    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe)]
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, [*args, "--encoder-weights", str(encoder), "--out", str(run_dir), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert rundir.read_training(run_dir).encoder_source == str(encoder)
+
+
+def test_corpus_splits_hold_out_patches_of_photographs_with_the_training_labels(tmp_path: Path) -> None:
+    lines = ["file,kind,source,source_file,licence"]
+    files = [("wall", "usr/share/wallpapers/Sky/contents/images/1920x1080.jpg")] * 20
+    files += [("wall", "usr/share/wallpapers/Sky/contents/images/800x600.jpg")] * 5 + [("tex", "a/stone.jpg")] * 3
+    for index, (source, source_file) in enumerate(files):
+        write_image(tmp_path / f"images/{index}.png", np.full((16, 16, 3), index / 30, np.float32))
+        lines.append(f"images/{index}.png,photo,{source},{source_file},CC0")
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    train, val = corpus_files(tmp_path, "train"), corpus_files(tmp_path, "val", 8)
+    assert (len(train), len(val), train.size, val.size) == (26, 2, 16, 8)
+    assert set(val.labels) == {0} and set(train.labels) == {0, 1}  # 25 patches of one picture, 3 of another
+    assert not set(train.paths) & set(val.paths)
+    assert picture_of("usr/share/backgrounds/mate/Elephants_3840x2160.jpg") == "usr/share/backgrounds/mate/Elephants"
+    (tmp_path / "manifest.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="not a manifest"):
+        corpus_files(tmp_path, "train")
 
 
 def test_textures_inside_game_archives_are_unpacked(tmp_path: Path) -> None:

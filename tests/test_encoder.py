@@ -100,7 +100,7 @@ def test_batch_norm_statistics_follow_the_trained_weights() -> None:
     trained = train_encoder(images, config, seed=0).classifier
     fresh = copy.deepcopy(trained)
     generator = torch.Generator().manual_seed(123)
-    update_bn([proxy.make_batch("corruption", to_tensor(images), None, generator)[0] for _ in range(4)], fresh)
+    update_bn([proxy.Proxy("corruption").batch(to_tensor(images), None, generator)[0] for _ in range(4)], fresh)
     norms = [(a, b) for a, b in zip(trained.modules(), fresh.modules(), strict=True) if isinstance(a, nn.BatchNorm2d)]
     # In standard deviations of the features: under 0.1 when recalibrated, about 1 with lagging running averages.
     lag = max(((a.running_mean - b.running_mean).abs() / b.running_var.sqrt()).max().item() for a, b in norms)
@@ -210,3 +210,19 @@ def test_encoder_cli_train_then_eval(synth_root: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "PGD accuracy" in result.output
+
+
+def test_the_joint_proxy_task_needs_both_heads_right() -> None:
+    task = proxy.Proxy("labels+corruption", 3)
+    images, labels = torch.rand(10, 3, 32, 32), torch.arange(10) % 3
+    x, y = task.batch(images, labels, torch.Generator().manual_seed(0))
+    assert task.n_outputs == 3 + 5 and torch.equal(y // 5, labels) and len(set((y % 5).tolist())) > 1
+    assert torch.equal(x[y % 5 == 0], images[y % 5 == 0])  # class 0: clean
+    logits = torch.full((10, 8), -20.0)
+    logits[torch.arange(10), y // 5] = 20.0
+    logits[torch.arange(10), 3 + y % 5] = 20.0
+    assert torch.equal(task.predict(logits), y) and float(task.loss(logits, y)) < 1e-6
+    logits[0, 3 + y[0] % 5] = -20.0  # the corruption head wrong on one image: that prediction is wrong
+    assert (task.predict(logits) != y).tolist() == [True] + [False] * 9 and float(task.loss(logits, y)) > 0.1
+    with pytest.raises(ConfigError, match="at least two labels"):
+        proxy.Proxy("labels+corruption", 1)

@@ -9,11 +9,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from typer.testing import CliRunner
 
+from robust_ad.api import list_encoders
 from robust_ad.cli import app
 from robust_ad.errors import ModelError
 from robust_ad.training import pretrained
@@ -215,3 +217,70 @@ def test_a_published_encoder_can_be_fine_tuned_on_the_category(
     published = torchvision.models.resnet18(weights=None).state_dict()["layer1.0.conv1.weight"]
     tuned = rundir.load_model(out).encoder.stages.layer1[0].conv1.weight
     assert tuned.shape == published.shape and not torch.equal(tuned, published)
+
+
+SHIPPED = "robust-ad-test-l2-eps0.5"
+
+
+@pytest.fixture
+def shipped(monkeypatch, tmp_path: Path) -> Path:
+    """A robust encoder and its eps 0 twin shipped as the package ships its own (fp16, indexed, hashed)."""
+    from robust_ad.config import EncoderConfig
+    from robust_ad.training.encoder import train_encoder
+
+    folder = tmp_path / "shipped"
+    images = np.random.default_rng(0).random((16, 32, 32, 3), dtype=np.float32)
+    for eps in (0.5, 0.0):
+        config = EncoderConfig(width=0.125, epochs=1, eps=eps, batch_size=8)
+        train_encoder(images, config, checkpoint_path=tmp_path / f"enc{eps}.pt")
+        pretrained.write_shipped(tmp_path / f"enc{eps}.pt", SHIPPED.replace("eps0.5", f"eps{eps:g}"), folder)
+    monkeypatch.setattr(pretrained, "shipped_folder", lambda: folder)
+    for name, entry in pretrained._shipped_entries().items():
+        monkeypatch.setitem(REGISTRY, name, entry)
+    return folder
+
+
+def test_a_shipped_encoder_is_fp16_hash_checked_and_loads(shipped: Path, tmp_path: Path) -> None:
+    from robust_ad.models.encoder import Encoder
+    from robust_ad.training.encoder import EncoderRun
+    from robust_ad.training.weights import load_encoder_weights
+
+    path = fetch(SHIPPED)
+    assert path == shipped / f"{SHIPPED}.pt" and REGISTRY[SHIPPED].twin == "robust-ad-test-l2-eps0"
+    assert torch.load(path, weights_only=True)["model"]["conv1.weight"].dtype == torch.float16
+    trained = EncoderRun.load(tmp_path / "enc0.5.pt")[0].encoder
+    loaded = load_encoder_weights(Encoder(width=0.125), path)
+    assert torch.allclose(loaded.stages.conv1.weight, trained.stages.conv1.weight, atol=1e-3)
+    listed = {row["name"]: row for row in list_encoders()}
+    assert listed[SHIPPED]["shipped"] and listed[SHIPPED]["cached"] and listed[SHIPPED]["verified"]
+    result = runner.invoke(app, ["encoder", "eval", "--encoder", SHIPPED, "--category", "bottle"])
+    assert result.exit_code == 2 and "MODEL_CARD.md" in result.output
+    path.write_bytes(path.read_bytes()[:-1] + b"x")  # a damaged installation
+    with pytest.raises(ModelError, match="SHA-256 differs"):
+        fetch(SHIPPED)
+
+
+def test_a_recipes_shipped_encoder_is_the_default_eps0_its_twin_and_scratch_opts_out(
+    shipped: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    from robust_ad import rundir
+
+    recipe = tmp_path / "shipped.yaml"
+    recipe.write_text(
+        f"data: {{image_size: 32, batch_size: 8}}\nencoder: {{pretrained: {SHIPPED}, epochs: 1, batch_size: 8}}\n"
+        "autoencoder: {epochs: 1, decoder_width: 0.25}\n"
+    )
+    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe), "--device", "cpu"]
+    expected = {
+        (): (SHIPPED, 0.5, SHIPPED),
+        ("--eps", "0"): ("robust-ad-test-l2-eps0", 0.0, "robust-ad-test-l2-eps0"),
+        ("--encoder", "scratch"): (None, 1.0, "trained"),
+    }
+    for extra, (name, eps, source) in expected.items():
+        out = tmp_path / f"run{len(extra)}{extra[-1] if extra else ''}"
+        result = runner.invoke(app, [*args, *extra, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        config = rundir.read_config(out)
+        assert (config.encoder.pretrained, config.encoder.eps) == (name, eps)
+        assert rundir.read_training(out).encoder_source == source
+        assert config.encoder.width == (0.125 if name else 1.0)  # the shipped encoder's width, else the recipe's

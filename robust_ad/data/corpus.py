@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 
 from robust_ad.data.images import read_image, write_image
 from robust_ad.data.resize import resize_image
+from robust_ad.data.torchdata import ImageFiles
 from robust_ad.errors import DataError, ImageReadError
 from robust_ad.fileio import output_folder, write_json, write_text
 from robust_ad.progress import track
@@ -42,7 +44,7 @@ DEFAULT_PACKAGES = TEXTURE_PACKAGES + PHOTO_PACKAGES
 SUFFIXES = {".jpg", ".jpeg", ".png", ".tga", ".webp", ".bmp", ".tif", ".tiff"}
 # maps that describe surfaces rather than show them; matched on the file name, case-insensitive
 NOT_PHOTOS = re.compile(
-    r"(normal|_norm\b|_nm\b|_n\.|bump|gloss|spec|_s\.|height|_h\.|_glow|_luma|_mask|_alpha|_local|_dot3)",
+    r"(normal|_norm\b|_nm\b|_n\.|bump|gloss|spec|_s\.|height|_h\.|_glow|_luma|_mask|_alpha|_local|_dot3|screenshot)",
     re.IGNORECASE,
 )
 COLUMNS = ("file", "kind", "source", "source_file", "licence")
@@ -214,3 +216,49 @@ def assemble_corpus(
         counts = {source: sum(r["source"] == source for r in rows) for source, *_ in sources}
         write_json(out / "corpus.json", {"images": len(rows), "per_source": counts, "patch": settings.patch})
     return counts
+
+
+RESOLUTION = re.compile(r"[_-]?\d{3,5}x\d{3,5}$")
+
+
+def picture_of(source_file: str) -> str:
+    """The picture a file shows: wallpaper packages ship one photograph at several resolutions
+    (``Name/contents/images/1920x1080.jpg``, ``Elephants_3840x2160.jpg``); those are one class, not several."""
+    path = Path(source_file)
+    if path.parent.name == "images" and path.parent.parent.name == "contents":
+        return str(path.parent.parent.parent)
+    stem = RESOLUTION.sub("", path.stem)
+    return str(path.parent / stem) if stem else str(path.parent)
+
+
+HOLD_OUT_EVERY = 10  # every 10th patch of a photograph cut into 4 or more is held out of pretraining
+
+
+def corpus_files(corpus: str | Path, split: str, size: int | None = None, cache_mb: int = 2048) -> ImageFiles:
+    """The ``train`` or held-out ``val`` images of a corpus written by :func:`assemble_corpus`, labelled by
+    source file (the same label numbers in both splits), resized to ``size`` (default: the corpus's own).
+
+    Held out: every ``HOLD_OUT_EVERY``-th patch of each source cut into at least four patches, so every held-out
+    image has a class the encoder was trained on."""
+    manifest = Path(corpus) / "manifest.csv"
+    if not manifest.is_file():
+        raise DataError(f"{manifest} not found (assemble a corpus with 'robust-ad datasets corpus')")
+    rows = list(csv.DictReader(manifest.open()))
+    if not rows or set(COLUMNS) - set(rows[0]):
+        raise DataError(f"{manifest}: not a manifest of 'robust-ad datasets corpus' (columns {', '.join(COLUMNS)})")
+    keys = [f"{r['source']}/{picture_of(r['source_file'])}" for r in rows]
+    label_of = {key: index for index, key in enumerate(dict.fromkeys(keys))}
+    if len(label_of) < 2:
+        raise DataError(f"{manifest}: the corpus needs images from at least two source files")
+    counts = Counter(keys)
+    seen: dict[str, int] = {}
+    picked = []
+    for row, key in zip(rows, keys, strict=True):
+        seen[key] = seen.get(key, 0) + 1
+        held_out = counts[key] >= 4 and seen[key] % HOLD_OUT_EVERY == 0
+        if held_out == (split == "val"):
+            picked.append((Path(corpus) / row["file"], label_of[key]))
+    if not picked:
+        raise DataError(f"{manifest}: no {split} images (held out: every {HOLD_OUT_EVERY}th patch of a photograph)")
+    size = size or read_image(picked[0][0]).shape[0]
+    return ImageFiles([p for p, _ in picked], size, [label for _, label in picked], cache_mb)

@@ -53,6 +53,8 @@ class DecoderTask(Task):
         """Reconstruction of ``x_in`` and its pixel and feature losses against the clean ``x``."""
         x_hat = self.model(x_in)
         terms = {"pixel": losses.pixel_loss(x_hat.float(), x, self.config.pixel_loss)}
+        if self.config.w_colour > 0:
+            terms["colour"] = losses.colour_loss(x_hat.float(), x)
         if self.config.w_feature > 0:
             layers = self.model.encoder.feature_layers
             with torch.no_grad():
@@ -61,7 +63,8 @@ class DecoderTask(Task):
         return x_hat, terms
 
     def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        weights = {"pixel": self.config.w_pixel, "feature": self.config.w_feature, "gan": self.config.w_gan}
+        cfg = self.config
+        weights = {"pixel": cfg.w_pixel, "colour": cfg.w_colour, "feature": cfg.w_feature, "gan": cfg.w_gan}
         return sum(weights[name] * value.float() for name, value in terms.items() if name in weights)
 
     def step(self, batch: Batch, engine: Engine) -> dict[str, torch.Tensor]:

@@ -48,6 +48,7 @@ class EncoderRun:
 
     classifier: ProxyClassifier
     config: EncoderConfig
+    proxy: proxy.Proxy
     image_size: int = 0
     categories: list[str] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
@@ -70,32 +71,40 @@ class EncoderRun:
             raise ModelError(f"{path}: an encoder file of an older robust-ad; train it again with 'encoder train'")
         config = EncoderConfig(**payload["config"])
         classifier = ProxyClassifier(build_encoder(config), payload["n_classes"])
+        run_proxy = proxy.Proxy(config.proxy_task, payload.get("n_labels", payload["n_classes"]))
         classifier.load_state_dict(payload["modules"]["classifier"])
-        run = cls(classifier, config, payload["image_size"], list(payload["categories"]), list(payload["history"]))
-        return run, payload
+        categories, history = list(payload["categories"]), list(payload["history"])
+        return cls(classifier, config, run_proxy, payload["image_size"], categories, history), payload
 
 
 class EncoderTask(Task):
     """One step: a proxy batch, its PGD adversary within eps, a classification step on the adversary."""
 
-    def __init__(self, classifier: ProxyClassifier, config: EncoderConfig, image_size: int, categories: list[str]):
-        self.classifier, self.config, self.image_size, self.categories = classifier, config, image_size, categories
+    def __init__(
+        self,
+        classifier: ProxyClassifier,
+        config: EncoderConfig,
+        task: proxy.Proxy,
+        image_size: int,
+        categories: list[str],
+    ):
+        self.classifier, self.config, self.proxy = classifier, config, task
+        self.image_size, self.categories = image_size, categories
         self.modules = {"classifier": classifier}
         self.optimizers = {"optimizer": torch.optim.Adam(classifier.parameters(), lr=config.lr)}
 
     def _proxy(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
-        use_labels = self.config.proxy_task == "labels"
-        return proxy.make_batch(self.config.proxy_task, images, labels if use_labels else None, generator)
+        return self.proxy.batch(images, labels if self.proxy.uses_labels else None, generator)
 
     def step(self, batch: Batch, engine: Engine) -> dict[str, torch.Tensor]:
         x, y = self._proxy(batch.images, batch.labels, batch.generator)
-        cfg = self.config
+        cfg, loss_fn = self.config, self.proxy.loss
         with engine.autocast():
-            x_adv = pgd(self.classifier, x, y, cfg.eps, cfg.norm, cfg.pgd_steps, cfg.step_size)
+            x_adv = pgd(self.classifier, x, y, cfg.eps, cfg.norm, cfg.pgd_steps, cfg.step_size, loss_fn=loss_fn)
             logits = self.classifier(x_adv)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = loss_fn(logits.float(), y)
         engine.optimize(loss, self.optimizers["optimizer"])
-        return {"loss": loss.detach(), "adv_train_acc": (logits.argmax(1) == y).float().mean()}
+        return {"loss": loss.detach(), "adv_train_acc": (self.proxy.predict(logits) == y).float().mean()}
 
     def end_epoch(self, engine: Engine) -> dict[str, float]:
         """Recompute the batch-norm statistics with the current weights over proxy batches of the images.
@@ -114,6 +123,7 @@ class EncoderTask(Task):
             "version": __version__,
             "config": self.config.model_dump(),
             "n_classes": self.classifier.head[-1].out_features,
+            "n_labels": self.proxy.n_labels,
             "image_size": self.image_size,
             "categories": self.categories,
         }
@@ -143,12 +153,12 @@ def train_encoder(
     all_labels = getattr(dataset, "labels", None)  # the datasets here carry them; others are read once
     if all_labels is None:
         all_labels = [dataset[i][1] for i in range(len(dataset))]
-    n_labels = len({int(label) for label in all_labels}) if config.proxy_task == "labels" else 0
+    task = proxy.Proxy(config.proxy_task, len({int(label) for label in all_labels}))
     torch.manual_seed(seed)
-    classifier = ProxyClassifier(build_encoder(config), proxy.n_classes(config.proxy_task, n_labels))
+    classifier = ProxyClassifier(build_encoder(config), task.n_outputs)
     if initial is not None:
         classifier.encoder.load_state_dict(initial.state_dict())
-    task = EncoderTask(classifier, config, _image_size(dataset), list(categories or []))
+    task = EncoderTask(classifier, config, task, _image_size(dataset), list(categories or []))
     engine = Engine(
         task,
         dataset,
@@ -162,7 +172,7 @@ def train_encoder(
         description=f"encoder epoch (eps={config.eps})",
     )
     history = engine.fit(resume)
-    return EncoderRun(classifier, config, task.image_size, task.categories, history)
+    return EncoderRun(classifier, config, task.proxy, task.image_size, task.categories, history)
 
 
 def evaluate_encoder(
@@ -186,12 +196,12 @@ def evaluate_encoder(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = run.classifier.to(device).eval()
-    use_labels = run.config.proxy_task == "labels"
+    task = run.proxy
     batches = (
-        proxy.make_batch(run.config.proxy_task, x, y if use_labels else None, generator)
+        task.batch(x, y if task.uses_labels else None, generator)
         for x, y in DataLoader(as_dataset(images, labels), batch_size)
     )
-    return attack_accuracy(model, batches, eps, norm, steps, restarts, device)
+    return attack_accuracy(model, batches, eps, norm, steps, restarts, device, task)
 
 
 def attack_accuracy(
@@ -202,22 +212,29 @@ def attack_accuracy(
     steps: int,
     restarts: int,
     device: torch.device | str,
+    task: proxy.Proxy | None = None,
 ) -> dict:
-    """Clean accuracy and accuracy under PGD over (images, targets) batches. A target of None takes the model's
-    own clean prediction: the accuracy under attack is then the share of predictions the attack cannot move."""
+    """Clean accuracy and accuracy under PGD over (images, targets) batches of ``task`` (default: one plain
+    classification). A target of None takes the model's own clean prediction: the accuracy under attack is then
+    the share of predictions the attack cannot move."""
+    loss_fn = task.loss if task else F.cross_entropy
+
+    def predict(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(inputs)
+        return task.predict(logits) if task else logits.argmax(1)
+
     clean = robust = total = 0
     for x, y in track(batches, "attacking"):
         x = x.to(device)
-        with torch.no_grad():
-            predicted = model(x).argmax(1)
+        predicted = predict(x)
         y = predicted if y is None else y.to(device)
         ok = predicted == y
         clean += int(ok.sum())
         still = ok.clone()
         for _ in range(restarts if eps > 0 else 0):
-            x_adv = pgd(model, x, y, eps, norm, steps, random_start=True)
-            with torch.no_grad():
-                still &= model(x_adv).argmax(1) == y
+            x_adv = pgd(model, x, y, eps, norm, steps, random_start=True, loss_fn=loss_fn)
+            still &= predict(x_adv) == y
         robust += int(still.sum())
         total += len(y)
     return {

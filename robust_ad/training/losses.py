@@ -1,4 +1,4 @@
-"""Decoder losses: pixel, robust-feature and adversarial (GAN). Each is switched off by a zero weight."""
+"""Decoder losses: pixel, colour, robust-feature and adversarial (GAN). Each is switched off by a zero weight."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ def pixel_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "l1") -> torch.
     if kind == "l2":
         return F.mse_loss(x_hat, x)
     raise ConfigError(f"unknown pixel loss '{kind}' (choose l1 or l2)")
+
+
+def colour_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 distance of each image's mean R, G and B: the per-pixel losses leave a colour cast of a few grey
+    levels that the feature and GAN losses do not see; this term holds the decoder to the image's colour."""
+    return F.l1_loss(x_hat.mean((2, 3)), x.mean((2, 3)))
 
 
 def feature_loss(

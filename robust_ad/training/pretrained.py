@@ -1,4 +1,9 @@
-"""Published robust ImageNet encoders by name: a registry, a verified download, and a cache.
+"""Robust encoders by name: the ones shipped inside robust-ad, and published ImageNet ones (a registry, a
+verified download, and a cache).
+
+Shipped (``robust_ad/encoders/``, described in its MODEL_CARD.md): encoders robust-ad pretrained itself with
+``encoder pretrain`` on a corpus of photographs and photo textures from Debian packages, each with its
+eps = 0 twin trained identically. They need no download; every recipe uses one by default.
 
 The registry holds the robust classifiers of Salman et al. 2020 ("Do Adversarially Robust ImageNet Models
 Transfer Better?", MadryLab), published on the Hugging Face Hub as ``madrylab/robust-imagenet-models``:
@@ -48,18 +53,71 @@ class Published:
     norm: str
     eps: float
     sha256: str | None
+    width: float = 1.0
+    shipped: bool = False  # inside the package (robust_ad/encoders/), never downloaded
 
     @property
     def filename(self) -> str:
-        return f"{self.name}.ckpt"
+        return f"{self.name}.pt" if self.shipped else f"{self.name}.ckpt"
+
+    @property
+    def twin(self) -> str:
+        """The standard (eps = 0) encoder of the same architecture, trained the same way."""
+        return f"{self.name.rsplit('-eps', 1)[0]}-eps0" if self.shipped else f"{self.backbone}_l2_eps0"
 
     @property
     def url(self) -> str:
         return f"{os.environ.get(URL_ENV, HUB).rstrip('/')}/{self.filename}"
 
 
+SHIPPED_INDEX = "index.json"  # in robust_ad/encoders/: name -> backbone, norm, eps, width, sha256
+
+
+def shipped_folder() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("robust_ad") / "encoders"))
+
+
+def _shipped_entries() -> dict[str, Published]:
+    index = shipped_folder() / SHIPPED_INDEX
+    if not index.is_file():
+        return {}
+    rows = json.loads(index.read_text())
+    fields = ("backbone", "norm", "eps", "sha256", "width")
+    return {name: Published(name, *(row[f] for f in fields), shipped=True) for name, row in rows.items()}
+
+
+def write_shipped(source: str | Path, name: str, folder: str | Path | None = None) -> Path:
+    """Ship the encoder of an ``encoder pretrain`` file as ``name``: its stage weights in fp16 (the classifier
+    head is dropped) in ``folder`` (default: the package's), and its entry in the folder's index."""
+    from robust_ad.fileio import write_atomic
+    from robust_ad.training.encoder import EncoderRun
+
+    run, _ = EncoderRun.load(source)
+    folder = Path(folder) if folder is not None else shipped_folder()
+    state = {
+        key: value.half() if value.is_floating_point() else value
+        for key, value in run.encoder.stages.state_dict().items()
+    }
+    path = folder / f"{name}.pt"
+    write_atomic(path, lambda handle: torch.save({"model": state}, handle))
+    index = folder / SHIPPED_INDEX
+    rows = json.loads(index.read_text()) if index.is_file() else {}
+    cfg = run.config
+    rows[name] = {
+        "backbone": cfg.backbone,
+        "norm": cfg.norm,
+        "eps": cfg.eps,
+        "sha256": sha256_of(path),
+        "width": cfg.width,
+    }
+    write_json(index, rows)
+    return path
+
+
 def _registry() -> dict[str, Published]:
-    entries = {}
+    entries = dict(_shipped_entries())
     for arch, backbone in _ARCHS.items():
         for eps in _L2:
             name = f"{arch}_l2_eps{eps}"
@@ -108,8 +166,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def shipped_path(entry: Published) -> Path:
+    return shipped_folder() / entry.filename
+
+
 def is_cached(entry: Published) -> bool:
-    return (cache_dir() / entry.filename).is_file()
+    return shipped_path(entry).is_file() if entry.shipped else (cache_dir() / entry.filename).is_file()
+
+
+def _shipped(entry: Published) -> Path:
+    path = shipped_path(entry)
+    if not path.is_file():
+        raise ModelError(f"{path}: the shipped encoder {entry.name} is missing from this installation; reinstall")
+    if sha256_of(path) != entry.sha256:
+        raise ModelError(f"{path}: SHA-256 differs from the shipped encoder's {entry.sha256}; reinstall robust-ad")
+    return path
 
 
 def fetch(name: str) -> Path:
@@ -118,6 +189,8 @@ def fetch(name: str) -> Path:
     import requests
 
     entry = lookup(name)
+    if entry.shipped:
+        return _shipped(entry)
     target = cache_dir() / entry.filename
     expected = expected_sha256(entry)
     if target.is_file():
@@ -157,6 +230,11 @@ def classifier(name: str) -> torch.nn.Module:
     from robust_ad.training.weights import read_state_dict
 
     entry = lookup(name)
+    if entry.shipped:
+        raise ConfigError(
+            f"{name} is a feature extractor without its pretraining head: its accuracies are in "
+            "robust_ad/encoders/MODEL_CARD.md ('encoder eval --corpus' evaluates an 'encoder pretrain' file)"
+        )
     net = getattr(torchvision.models, entry.backbone)(weights=None)
     net.load_state_dict(read_state_dict(fetch(name)))
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
