@@ -12,7 +12,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from robust_ad import rundir
 from robust_ad.data.images import like_raw, read_raw, to_float_rgb, write_image, write_raw
-from robust_ad.errors import ImageReadError, ModelError
+from robust_ad.errors import ConfigError, ImageReadError, ModelError
+from robust_ad.models.denoiser import SkipDenoiser
 from robust_ad.progress import track
 from robust_ad.tensors import to_images, to_tensor
 from robust_ad.training.noise import EVAL_LEVELS, NOISES, apply_noise
@@ -29,14 +30,23 @@ def load_denoiser(run_dir: str | Path, device: torch.device | str = "cpu"):
 
 
 def denoise_files(
-    paths: list[Path], run_dir: str | Path, out: Path, compare: bool = False, device: str = "cpu"
+    paths: list[Path],
+    run_dir: str | Path,
+    out: Path,
+    compare: bool = False,
+    device: str = "cpu",
+    sigma: float | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Denoise each file at its own resolution; outputs keep the input's bit depth and channels.
+    """Denoise each file at its own resolution; outputs keep the input's bit depth and channels. ``sigma``: a
+    known noise level in 8-bit grey levels, for the skip denoiser (which otherwise estimates it per image).
 
     Returns (written, errors). ``out`` is a fresh folder that holds no input (``api.denoise`` makes it with
     ``fileio.output_folder``, which refuses input folders).
     """
     model = load_denoiser(run_dir, device)
+    options = {} if sigma is None else {"sigma": sigma / 255}
+    if options and not isinstance(model, SkipDenoiser):
+        raise ConfigError("--sigma needs a skip denoiser (denoise.architecture: skip); this one is a mirror decoder")
     written, errors = [], []
     for path in track(paths, "denoising"):
         target = out / path.name
@@ -47,7 +57,7 @@ def denoise_files(
             errors.append({"path": str(path), "error": str(exc)})
             continue
         noisy = to_float_rgb(raw)
-        clean = model.reconstruct(noisy[None])[0]
+        clean = model.reconstruct(noisy[None], **options)[0]
         write_raw(target, like_raw(clean, raw))
         row = {"path": str(path), "output": str(target)}
         if compare:

@@ -16,7 +16,9 @@ from robust_ad.cli import app
 from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.denoising import corrupt_images, evaluate_denoising, image_quality
 from robust_ad.export import export
+from robust_ad.models.denoiser import SkipDenoiser, estimate_sigma
 from robust_ad.runtime import InferenceSession
+from robust_ad.tensors import to_tensor
 from robust_ad.training.noise import NOISES, apply_noise
 from tests.conftest import tiny_config
 
@@ -126,3 +128,44 @@ def test_denoiser_exports_to_onnx_with_the_clean_image_as_output(denoiser: Path,
     expected = rundir.load_model(denoiser).reconstruct(images)
     assert got.shape == images.shape
     assert np.abs(got - expected).max() <= 1 / 255 + 1e-6  # uint8 output: within one grey level
+
+
+def test_the_skip_denoiser_starts_as_the_identity_and_leaves_noise_free_images_alone() -> None:
+    torch.manual_seed(0)
+    model = SkipDenoiser(width=0.125, decoder_width=0.25).eval()
+    model.decoder.init_output()
+    x = torch.rand(2, 3, 37, 50)  # sides the strides do not divide: padded by mirroring, then cropped
+    assert torch.allclose(model(x), x, atol=1e-6)  # a zero correction of exact Haar bands
+    torch.nn.init.normal_(model.decoder.head.weight, std=0.1)  # a decoder that changes what it sees
+    assert not torch.allclose(model(x), x, atol=1e-3)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 40), torch.linspace(0, 1, 48), indexing="ij")
+    smooth = torch.stack([yy, xx, (yy + xx) / 2])[None]  # no measurable noise (median |HH| = 0)
+    assert float(estimate_sigma(smooth)) < model.min_sigma and torch.equal(model(smooth), smooth)
+    assert torch.equal(model(x, sigma=0.0), x)  # a known level below min_sigma: untouched as well
+    noisy = (smooth + 0.1 * torch.randn_like(smooth)).clamp(0, 1)
+    assert abs(float(estimate_sigma(noisy)) - 0.1) < 0.02  # the blind estimate of the level
+
+
+def test_near_clean_images_are_never_made_worse(denoiser: Path) -> None:
+    """Below the smallest level the denoiser acts on, its output is its input: PSNR is kept exactly."""
+    yy, xx = np.mgrid[0:64, 0:64] / 64
+    smooth = np.stack([yy, xx, (yy + xx) / 2], -1)[None].repeat(4, 0).astype(np.float32)
+    noise = np.random.default_rng(0).normal(0, 0.5 / 255, smooth.shape)
+    near_clean = np.clip(smooth + noise, 0, 1).astype(np.float32)
+    assert float(estimate_sigma(to_tensor(near_clean)).max()) < rundir.read_config(denoiser).denoise.min_sigma
+    restored = rundir.load_model(denoiser).reconstruct(near_clean)
+    assert image_quality(smooth, restored)[0] >= image_quality(smooth, near_clean)[0] - 0.1
+
+
+def test_denoise_with_a_known_noise_level(denoiser: Path, tmp_path: Path) -> None:
+    _write_variants(tmp_path / "in")
+    args = ["denoise", str(tmp_path / "in"), "--model", str(denoiser), "--out"]
+    result = runner.invoke(app, [*args, str(tmp_path / "zero"), "--sigma", "0"])
+    assert result.exit_code == 0, result.output
+    same = cv2.imread(str(tmp_path / "zero" / "rgb8.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(same, cv2.imread(str(tmp_path / "in" / "rgb8.png"), cv2.IMREAD_UNCHANGED))
+    result = runner.invoke(app, [*args, str(tmp_path / "strong"), "--sigma", "60"])
+    assert result.exit_code == 0, result.output
+    assert not np.array_equal(cv2.imread(str(tmp_path / "strong" / "rgb8.png"), cv2.IMREAD_UNCHANGED), same)
+    result = runner.invoke(app, [*args, str(tmp_path / "bad"), "--sigma", "-3"])
+    assert result.exit_code == 2 and "--sigma must be" in result.output

@@ -14,7 +14,25 @@ from robust_ad.models.encoder import Encoder
 from robust_ad.tensors import to_images, to_tensor
 
 
-class RobustAutoencoder(nn.Module):
+class Reconstructor(nn.Module):
+    """An image-to-image model over a robust encoder (``self.encoder``): batched reconstruction of arrays."""
+
+    encoder: Encoder
+
+    def features(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.encoder.features(x)
+
+    @torch.no_grad()
+    def reconstruct(self, images: np.ndarray, batch_size: int = 16, **options: object) -> np.ndarray:
+        """Outputs for (N, H, W, 3) float images in [0, 1], same shape; ``options`` go to ``forward``."""
+        self.eval()
+        device = next(self.parameters()).device
+        starts = range(0, len(images), batch_size)
+        batches = (to_tensor(images[i : i + batch_size]).to(device) for i in starts)
+        return np.concatenate([to_images(self(batch, **options)) for batch in batches])
+
+
+class RobustAutoencoder(Reconstructor):
     """x ↦ D(E(x)), fully convolutional: a model trained at one size runs at another."""
 
     def __init__(
@@ -31,14 +49,3 @@ class RobustAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x), x.shape[-2:])
-
-    def features(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        return self.encoder.features(x)
-
-    @torch.no_grad()
-    def reconstruct(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """Reconstructions of (N, H, W, 3) float images in [0, 1], same shape."""
-        self.eval()
-        device = next(self.parameters()).device
-        starts = range(0, len(images), batch_size)
-        return np.concatenate([to_images(self(to_tensor(images[i : i + batch_size]).to(device))) for i in starts])

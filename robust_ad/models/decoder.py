@@ -9,7 +9,8 @@ from torch import nn
 from robust_ad.models.encoder import Encoder
 
 
-def _conv_block(in_ch: int, out_ch: int) -> list[nn.Module]:
+def conv_block(in_ch: int, out_ch: int) -> list[nn.Module]:
+    """3x3 convolution, batch norm, LeakyReLU."""
     return [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.2)]
 
 
@@ -34,10 +35,10 @@ class MirrorDecoder(nn.Module):
         for stride, channels in [*levels[1:], (1, levels[-1][1])]:
             out_ch = max(8, round(channels * width))
             layers.append(nn.Upsample(scale_factor=previous_stride / stride, mode="bilinear", align_corners=False))
-            layers += _conv_block(in_ch, out_ch) + _conv_block(out_ch, out_ch)
+            layers += conv_block(in_ch, out_ch) + conv_block(out_ch, out_ch)
             in_ch, previous_stride = out_ch, stride
         layers.append(nn.Conv2d(in_ch, 3, 3, padding=1))
-        self.body = nn.Sequential(*_conv_block(levels[0][1], levels[0][1]), *layers)
+        self.body = nn.Sequential(*conv_block(levels[0][1], levels[0][1]), *layers)
 
     def init_output(self, mean_rgb: torch.Tensor) -> None:
         """Start from the training images' mean colour instead of grey (much faster early training)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from robust_ad.config import Config, EncoderConfig
-from robust_ad.models.autoencoder import RobustAutoencoder
+from robust_ad.models.autoencoder import Reconstructor, RobustAutoencoder
+from robust_ad.models.denoiser import SkipDenoiser
 from robust_ad.models.encoder import Encoder
 
 
@@ -11,6 +12,9 @@ def build_encoder(config: EncoderConfig) -> Encoder:
     return Encoder(config.backbone, config.layer, config.feature_layers, config.width)
 
 
-def build_autoencoder(config: Config) -> RobustAutoencoder:
-    enc = config.encoder
-    return RobustAutoencoder(enc.backbone, enc.layer, enc.feature_layers, enc.width, config.autoencoder.decoder_width)
+def build_autoencoder(config: Config) -> Reconstructor:
+    """The detection autoencoder, or in denoising mode the denoiser the config names."""
+    enc, width = config.encoder, config.autoencoder.decoder_width
+    if config.mode == "denoise" and config.denoise.architecture == "skip":
+        return SkipDenoiser(enc.backbone, enc.layer, enc.feature_layers, enc.width, width, config.denoise.min_sigma)
+    return RobustAutoencoder(enc.backbone, enc.layer, enc.feature_layers, enc.width, width)

@@ -17,7 +17,7 @@ from robust_ad.errors import ConfigError
 
 # Levels at which 'eval --mode denoise' measures, mild to strong.
 EVAL_LEVELS = {
-    "gaussian": [0.05, 0.1, 0.2],
+    "gaussian": [15 / 255, 25 / 255, 50 / 255],
     "poisson": [100.0, 30.0, 10.0],
     "salt_pepper": [0.01, 0.03, 0.06],
     "jpeg": [50, 25, 10],
@@ -55,13 +55,18 @@ def _ranges(config: DenoiseConfig) -> dict[str, list[float]]:
 
 
 def random_corruption(config: DenoiseConfig):
-    """A corruption for training: each image gets one noise from ``config.noises`` at a random level in range."""
+    """A corruption for training: each image gets one noise from ``config.noises`` at a random level in range,
+    or (a share ``config.clean_fraction``) none."""
     ranges = _ranges(config)
 
     def corrupt(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         out = torch.empty_like(x)
         picks = torch.randint(0, len(config.noises), (len(x),), generator=generator)
+        clean = torch.rand(len(x), generator=generator) < config.clean_fraction
         for i, pick in enumerate(picks.tolist()):
+            if clean[i]:
+                out[i] = x[i]
+                continue
             kind = config.noises[pick]
             low, high = ranges[kind]
             level = low + (high - low) * float(torch.rand((), generator=generator))

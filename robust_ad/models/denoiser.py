@@ -1,0 +1,161 @@
+"""The skip-connected robust denoiser: the robust encoder's features at every resolution, plus a Haar wavelet
+skip of the input, decoded into a correction of the input's wavelet coefficients.
+
+A plain mirror decoder can only give back what passes the encoder's bottleneck, so it repaints every image
+at the same blurry quality whatever the noise (benchmarks/RESULTS.md). Here, as in the paper's denoiser, detail
+goes around the bottleneck:
+
+- the input is split by an orthonormal Haar transform into its low-pass image (LL) and three detail bands (LH,
+  HL, HH) at half resolution: the wavelet-pooling skip;
+- the decoder walks up from the deepest robust features, taking the robust encoder's feature map at each
+  stride (U-Net style), and at half resolution the input's four Haar bands and a noise-level map;
+- it predicts a correction of the 4 x 3 Haar coefficients; the inverse Haar transform of (input coefficients +
+  correction) is the output. Residual learning: an untrained decoder returns its input exactly, and the
+  inverse transform is exact, so nothing is lost at any size (fully convolutional, no tiles, no seams).
+
+The skips never bypass the robust encoder's judgement of what is structure: the only paths from the noisy
+pixels to the output are the robust features and the wavelet bands, whose correction the robust features
+steer. The eps = 0 twin, trained identically, shows what robustness adds.
+
+The noise level is estimated from the input (the median absolute HH coefficient / 0.6745, Donoho's estimator)
+or given (``sigma``, on [0, 1] pixels); below ``min_sigma`` the input is returned unchanged: a clean image is
+never made worse.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_ad.models.autoencoder import Reconstructor
+from robust_ad.models.decoder import conv_block
+from robust_ad.models.encoder import Encoder
+
+# Orthonormal 2x2 Haar analysis filters: LL, LH, HL, HH.
+_HAAR = (
+    torch.tensor([[[1, 1], [1, 1]], [[1, -1], [1, -1]], [[1, 1], [-1, -1]], [[1, -1], [-1, 1]]], dtype=torch.float32)
+    / 2
+)
+MULTIPLE = 8  # inputs are reflect-padded to a multiple of the deepest stride
+
+
+def haar(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) with even H, W -> (N, 4C, H/2, W/2): per channel LL, LH, HL, HH."""
+    n, c, h, w = x.shape
+    kernels = _HAAR.to(x).unsqueeze(1)  # (4, 1, 2, 2)
+    return F.conv2d(x.reshape(n * c, 1, h, w), kernels, stride=2).reshape(n, c * 4, h // 2, w // 2)
+
+
+def inverse_haar(bands: torch.Tensor) -> torch.Tensor:
+    """The exact inverse of :func:`haar` (the transform is orthonormal: its transpose)."""
+    n, c4, h, w = bands.shape
+    kernels = _HAAR.to(bands).unsqueeze(1)
+    return F.conv_transpose2d(bands.reshape(n * c4 // 4, 4, h, w), kernels, stride=2).reshape(n, c4 // 4, h * 2, w * 2)
+
+
+def estimate_sigma(x: torch.Tensor) -> torch.Tensor:
+    """Per image, the standard deviation of additive white noise: median |HH| / 0.6745 of the finest Haar level
+    (Donoho & Johnstone); (N,) on [0, 1] pixels."""
+    n, c = x.shape[:2]
+    even = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+    hh = haar(even).reshape(n, c, 4, -1)[:, :, 3].abs().flatten(1)
+    median = hh.sort(dim=1).values[:, (hh.shape[1] - 1) // 2]  # torch.median, as ONNX can express it
+    return median / 0.6745
+
+
+def _padded_index(n: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Indices that extend a side of ``n`` pixels to a multiple of ``MULTIPLE`` by mirroring its end (reflect;
+    clamped for tiny sides). Built with tensor ops, so an exported graph pads every input size correctly."""
+    n = torch.as_tensor(n, device=device)
+    index = torch.arange((n + MULTIPLE - 1) // MULTIPLE * MULTIPLE, device=device)
+    return torch.where(index < n, index, 2 * (n - 1) - index).clamp(0, n - 1)
+
+
+def _skip_stages(encoder: Encoder) -> dict[int, str]:
+    """The last encoder stage at each stride (2, 4, 8, ...): the feature maps the decoder takes as skips."""
+    stages: dict[int, str] = {}
+    for name, (_, stride) in encoder.probe().items():
+        stages[round(stride)] = name
+    return dict(sorted(stages.items()))
+
+
+class HaarSkipDecoder(nn.Module):
+    """From the deepest robust features up to half resolution, taking a skip at each stride, then a correction
+    of the input's Haar coefficients."""
+
+    def __init__(self, encoder: Encoder, width: float = 1.0) -> None:
+        super().__init__()
+        probe = encoder.probe()
+        self.skips = _skip_stages(encoder)
+        strides = sorted(self.skips, reverse=True)  # deepest first, ending at 2
+        if strides[-1] != 2:
+            raise ValueError(f"the skip denoiser needs an encoder stage at stride 2, got strides {strides}")
+        channels = {stride: probe[name][0] for stride, name in self.skips.items()}
+        width_of = {stride: max(16, round(channels[stride] * width)) for stride in strides}
+        self.bottom = nn.Sequential(*conv_block(channels[strides[0]], width_of[strides[0]]))
+        self.ups = nn.ModuleList()
+        for deeper, stride in itertools.pairwise(strides):
+            extra = 12 + 1 if stride == 2 else 0  # the input's Haar bands and the noise-level map
+            in_ch = width_of[deeper] + channels[stride] + extra
+            self.ups.append(
+                nn.Sequential(*conv_block(in_ch, width_of[stride]), *conv_block(width_of[stride], width_of[stride]))
+            )
+        self.head = nn.Conv2d(width_of[2], 12, 3, padding=1)
+        self.strides = strides
+
+    def init_output(self, mean_rgb: torch.Tensor | None = None) -> None:
+        """Start as the identity: a zero correction (the decoder's first output is its input)."""
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+
+    def forward(
+        self, features: OrderedDict[str, torch.Tensor], bands: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
+        h = self.bottom(features[self.skips[self.strides[0]]])
+        for stride, up in zip(self.strides[1:], self.ups, strict=True):
+            skip = features[self.skips[stride]]
+            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            parts = [h, skip]
+            if stride == 2:
+                level = sigma.view(-1, 1, 1, 1).expand(-1, 1, *skip.shape[-2:])
+                parts += [F.interpolate(bands, size=skip.shape[-2:], mode="nearest"), level * 10]
+            h = up(torch.cat(parts, 1))
+        correction = self.head(h)
+        return F.interpolate(correction, size=bands.shape[-2:], mode="nearest")
+
+
+class SkipDenoiser(Reconstructor):
+    """x -> inverse Haar(Haar(x) + decoder(robust features of x, Haar(x), noise level)); fully convolutional."""
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        layer: str = "layer2",
+        feature_layers: tuple[str, ...] | list[str] = ("layer1", "layer2"),
+        width: float = 1.0,
+        decoder_width: float = 1.0,
+        min_sigma: float = 1 / 255,
+    ) -> None:
+        super().__init__()
+        self.encoder = Encoder(backbone, layer, feature_layers, width)
+        self.decoder = HaarSkipDecoder(self.encoder, decoder_width)
+        self.min_sigma = min_sigma
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        rows, cols = _padded_index(h, x.device), _padded_index(w, x.device)
+        padded = x.index_select(2, rows).index_select(3, cols)
+        if sigma is None:
+            sigma = estimate_sigma(x)
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        bands = haar(padded)
+        features = self.encoder.features(padded)
+        restored = inverse_haar(bands + self.decoder(features, bands, sigma))
+        restored = restored.index_select(2, rows[: torch.as_tensor(h)]).index_select(3, cols[: torch.as_tensor(w)])
+        keep = (sigma < self.min_sigma).view(-1, 1, 1, 1)  # no measurable noise: the input, untouched
+        return torch.where(keep, x, restored.clamp(0, 1))
