@@ -149,6 +149,23 @@ def evaluate_encoder(
     return result
 
 
+def encoder_at_eps(config: Config, eps: float) -> Config:
+    """``config`` for an explicitly asked ``eps``: its named encoder when robust at that eps (eps 0: its standard
+    twin), else an encoder trained on the category at ``eps`` (the recipe's named one is robust at another)."""
+    from robust_ad.training.pretrained import lookup
+
+    name = config.encoder.pretrained
+    if name and eps != 0 and lookup(name).eps != eps:
+        log.info(
+            "--eps %g: %s is robust at eps %g; training the encoder on the category instead",
+            eps,
+            name,
+            lookup(name).eps,
+        )
+        return from_scratch(config)
+    return config
+
+
 def with_published_encoder(config: Config) -> Config:
     """``config`` with the backbone, norm and eps of its published encoder (``encoder.pretrained``); eps = 0
     asks for the standard twin (the same architecture's eps-0 checkpoint)."""

@@ -318,6 +318,11 @@ def train(
     category: str = typer.Option(..., "--category", help="Product category to train on (normal images only)."),
     data_root: Path = DATA_ROOT,
     mode: str = typer.Option("detect", "--mode", help="detect (anomalies) or denoise (noisy to clean images)."),
+    noise: list[str] = typer.Option(
+        None,
+        "--noise",
+        help="denoise: a noise to train on; repeat (gaussian, poisson, salt_pepper, jpeg, sensor; default: all).",
+    ),
     recipe: str = RECIPE,
     eps: float = EPS,
     backbone: str = BACKBONE,
@@ -342,6 +347,7 @@ def train(
     force: bool = FORCE,
 ) -> None:
     """Train a robust autoencoder for one category: robust encoder, mirror decoder, calibration."""
+    from robust_ad.api import encoder_at_eps
     from robust_ad.api import train as train_run
     from robust_ad.config import from_scratch
     from robust_ad.errors import ConfigError
@@ -363,11 +369,14 @@ def train(
             "finetune_epochs": encoder_finetune_epochs,
         },
         autoencoder={"epochs": epochs},
+        denoise={"noises": noise or None},
     )
     if encoder is not None and encoder_weights is not None:
         raise ConfigError("give one of --encoder NAME or --encoder-weights PATH, not both")
     if encoder == SCRATCH:
         config = from_scratch(config)
+    elif encoder is None and encoder_weights is None and eps is not None:
+        config = encoder_at_eps(config, eps)
     default_out = Path("runs") / (category if mode == "detect" else f"{category}-denoise")
     run_dir = train_run(config, out or default_out, resume=resume, force=force)
     console.print(f"[green]trained[/green] {category}: run folder {run_dir}")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from robust_ad.errors import ConfigError
 
 COMPONENTS = ("pixel", "ssim", "feature", "memory")
-NOISES = ("gaussian", "poisson", "salt_pepper", "jpeg")
+NOISES = ("gaussian", "poisson", "salt_pepper", "jpeg", "sensor")
 
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -108,6 +108,7 @@ class DenoiseConfig(_Section):
     noises: Annotated[list[Literal[NOISES]], Field(min_length=1)] = list(NOISES)
     gaussian_sigma: Range = [0.005, 0.25]  # blind: one model for this whole range of sigma (on [0, 1] pixels)
     poisson_peak: Range = [10.0, 100.0]
+    sensor_peak: Range = [10.0, 100.0]  # sensor: shot noise at this many photons at white, plus read noise
     salt_pepper_amount: Range = [0.005, 0.05]
     jpeg_quality: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=2, max_length=2)] = [10, 60]
 

@@ -39,9 +39,28 @@ def denoiser(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.mark.parametrize("kind", NOISES)
 def test_each_noise_changes_images_and_keeps_the_range(kind: str) -> None:
     x = torch.rand(2, 3, 16, 16)
-    level = {"gaussian": 0.1, "poisson": 20.0, "salt_pepper": 0.1, "jpeg": 10}[kind]
+    level = {"gaussian": 0.1, "poisson": 20.0, "salt_pepper": 0.1, "jpeg": 10, "sensor": 20.0}[kind]
     noisy = apply_noise(x, kind, level, torch.Generator().manual_seed(0))
     assert noisy.shape == x.shape and noisy.min() >= 0 and noisy.max() <= 1 and not torch.equal(noisy, x)
+    if kind == "sensor":  # a camera's output: 8-bit levels
+        assert torch.allclose(noisy * 255, (noisy * 255).round(), atol=1e-4)
+
+
+def test_train_takes_the_noises_to_learn(synth_root: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "data: {image_size: 32, batch_size: 8}\nencoder: {width: 0.125, epochs: 1, batch_size: 8}\n"
+        "autoencoder: {epochs: 1, decoder_width: 0.25}\n"
+    )
+    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe), "--mode"]
+    out = tmp_path / "run"
+    result = runner.invoke(app, [*args, "denoise", "--noise", "sensor", "--noise", "jpeg", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = rundir.read_config(out)
+    assert config.denoise.noises == ["sensor", "jpeg"] and config.denoise.architecture == "skip"
+    assert isinstance(rundir.load_model(out), SkipDenoiser)
+    result = runner.invoke(app, [*args, "denoise", "--noise", "rain", "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "rain" in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_denoiser_raises_psnr_above_the_noisy_input(denoiser: Path) -> None:
@@ -55,10 +74,22 @@ def test_denoiser_raises_psnr_above_the_noisy_input(denoiser: Path) -> None:
 def test_denoise_evaluation_table_has_every_method(denoiser: Path) -> None:
     config = rundir.read_config(denoiser)
     images = load_split(open_dataset(config), "test", config).images[:4]
-    rows = evaluate_denoising({"robust": rundir.load_model(denoiser)}, images[:2], images, noises=["gaussian"])
+
+    def only_gaussian(noisy: np.ndarray, kind: str, level: float) -> np.ndarray | None:
+        return noisy * 0.5 if kind == "gaussian" else None
+
+    models = {"robust": rundir.load_model(denoiser)}
+    rows = evaluate_denoising(models, images[:2], images, noises=["gaussian"], baselines={"half": only_gaussian})
     methods = {row["method"].split(" (")[0] for row in rows}
-    assert methods == {"noisy input", "OpenCV NLM", "robust"} and len(rows) == 9
-    assert all(np.isfinite(row["psnr"]) and 0 <= row["ssim"] <= 1 for row in rows)
+    assert methods == {"noisy input", "OpenCV NLM", "robust", "half"}
+    assert [(r["noise"], r["method"]) for r in rows if r["level"] == 0] == [
+        ("none", "noisy input"),
+        ("none", rows[1]["method"]),
+        ("none", "robust"),
+    ]  # the clean images as input come first; the baseline declined them
+    assert len(rows) == 3 + 4 * 4  # 'none', then 4 Gaussian levels x 4 methods
+    assert all(np.isfinite(row["psnr"]) and 0 <= row["ssim"] <= 1 and row["ms_per_mp"] >= 0 for row in rows)
+    assert rows[0]["psnr"] == 100.0  # the clean input is its own reference: an exact copy
 
 
 def _write_variants(folder: Path) -> dict[str, np.ndarray]:

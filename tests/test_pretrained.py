@@ -275,6 +275,7 @@ def test_a_recipes_shipped_encoder_is_the_default_eps0_its_twin_and_scratch_opts
         (): (SHIPPED, 0.5, SHIPPED),
         ("--eps", "0"): ("robust-ad-test-l2-eps0", 0.0, "robust-ad-test-l2-eps0"),
         ("--encoder", "scratch"): (None, 1.0, "trained"),
+        ("--eps", "0.25"): (None, 0.25, "trained"),  # no named encoder at that eps: one trained on the category
     }
     for extra, (name, eps, source) in expected.items():
         out = tmp_path / f"run{len(extra)}{extra[-1] if extra else ''}"

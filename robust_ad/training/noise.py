@@ -3,7 +3,9 @@
 - ``gaussian``: additive sensor noise, level = sigma;
 - ``poisson``: shot noise of low light, level = photons at full white (lower is noisier);
 - ``salt_pepper``: dead/hot pixels, level = fraction of pixels hit;
-- ``jpeg``: compression artefacts, level = JPEG quality (lower is worse).
+- ``jpeg``: compression artefacts, level = JPEG quality (lower is worse);
+- ``sensor``: a camera's mix, level = photons at full white: shot noise, Gaussian read noise of
+  ``SENSOR_READ_NOISE`` and 8-bit quantisation.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import torch
 from robust_ad.config import NOISES, DenoiseConfig
 from robust_ad.errors import ConfigError
 
+SENSOR_READ_NOISE = 2 / 255
 # Levels at which 'eval --mode denoise' measures, mild to strong.
 EVAL_LEVELS = {
-    "gaussian": [15 / 255, 25 / 255, 50 / 255],
+    "gaussian": [2 / 255, 15 / 255, 25 / 255, 50 / 255],  # 2/255: near-clean
     "poisson": [100.0, 30.0, 10.0],
     "salt_pepper": [0.01, 0.03, 0.06],
     "jpeg": [50, 25, 10],
+    "sensor": [100.0, 30.0, 10.0],
 }
 
 
@@ -33,6 +37,10 @@ def apply_noise(x: torch.Tensor, kind: str, level: float, generator: torch.Gener
     elif kind == "salt_pepper":
         hit = torch.rand((x.shape[0], 1, *x.shape[2:]), generator=generator).to(x)
         noisy = torch.where(hit < level / 2, 0.0, torch.where(hit > 1 - level / 2, 1.0, x))
+    elif kind == "sensor":
+        shot = torch.poisson((x * level).cpu(), generator=generator).to(x) / level
+        read = SENSOR_READ_NOISE * torch.randn(x.shape, generator=generator).to(x)
+        noisy = ((shot + read).clamp(0, 1) * 255).round() / 255
     elif kind == "jpeg":
         images = (x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
         decoded = [
@@ -51,6 +59,7 @@ def _ranges(config: DenoiseConfig) -> dict[str, list[float]]:
         "poisson": config.poisson_peak,
         "salt_pepper": config.salt_pepper_amount,
         "jpeg": config.jpeg_quality,
+        "sensor": config.sensor_peak,
     }
 
 
