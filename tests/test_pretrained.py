@@ -285,3 +285,21 @@ def test_a_recipes_shipped_encoder_is_the_default_eps0_its_twin_and_scratch_opts
         assert (config.encoder.pretrained, config.encoder.eps) == (name, eps)
         assert rundir.read_training(out).encoder_source == source
         assert config.encoder.width == (0.125 if name else 1.0)  # the shipped encoder's width, else the recipe's
+
+
+def test_the_package_ships_the_recipes_encoder_its_twin_and_a_model_card() -> None:
+    from robust_ad.config import load_config
+    from robust_ad.models.encoder import Encoder
+    from robust_ad.training.weights import load_encoder_weights
+
+    folder = pretrained.shipped_folder()
+    shipped = {name: entry for name, entry in REGISTRY.items() if entry.shipped}
+    card = (folder / "MODEL_CARD.md").read_text()
+    for recipe in ("default", "mvtec", "synthetic"):
+        name = load_config(recipe).encoder.pretrained
+        assert name in shipped and shipped[name].twin in shipped and name in card and shipped[name].twin in card
+    assert sum((folder / entry.filename).stat().st_size for entry in shipped.values()) <= 25 * 2**20
+    for name, entry in shipped.items():
+        path = fetch(name)  # hash-checked
+        encoder = load_encoder_weights(Encoder(entry.backbone, width=entry.width), path)
+        assert all(torch.isfinite(p).all() for p in encoder.parameters())
