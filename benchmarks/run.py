@@ -61,8 +61,10 @@ PROFILES = {
         "denoise": {
             "categories": ["bottle", "fabric", "gravel"],
             "test_images": 12,  # per category (BM3D takes seconds per image on this CPU)
+            # The skip denoisers' epochs (the recipe's default: 200 epochs of pixel loss, decoder twice as wide).
+            "epochs": 200,
             "photo_train_images": 300,  # corpus patches the photo denoisers train on
-            "photo_epochs": 8,
+            "photo_epoch_share": 0.3,  # of the epochs above (2.5 times the images per epoch)
             "photo_size": 256,  # the held-out photographs are denoised at this size (the models train at 64)
         },
         # Encoders pretrained on a photo corpus (recipes/pretrain.yaml; needs --corpus), against per-category ones.
@@ -85,8 +87,9 @@ PROFILES = {
         "denoise": {
             "categories": ["bottle"],
             "test_images": 2,
+            "epochs": 1,
             "photo_train_images": 16,
-            "photo_epochs": 1,
+            "photo_epoch_share": 1.0,
             "photo_size": 48,
         },
         "pretrained": {
@@ -300,7 +303,7 @@ def denoising(profile: dict, root: Path, runs: Path, corpus: Path | None, out: P
         for eps in encoders:
             path, run = _pretrained_encoder(corpus, eps, out / "encoders", pretrain)
             encoders[eps] = {"weights": str(path), "width": run.config.width}
-    variants = {
+    variants = {  # the skip denoisers train with their own settings (denoise.*); the mirror one as before
         f"robust-ad skip eps={recipe_eps:g}": (recipe_eps, "skip"),
         "robust-ad skip eps=0 (twin)": (0.0, "skip"),
         f"robust-ad mirror eps={recipe_eps:g} (before)": (recipe_eps, "mirror"),
@@ -312,8 +315,8 @@ def denoising(profile: dict, root: Path, runs: Path, corpus: Path | None, out: P
     rows = []
     for category, data_root in cases:
         models = {}
+        share = settings["photo_epoch_share"] if category == "photos" else 1.0  # photos: more images per epoch
         for name, (eps, architecture) in variants.items():
-            epochs = settings["photo_epochs"] if category == "photos" else profile["autoencoder"]["epochs"]
             config = _config(
                 profile,
                 data_root,
@@ -321,8 +324,11 @@ def denoising(profile: dict, root: Path, runs: Path, corpus: Path | None, out: P
                 eps,
                 mode="denoise",
                 encoder={**profile["encoder"], **encoders[eps]},
-                autoencoder={**profile["autoencoder"], "epochs": epochs},
-                denoise={"architecture": architecture},
+                autoencoder={
+                    **profile["autoencoder"],
+                    "epochs": max(1, round(profile["autoencoder"]["epochs"] * share)),
+                },
+                denoise={"architecture": architecture, "epochs": max(1, round(settings["epochs"] * share))},
             )
             run = api.train(config, runs / f"{category}-denoise-{name.split(' ', 1)[1].replace(' ', '_')}", force=True)
             models[name] = rundir.load_model(run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from robust_ad.config import Config, from_scratch, load_config
+from robust_ad.config import Config, for_mode, from_scratch, load_config
 from robust_ad.errors import ConfigError
 from robust_ad.fileio import check_writable, write_json
 
@@ -289,7 +289,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     _refuse_resume_or_overwrite(run_dir, resume, force)
     if resume:
         config = rundir.read_config(run_dir)
-    config = with_published_encoder(config)
+    config = for_mode(with_published_encoder(config))
     device = resolve_device(config.device)
     model = build_autoencoder(config)  # checks the backbone's layer names before any work
     dataset = open_dataset(config)

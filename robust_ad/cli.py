@@ -337,7 +337,7 @@ def train(
         None, "--encoder-finetune-epochs", help="Fine-tune the loaded encoder on the category's proxy task."
     ),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<category>, runs/<category>-denoise)."),
-    epochs: int = typer.Option(None, "--epochs", help="Decoder training epochs."),
+    epochs: int = typer.Option(None, "--epochs", help="Decoder (or, with --mode denoise, denoiser) training epochs."),
     encoder_epochs: int = typer.Option(None, "--encoder-epochs", help="Robust encoder training epochs."),
     image_size: int = IMAGE_SIZE,
     batch_size: int = BATCH_SIZE,
@@ -368,8 +368,8 @@ def train(
             "pretrained": None if encoder == SCRATCH else encoder,
             "finetune_epochs": encoder_finetune_epochs,
         },
-        autoencoder={"epochs": epochs},
-        denoise={"noises": noise or None},
+        autoencoder={"epochs": epochs if mode != "denoise" else None},
+        denoise={"noises": noise or None, "epochs": epochs if mode == "denoise" else None},
     )
     if encoder is not None and encoder_weights is not None:
         raise ConfigError("give one of --encoder NAME or --encoder-weights PATH, not both")

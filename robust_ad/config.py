@@ -103,6 +103,11 @@ class DenoiseConfig(_Section):
     # skip: robust features + Haar wavelet skips, correcting the input (robust_ad/models/denoiser.py);
     # mirror: the detection autoencoder's plain decoder (everything through the bottleneck)
     architecture: Literal["skip", "mirror"] = "skip"
+    # skip: its own training (they replace the autoencoder section's): a denoiser needs far more steps than
+    # the bottleneck decoder, and PSNR is best served by the pixel loss alone ('all': pixel + feature + GAN)
+    epochs: Count = 200
+    decoder_width: Annotated[float, Field(gt=0, le=4)] = 2.0
+    losses: Literal["pixel", "all"] = "pixel"
     min_sigma: NonNegative = 0.004  # skip: below this estimated (or given) noise level the input is returned as is
     clean_fraction: Fraction = 0.1  # training images left clean (the denoiser learns to leave them alone)
     noises: Annotated[list[Literal[NOISES]], Field(min_length=1)] = list(NOISES)
@@ -192,6 +197,18 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     if isinstance(per_category, dict) and category in per_category:
         values = merge(values, per_category[category])
     return validate(merge(values, overrides), where)
+
+
+def for_mode(config: Config) -> Config:
+    """The config a run trains with: in denoising mode with the skip denoiser, the denoiser's own epochs,
+    decoder width and losses in the autoencoder section (idempotent; saved with the run)."""
+    if config.mode != "denoise" or config.denoise.architecture != "skip":
+        return config
+    d = config.denoise
+    update: dict[str, Any] = {"epochs": d.epochs, "decoder_width": d.decoder_width}
+    if d.losses == "pixel":
+        update |= {"w_feature": 0.0, "w_gan": 0.0}
+    return config.model_copy(update={"autoencoder": config.autoencoder.model_copy(update=update)})
 
 
 def from_scratch(config: Config) -> Config:

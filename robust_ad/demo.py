@@ -33,7 +33,7 @@ def run_demo(
         overrides = {"category": category, "data_root": str(data_root), "device": device}
         if quick:
             overrides.update({"data": {"image_size": 64}, "encoder": {"epochs": 1}, "autoencoder": {"epochs": 3}})
-        log.info("2/6 training (robust encoder, then decoder, then calibration)")
+        log.info("2/6 training (decoder on the shipped robust encoder, then calibration)")
         run_dir = api.train(load_config("synthetic", overrides), out / "runs" / category)
         log.info("3/6 evaluating on the test split")
         metrics = api.evaluate(run_dir, device=device)

@@ -30,8 +30,7 @@ def denoiser(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     config = tiny_config(
         synth_root,
         mode="denoise",
-        autoencoder={"epochs": 8},
-        denoise={"noises": ["gaussian"], "gaussian_sigma": [0.15, 0.3]},
+        denoise={"noises": ["gaussian"], "gaussian_sigma": [0.15, 0.3], "epochs": 8, "decoder_width": 0.5},
     )
     return train(config, tmp_path_factory.mktemp("runs") / "bottle-denoise")
 
@@ -50,7 +49,7 @@ def test_train_takes_the_noises_to_learn(synth_root: Path, tmp_path: Path) -> No
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         "data: {image_size: 32, batch_size: 8}\nencoder: {width: 0.125, epochs: 1, batch_size: 8}\n"
-        "autoencoder: {epochs: 1, decoder_width: 0.25}\n"
+        "autoencoder: {epochs: 1, decoder_width: 0.25}\ndenoise: {epochs: 2, decoder_width: 0.25}\n"
     )
     args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe), "--mode"]
     out = tmp_path / "run"
@@ -58,6 +57,9 @@ def test_train_takes_the_noises_to_learn(synth_root: Path, tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     config = rundir.read_config(out)
     assert config.denoise.noises == ["sensor", "jpeg"] and config.denoise.architecture == "skip"
+    # the skip denoiser trains with its own settings: epochs, width, pixel loss only
+    assert (config.autoencoder.epochs, config.autoencoder.decoder_width, config.autoencoder.w_gan) == (2, 0.25, 0.0)
+    assert len((out / rundir.LOSSES).read_text().strip().splitlines()) == 1 + 2  # header, two epochs
     assert isinstance(rundir.load_model(out), SkipDenoiser)
     result = runner.invoke(app, [*args, "denoise", "--noise", "rain", "--out", str(tmp_path / "bad")])
     assert result.exit_code == 2 and "rain" in result.output and len(result.output.strip().splitlines()) == 1
