@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust_ad.errors import ConfigError
 from robust_ad.models.autoencoder import Reconstructor
 from robust_ad.models.decoder import conv_block
 from robust_ad.models.encoder import Encoder
@@ -41,6 +42,7 @@ _HAAR = (
     / 2
 )
 MULTIPLE = 8  # inputs are reflect-padded to a multiple of the deepest stride
+SIGMA_SCALE = 10.0  # the noise-level map enters the decoder as 10 sigma: about the range of its other inputs
 
 
 def haar(x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,10 @@ class HaarSkipDecoder(nn.Module):
         self.skips = _skip_stages(encoder)
         strides = sorted(self.skips, reverse=True)  # deepest first, ending at 2
         if strides[-1] != 2:
-            raise ValueError(f"the skip denoiser needs an encoder stage at stride 2, got strides {strides}")
+            raise ConfigError(
+                f"the skip denoiser needs a backbone whose stages start at stride 2 (the ResNets); {encoder.backbone} "
+                "starts at stride 1: use denoise.architecture: mirror with it"
+            )
         channels = {stride: probe[name][0] for stride, name in self.skips.items()}
         width_of = {stride: max(16, round(channels[stride] * width)) for stride in strides}
         self.bottom = nn.Sequential(*conv_block(channels[strides[0]], width_of[strides[0]]))
@@ -123,7 +128,7 @@ class HaarSkipDecoder(nn.Module):
             parts = [h, skip]
             if stride == 2:
                 level = sigma.view(-1, 1, 1, 1).expand(-1, 1, *skip.shape[-2:])
-                parts += [F.interpolate(bands, size=skip.shape[-2:], mode="nearest"), level * 10]
+                parts += [F.interpolate(bands, size=skip.shape[-2:], mode="nearest"), level * SIGMA_SCALE]
             h = up(torch.cat(parts, 1))
         correction = self.head(h)
         return F.interpolate(correction, size=bands.shape[-2:], mode="nearest")
