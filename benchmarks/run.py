@@ -660,10 +660,12 @@ def _denoising_report(results: dict) -> list[str]:
     robust = f"robust-ad skip eps={results['recipe_eps']:g}"
 
     def psnr(category: str, noise: str, level: float, method: str) -> float | None:
+        """The PSNR of the first method whose name starts with ``method`` (names carry their settings)."""
         found = [
             r["psnr"]
             for r in rows
-            if (r["category"], r["noise"], r["method"].split(" (h=")[0]) == (category, noise, method)
+            if (r["category"], r["noise"]) == (category, noise)
+            and r["method"].startswith(method)
             and abs(r["level"] - level) < 1e-9
         ]
         return found[0] if found else None
@@ -673,7 +675,7 @@ def _denoising_report(results: dict) -> list[str]:
         for sigma in (25, 50):
             ours = psnr(category, "gaussian", sigma / 255, robust)
             anchors = {m: psnr(category, "gaussian", sigma / 255, m) for m in ("BM3D", "OpenCV NLM")}
-            twin = psnr(category, "gaussian", sigma / 255, "robust-ad skip eps=0")
+            twin = psnr(category, "gaussian", sigma / 255, "robust-ad skip eps=0 ")
             if ours is None:
                 continue
             margins = ", ".join(f"{ours - v:+.2f} dB vs {m}" for m, v in anchors.items() if v is not None)
