@@ -147,30 +147,31 @@ def encoder_sweep(profile: dict, root: Path) -> list[dict]:
     return rows
 
 
+def _train_and_measure(config, run_dir: Path) -> dict:
+    """Train a run, then its detection metrics, the PSNR / SSIM of its normal reconstructions, its training
+    minutes and its decoder's colour cast (worst channel of held-out normal images, 8-bit levels)."""
+    began = time.perf_counter()
+    run = api.train(config, run_dir, force=True)
+    minutes = (time.perf_counter() - began) / 60
+    dataset = open_dataset(config)
+    metrics = _detect(rundir.load_scorer(run), dataset, config, rundir.read_calibration(run).threshold)
+    psnr, ssim = _reconstruction(run, dataset, config)
+    return {
+        "psnr": psnr,
+        "ssim": ssim,
+        "train_minutes": minutes,
+        "colour_error": max(rundir.read_training(run).colour_error_255),
+        **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1", "ms_per_image")},
+    }
+
+
 def detection_sweep(profile: dict, root: Path, runs: Path) -> list[dict]:
     rows = []
     for category in profile["categories"]:
         for eps in profile["eps"]:
             config = _config(profile, root, category, eps)
-            began = time.perf_counter()
-            run = api.train(config, runs / f"{category}-eps{eps:g}", force=True)
-            minutes = (time.perf_counter() - began) / 60
-            dataset = open_dataset(config)
-            threshold = rundir.read_calibration(run).threshold
-            metrics = _detect(rundir.load_scorer(run), dataset, config, threshold)
-            psnr, ssim = _reconstruction(run, dataset, config)
-            rows.append(
-                {
-                    "category": category,
-                    "eps": eps,
-                    "psnr": psnr,
-                    "ssim": ssim,
-                    "train_minutes": minutes,
-                    # the decoder's colour cast on held-out normal images, worst channel, 8-bit levels
-                    "colour_error": max(rundir.read_training(run).colour_error_255),
-                    **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1", "ms_per_image")},
-                }
-            )
+            measured = _train_and_measure(config, runs / f"{category}-eps{eps:g}")
+            rows.append({"category": category, "eps": eps, **measured})
     return rows
 
 
@@ -380,24 +381,8 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
         for name, (encoder, eps) in variants.items():
             width = {"width": EncoderRun.load(encoder["weights"])[0].config.width} if encoder else {}
             config = _config(profile, root, category, eps, encoder={**profile["encoder"], **encoder, **width})
-            began = time.perf_counter()
-            run = api.train(config, runs / f"{category}-{name.replace(' ', '_')}", force=True)
-            minutes = (time.perf_counter() - began) / 60
-            dataset = open_dataset(config)
-            metrics = _detect(rundir.load_scorer(run), dataset, config, rundir.read_calibration(run).threshold)
-            psnr, ssim = _reconstruction(run, dataset, config)
-            rows.append(
-                {
-                    "category": category,
-                    "encoder": name,
-                    "eps": eps,
-                    "psnr": psnr,
-                    "ssim": ssim,
-                    "colour_error": max(rundir.read_training(run).colour_error_255),
-                    "train_minutes": minutes,
-                    **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1")},
-                }
-            )
+            measured = _train_and_measure(config, runs / f"{category}-{name.replace(' ', '_')}")
+            rows.append({"category": category, "encoder": name, "eps": eps, **measured})
     return {"corpus": str(corpus), "encoders": encoders, "detection": rows}
 
 
@@ -491,6 +476,10 @@ def speed(profile: dict, runs: Path, eps: float, out: Path) -> tuple[list[dict],
                 }
             )
     return rows, peak
+
+
+# What a trained run is reported with (_train_and_measure), in table order.
+DETECTION_COLUMNS = ["image_auroc", "pixel_auroc", "aupro", "f1", "psnr", "ssim", "colour_error", "train_minutes"]
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -632,22 +621,7 @@ def _pretrained_report(results: dict) -> list[str]:
         "photograph), PGD L2 with the steps and restarts of the settings.",
         _table(encoders, ["eps", "n_classes", "clean_acc", *attacks, "epochs", "minutes"]),
         "Detection (decoder trained per category on each encoder; same settings as the sections above):",
-        _table(
-            rows,
-            [
-                "category",
-                "encoder",
-                "eps",
-                "image_auroc",
-                "pixel_auroc",
-                "aupro",
-                "f1",
-                "psnr",
-                "ssim",
-                "colour_error",
-                "train_minutes",
-            ],
-        ),
+        _table(rows, ["category", "encoder", "eps", *DETECTION_COLUMNS]),
         f"Goals (image AUROC): {robust} beats per-category from scratch on {wins('scratch')}; beats its "
         f"standard twin on {wins('pretrained eps=0')}; worst colour error {colour:.2f}/255 (goal 2). Against "
         "the anomalib peers of the section below: " + "; ".join(peer_lines) + ".",
@@ -709,22 +683,7 @@ def write_report(path: Path, results: dict, command: str) -> None:
         "## Robust encoder: eps sweep (proxy task, held-out normal images; PGD 20 steps, 2 restarts, L2)",
         _table(r["encoder"], enc_cols),
         "## Detection and reconstruction per eps (the paper's sweet spot)",
-        _table(
-            r["detection"],
-            [
-                "category",
-                "eps",
-                "image_auroc",
-                "pixel_auroc",
-                "aupro",
-                "f1",
-                "psnr",
-                "ssim",
-                "colour_error",
-                "train_minutes",
-                "ms_per_image",
-            ],
-        ),
+        _table(r["detection"], ["category", "eps", *DETECTION_COLUMNS, "ms_per_image"]),
         f"## Score components (eps={r['recipe_eps']:g}; each alone, then fused)",
         _table(r["components"], ["category", "components", "image_auroc", "pixel_auroc", "aupro"]),
         f"## Losses (eps={r['recipe_eps']:g})",
