@@ -13,17 +13,24 @@ export PYTHONUNBUFFERED=1
 S=$(date +%s); el() { echo "[$(( $(date +%s) - S ))s] $*"; }
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  export PATH=/tmp/site/bin:$PATH  # lint-imports, for the architecture test
 fi
+OUT=${OUT:-/tmp/gpucheck-out}; mkdir -p $OUT
 python3 -m pip install -q --no-index --no-deps --no-build-isolation . >/tmp/install.log 2>&1 || { tail -3 /tmp/install.log; exit 1; }
 nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 RA="python3 -m robust_ad"; W=/tmp/gpucheck; rm -rf $W; mkdir -p $W
 el "test suite (GPU present)"
-timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} 2>&1 | tail -15
-el "CUDA tests alone"
-timeout 120 python3 -m pytest -q -p no:cacheprovider -m cuda 2>&1 | tail -5
+OMP_NUM_THREADS=2 timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} --durations=10 --junitxml=$OUT/junit.xml \
+  >$OUT/pytest.log 2>&1; tail -25 $OUT/pytest.log
+python3 - $OUT/junit.xml <<'PY'  # the cuda tests must have run, not been skipped
+import sys, xml.etree.ElementTree as ET
+cases = [c for c in ET.parse(sys.argv[1]).iter("testcase") if "test_cuda" in c.get("classname", "")]
+print("cuda tests:", [(c.get("name"), "skipped" if c.find("skipped") is not None else
+      "failed" if c.find("failure") is not None or c.find("error") is not None else "passed", c.get("time")) for c in cases])
+PY
 el "CUDA train (${RECIPE:-mvtec} recipe) on the example bottle"
 $RA datasets synth --category bottle --out $W/data --seed 0 >/dev/null 2>&1
-timeout ${TRAIN_S:-300} $RA train --recipe ${RECIPE:-mvtec} --category bottle --data-root $W/data --out $W/run --device cuda 2>&1 | tail -3
+timeout ${TRAIN_S:-300} $RA train --recipe ${RECIPE:-mvtec} --category bottle --data-root $W/data --out $W/run --device cuda 2>&1 | tee $OUT/train.log | tail -3
 python3 -c "import json; t=json.load(open('$W/run/training.json')); print('minutes', round(t['minutes'], 2), 'machine', t['machine'])"
 timeout 120 $RA eval --category bottle --data-root $W/data --model $W/run --out $W/eval --device cuda 2>&1 | tail -3
 timeout 120 $RA export --model $W/run --out $W/model.onnx 2>&1 | tail -2

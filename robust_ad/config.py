@@ -159,14 +159,23 @@ def validate(values: dict[str, Any], where: str) -> Config:
         raise _one_line(exc, where) from None
 
 
+def _shipped_recipes() -> Path:
+    """The installed package's recipes, or a source checkout's ``recipes/``: run from a clone, its ``robust_ad``
+    shadows an installed (non-editable) one, and the checkout has no ``robust_ad/recipes``."""
+    try:
+        return Path(str(resources.files("robust_ad.recipes")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "recipes"
+
+
 def recipe_path(name_or_path: str | Path) -> Path:
     """A recipe given as a path, or as the name of a recipe shipped in ``recipes/``."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = resources.files("robust_ad.recipes").joinpath(f"{path.stem}.yaml")
+    shipped = _shipped_recipes() / f"{path.stem}.yaml"
     if shipped.is_file():
-        return Path(str(shipped))
+        return shipped
     raise ConfigError(f"recipe {name_or_path} not found (give a YAML path or a name from recipes/)")
 
 

@@ -256,3 +256,18 @@ def test_usage_errors_of_the_installed_command_are_one_line(tmp_path: Path) -> N
         )
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_shipped_recipes_are_found_from_a_source_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from a clone with a non-editable install, the clone's robust_ad (which has no robust_ad/recipes)
+    shadows the installed one: the shipped recipes still come from the checkout's recipes/."""
+    from importlib import resources
+
+    from robust_ad.config import load_config, recipe_path
+
+    def no_recipes_package(name: str):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(resources, "files", no_recipes_package)
+    assert recipe_path("mvtec") == Path(__file__).resolve().parents[1] / "recipes" / "mvtec.yaml"
+    assert load_config("mvtec").data.image_size == 256
