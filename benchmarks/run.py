@@ -25,7 +25,6 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from robust_ad import api, machine, rundir
 from robust_ad.config import from_scratch, load_config, merge
@@ -41,7 +40,8 @@ from robust_ad.tensors import to_tensor
 from robust_ad.training.encoder import EncoderRun, evaluate_encoder, train_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # benchmarks/ is no package; this module sits beside run.py
+import peers  # benchmarks/ is no package; these modules sit beside run.py
+import speed
 
 log = logging.getLogger("benchmarks")
 # Held-out real photographs for denoising (scikit-image's samples; no model trains on them).
@@ -401,81 +401,9 @@ def peer_comparison(profile: dict, root: Path, eps: float) -> dict:
     return {"anomalib": version, "rows": rows}
 
 
-def _images_per_second(fn, batch: np.ndarray, repeats: int) -> float:
-    fn(batch)  # warm-up
-    began = time.perf_counter()
-    for _ in range(repeats):
-        fn(batch)
-    return repeats * len(batch) / (time.perf_counter() - began)
-
-
-def _peak_gflops() -> float:
-    """Measured fp32 matmul throughput of this machine (all threads), the better of torch and onnxruntime: the
-    'peak' we compare with. Either alone can miss it (e.g. a BLAS that avoids AVX-512 on AMD CPUs)."""
-    import onnx
-    import onnxruntime as ort
-
-    n, repeats = 2048, 5
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])],
-        "matmul",
-        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [n, n]) for name in "ab"],
-        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [n, n])],
-    )
-    session = ort.InferenceSession(
-        onnx.helper.make_model(
-            graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=9
-        ).SerializeToString(),
-        providers=["CPUExecutionProvider"],
-    )
-    feeds = {"a": a.numpy(), "b": b.numpy()}
-    best = 0.0
-    for run in (lambda: a @ b, lambda: session.run(None, feeds)):
-        run()  # warm-up
-        began = time.perf_counter()
-        for _ in range(repeats):
-            run()
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - began) / 1e9)
-    return best
-
-
-def speed(profile: dict, runs: Path, eps: float, out: Path) -> tuple[list[dict], float]:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from robust_ad.export import ScoringGraph
-    from robust_ad.runtime import InferenceSession
-
-    run = runs / f"{profile['categories'][0]}-eps{eps:g}"
-    peak = _peak_gflops()
-    rows = []
-    for size in profile["speed_sizes"]:
-        path = out / f"speed-{size}.onnx"
-        api.export(run, path, size=(size, size), force=True)
-        session = InferenceSession(path, device="cpu")
-        graph = ScoringGraph(rundir.load_scorer(run), (size, size), True, False).eval()
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            graph(torch.zeros(1, 3, size, size, dtype=torch.uint8))
-        flops = counter.get_total_flops()
-        for batch in (1, 32):
-            images = np.random.default_rng(0).integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
-            repeats = max(2, 64 // batch)
-            with torch.no_grad():
-                eager = _images_per_second(lambda x, g=graph: g(torch.from_numpy(x)), images, repeats)
-            ort_speed = _images_per_second(session.run_raw, images, repeats)
-            rows.append(
-                {
-                    "size": size,
-                    "batch": batch,
-                    "gflop_per_image": flops / 1e9,
-                    "torch_images_per_s": eager,
-                    "torch_ms_per_image": 1000 / eager,
-                    "onnx_images_per_s": ort_speed,
-                    "onnx_ms_per_image": 1000 / ort_speed,
-                    "onnx_fraction_of_peak": ort_speed * flops / 1e9 / peak,
-                }
-            )
-    return rows, peak
+def speed_section(profile: dict, runs: Path, eps: float) -> dict:
+    """CPU speed rows of the recipe-eps run (benchmarks/speed.py), and GPU rows when a GPU is present."""
+    return speed.measure(runs / f"{profile['categories'][0]}-eps{eps:g}", profile["speed_sizes"])
 
 
 # What a trained run is reported with (_train_and_measure), in table order.
@@ -671,14 +599,33 @@ def _denoising_report(results: dict) -> list[str]:
     ]
 
 
+SPEED_COLUMNS = ["device", "engine", "precision", "size", "batch", "gflop_per_image", "ms_per_image", "images_per_s"]
+GPU_SPEED = Path(__file__).with_name("speed_gpu.json")  # python benchmarks/speed.py on a GPU machine writes it
+
+
+def _speed_report(r: dict) -> list[str]:
+    """The CPU rows of this run, then the GPU rows of the last GPU measurement (benchmarks/speed_gpu.json)."""
+    parts = ["## Inference speed (the exported scoring graph; fraction of the device's measured matmul peak)"]
+    for where, section in (("this machine", r["speed"]), ("GPU", r.get("speed_gpu"))):
+        if section is None:
+            parts.append("GPU: not measured (no benchmarks/speed_gpu.json).")
+            continue
+        peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in section["peaks_gflops"].items())
+        note = f" by `{section['command']}` on {section['date']}" if "command" in section else ""
+        parts.append(f"{where.capitalize()}: {section['machine']}{note}. Measured peaks: {peaks}.")
+        rows = [{**row, "ms_per_image": row.get("ms_per_image"), "error": row.get("error")} for row in section["rows"]]
+        parts.append(_table(rows, [*SPEED_COLUMNS, "fraction_of_peak", "error"]))
+    return parts
+
+
 def write_report(path: Path, results: dict, command: str) -> None:
     r = results
     enc_cols = ["eps", "clean_acc", *sorted({k for row in r["encoder"] for k in row if k.startswith("pgd")}), "minutes"]
     parts = [
         "# robust-ad benchmark results",
-        f"Produced by `{command}` on {r['date']}.\n\nMachine: {r['machine']}. No GPU was available, so every "
-        "number is a CPU number. Built-in example categories are synthetic (see datasets/README.md): they "
-        "show relative behaviour, not MVTec AD performance.",
+        f"Produced by `{command}` on {r['date']}.\n\nMachine: {r['machine']}. Every number is from this machine "
+        "except the GPU rows of the speed section, which name theirs.\n\nBuilt-in example categories are synthetic "
+        "(see datasets/README.md): they show relative behaviour, not MVTec AD performance.",
         f"Settings: {json.dumps(r['profile'])}",
         "## Robust encoder: eps sweep (proxy task, held-out normal images; PGD 20 steps, 2 restarts, L2)",
         _table(r["encoder"], enc_cols),
@@ -694,20 +641,7 @@ def write_report(path: Path, results: dict, command: str) -> None:
             ["category", "eps", "train_size", "eval_size", "image_auroc", "pixel_auroc", "aupro", "psnr", "ssim"],
         ),
         *_denoising_report(r),
-        f"## Inference speed (CPU; measured fp32 matmul peak {r['peak_gflops']:.0f} GFLOP/s)",
-        _table(
-            r["speed"],
-            [
-                "size",
-                "batch",
-                "gflop_per_image",
-                "torch_ms_per_image",
-                "torch_images_per_s",
-                "onnx_ms_per_image",
-                "onnx_images_per_s",
-                "onnx_fraction_of_peak",
-            ],
-        ),
+        *_speed_report(r),
         "![eps sweep, reconstruction and denoising](results.png)",
         *_pretrained_report(r),
         *_peer_report(r),
@@ -776,9 +710,11 @@ def main(argv: list[str] | None = None) -> Path:
             results[name]["rows"] = others + results[name]["rows"]  # categories not rerun keep their rows
         log.info("%s done in %.1f min", name, (time.perf_counter() - began) / 60)
     if kept and "speed" not in args.sections:
-        results["speed"], results["peak_gflops"] = kept["speed"], kept["peak_gflops"]
+        results["speed"] = kept["speed"]
     else:
-        results["speed"], results["peak_gflops"] = speed(profile, runs, recipe_eps, args.out)
+        results["speed"] = speed_section(profile, runs, recipe_eps)
+    if GPU_SPEED.is_file():
+        results["speed_gpu"] = json.loads(GPU_SPEED.read_text())
     if kept:
         results["commands"] = [*kept.get("commands", [kept.get("command", "python benchmarks/run.py")])]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -30,14 +30,24 @@ def train_encoder(config: Config, categories: list[str], out: str | Path, resume
     """``robust-ad encoder train``: robust proxy training on the normal images of ``categories``."""
     from robust_ad.data.loading import labelled_files
     from robust_ad.device import resolve_device
+    from robust_ad.training import distributed
     from robust_ad.training.encoder import train_encoder as _train
 
     _check_out(out, ".pt", force, resume)
-    device = resolve_device(config.device)
     files = labelled_files(config, categories, "train")
-    return _train(
-        files, config.encoder, None, device, config.seed, out, resume, categories, config.precision, config.data.workers
-    )
+    with distributed.process_group(resolve_device(config.device)) as device:
+        return _train(
+            files,
+            config.encoder,
+            None,
+            device,
+            config.seed,
+            out,
+            resume,
+            categories,
+            config.precision,
+            config.data.workers,
+        )
 
 
 def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume: bool = False, force: bool = False):
@@ -48,6 +58,7 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
     from robust_ad.data.corpus import corpus_files
     from robust_ad.data.torchdata import RandomCrops
     from robust_ad.device import resolve_device
+    from robust_ad.training import distributed
     from robust_ad.training.encoder import train_encoder as _train
 
     files = corpus_files(corpus, "train", cache_mb=config.data.cache_mb)
@@ -55,11 +66,11 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
     n_sources = len(set(files.labels))
     files = files.verify(config.data.skip_bad, f"reading the corpus ({len(files)} images, {n_sources} sources)")
     encoder = config.encoder.model_copy(update={"proxy_task": "labels+corruption"})
-    device = resolve_device(config.device)
     crops = RandomCrops(files, config.data.image_size)
-    return _train(
-        crops, encoder, None, device, config.seed, out, resume, [str(corpus)], config.precision, config.data.workers
-    )
+    with distributed.process_group(resolve_device(config.device)) as device:
+        return _train(
+            crops, encoder, None, device, config.seed, out, resume, [str(corpus)], config.precision, config.data.workers
+        )
 
 
 def list_encoders() -> list[dict]:
@@ -194,6 +205,7 @@ def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: 
     """Load published or the user's robust weights (and fine-tune them when ``encoder.finetune_epochs``), or
     adversarially train the encoder from scratch; resumable, in the run folder."""
     from robust_ad import rundir
+    from robust_ad.training import distributed
     from robust_ad.training.encoder import train_encoder as _train
     from robust_ad.training.pretrained import fetch
     from robust_ad.training.weights import load_encoder_weights
@@ -201,7 +213,9 @@ def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: 
     source = config.encoder.pretrained or config.encoder.weights
     encoder_config, initial = config.encoder, None
     if source:
-        load_encoder_weights(model.encoder, fetch(source) if config.encoder.pretrained else source)
+        with distributed.main_first():  # one download into the shared cache
+            weights = fetch(source) if config.encoder.pretrained else source
+        load_encoder_weights(model.encoder, weights)
         if config.encoder.finetune_epochs == 0:
             return {"encoder_source": str(source), "encoder_minutes": 0.0}
         encoder_config = config.encoder.model_copy(update={"epochs": config.encoder.finetune_epochs})
@@ -260,6 +274,38 @@ def _refuse_resume_or_overwrite(run_dir: Path, resume: bool, force: bool) -> Non
         )
 
 
+def _fit(model, config: Config, dataset, run_dir: Path, resume: bool, device):
+    """The training of ``train``: the encoder (loaded, fine-tuned or trained), then the decoder; returns the
+    training files, the held-out normal set, the corruption (denoising) and what the encoder and decoder
+    trainings report."""
+    from robust_ad import rundir
+    from robust_ad.data.loading import image_files, load_split
+    from robust_ad.device import seed_everything
+    from robust_ad.training.autoencoder import fit_decoder
+    from robust_ad.training.noise import random_corruption
+
+    seed_everything(config.seed)
+    train_files = image_files(dataset, "train", config)
+    val_set = load_split(dataset, "val", config) if dataset.val else None
+    info = _prepare_encoder(model, config, train_files, run_dir, resume, device)
+    corrupt = random_corruption(config.denoise) if config.mode == "denoise" else None
+    history = fit_decoder(
+        model,
+        config.autoencoder,
+        train_files,
+        val_set.images if val_set else None,
+        config.data.batch_size,
+        device,
+        config.seed,
+        run_dir / rundir.CHECKPOINT,
+        resume,
+        corrupt,
+        config.precision,
+        config.data.workers,
+    )
+    return train_files, val_set, corrupt, info, history
+
+
 def train(config: Config, out: str | Path, resume: bool = False, force: bool = False) -> Path:
     """``robust-ad train``: robust encoder, then decoder, then calibration; returns the run folder.
 
@@ -274,15 +320,15 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad import machine, rundir
     from robust_ad.data.arrays import load_samples
     from robust_ad.data.images import write_image
-    from robust_ad.data.loading import image_files, load_split, open_dataset
-    from robust_ad.device import resolve_device, seed_everything
+    from robust_ad.data.loading import open_dataset
+    from robust_ad.device import resolve_device
     from robust_ad.fileio import output_folder
     from robust_ad.scoring.calibration import calibrate
     from robust_ad.scoring.scorer import AnomalyScorer
     from robust_ad.tensors import to_images, to_tensor
-    from robust_ad.training.autoencoder import colour_error, fit_decoder
+    from robust_ad.training import distributed
+    from robust_ad.training.autoencoder import colour_error
     from robust_ad.training.build import build_autoencoder
-    from robust_ad.training.noise import random_corruption
     from robust_ad.viz import reconstruction_grid
 
     run_dir = Path(out)
@@ -295,67 +341,55 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     dataset = open_dataset(config)
     config = config.model_copy(update={"data_root": str(dataset.root)})
     read = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]
-    with output_folder(run_dir, force, "run folder", inputs=read, keep=resume):
-        if not resume:
-            rundir.write_config(run_dir, config)
-        began = time.perf_counter()
-        seed_everything(config.seed)
-        train_files = image_files(dataset, "train", config)
-        val_set = load_split(dataset, "val", config) if dataset.val else None
-        info = _prepare_encoder(model, config, train_files, run_dir, resume, device)
-        corrupt = random_corruption(config.denoise) if config.mode == "denoise" else None
-        history = fit_decoder(
-            model,
-            config.autoencoder,
-            train_files,
-            val_set.images if val_set else None,
-            config.data.batch_size,
-            device,
-            config.seed,
-            run_dir / rundir.CHECKPOINT,
-            resume,
-            corrupt,
-            config.precision,
-            config.data.workers,
-        )
-        rundir.write_losses(run_dir, history)
-        shown = (val_set or load_samples(dataset.train[:16], config.data.image_size)).images
+    with distributed.process_group(device) as device:
+        if not distributed.is_main():  # trains in step with process 0, which alone writes the run folder
+            _fit(model, config, dataset, run_dir, resume, device)
+            return run_dir
+        with output_folder(run_dir, force, "run folder", inputs=read, keep=resume):
+            if not resume:
+                rundir.write_config(run_dir, config)
+            began = time.perf_counter()
+            train_files, val_set, corrupt, info, history = _fit(model, config, dataset, run_dir, resume, device)
+            rundir.write_losses(run_dir, history)
+            shown = (val_set or load_samples(dataset.train[:16], config.data.image_size)).images
 
-        given = shown  # what the model is given: the noisy images in denoising mode
-        if corrupt is not None:
-            given = to_images(corrupt(to_tensor(shown), torch.Generator().manual_seed(config.seed)))
-        reconstructed = model.reconstruct(given)
-        write_image(run_dir / rundir.GRID, reconstruction_grid(given, reconstructed))
-        colour = colour_error(shown, reconstructed)
-        memory = None
-        if config.mode == "detect":
-            scorer = AnomalyScorer(model, config.scoring, config.data.image_size).to(device)
-            if val_set is None:
-                log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
-            train_batches = (images for images, _ in DataLoader(train_files, config.data.batch_size))
-            record = calibrate(scorer, train_batches, shown, config.data.batch_size)
-            record["train_aspect_ratio"] = train_files.aspect_ratio
-            rundir.write_calibration(run_dir, rundir.Calibration.model_validate(record))
-            memory = scorer.memory_statistics()
-        held_out = dataset.val or dataset.train
-        rundir.write_verification(run_dir, *_verification_images(dataset, config.data.image_size, held_out))
-        rundir.save_model(run_dir, model.cpu(), memory)
-        minutes = (time.perf_counter() - began) / 60
-        decoder_minutes = sum(row["seconds"] for row in history) / 60
-        rundir.write_training(
-            run_dir,
-            rundir.TrainingInfo(
-                category=config.category,
-                eps=config.encoder.eps,
-                device=str(device),
-                machine=machine.describe(),
-                minutes=minutes,
-                decoder_minutes=decoder_minutes,
-                colour_error_255=colour,
-                **info,
-            ),
-        )
-        (run_dir / rundir.CHECKPOINT).unlink(missing_ok=True)
+            given = shown  # what the model is given: the noisy images in denoising mode
+            if corrupt is not None:
+                given = to_images(corrupt(to_tensor(shown), torch.Generator().manual_seed(config.seed)))
+            reconstructed = model.reconstruct(given)
+            write_image(run_dir / rundir.GRID, reconstruction_grid(given, reconstructed))
+            colour = colour_error(shown, reconstructed)
+            memory = None
+            if config.mode == "detect":
+                scorer = AnomalyScorer(model, config.scoring, config.data.image_size).to(device)
+                if val_set is None:
+                    log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
+                train_batches = (images for images, _ in DataLoader(train_files, config.data.batch_size))
+                record = calibrate(scorer, train_batches, shown, config.data.batch_size)
+                record["train_aspect_ratio"] = train_files.aspect_ratio
+                rundir.write_calibration(run_dir, rundir.Calibration.model_validate(record))
+                memory = scorer.memory_statistics()
+            held_out = dataset.val or dataset.train
+            rundir.write_verification(run_dir, *_verification_images(dataset, config.data.image_size, held_out))
+            rundir.save_model(run_dir, model.cpu(), memory)
+            minutes = (time.perf_counter() - began) / 60
+            decoder_minutes = sum(row["seconds"] for row in history) / 60
+            rundir.write_training(
+                run_dir,
+                rundir.TrainingInfo(
+                    category=config.category,
+                    eps=config.encoder.eps,
+                    device=str(device),
+                    machine=machine.describe(),
+                    minutes=minutes,
+                    decoder_minutes=decoder_minutes,
+                    processes=distributed.world_size(),
+                    precision=config.precision,
+                    colour_error_255=colour,
+                    **info,
+                ),
+            )
+            (run_dir / rundir.CHECKPOINT).unlink(missing_ok=True)
     return run_dir
 
 

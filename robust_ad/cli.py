@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -76,10 +77,16 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(encoder_app, name="encoder")
 
 
+def _main_process() -> bool:
+    """Not one of the other processes of a torchrun group (those train in step and report nothing)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
     _state["debug"] = debug
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(message)s")
+    level = logging.DEBUG if debug else logging.INFO if _main_process() else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
 
 
 SEED = typer.Option(0, "--seed", help="Seed for splits, initialisation and synthetic data.")
@@ -166,6 +173,12 @@ EPOCHS = typer.Option(None, "--epochs", help="Training epochs.")
 IMAGE_SIZE = typer.Option(None, "--image-size", help="Side of the square images the model is trained at.")
 BATCH_SIZE = typer.Option(None, "--batch-size", help="Training batch size.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+PRECISION = typer.Option(
+    None,
+    "--precision",
+    help="Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast with gradient scaling, CUDA only). "
+    "Default: the recipe's.",
+)
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
 NORM = typer.Option(None, "--norm", help="Threat model: l2 or linf.")
 
@@ -197,6 +210,7 @@ def encoder_train(
     image_size: int = IMAGE_SIZE,
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
+    precision: str = PRECISION,
     seed: int = SEED,
     resume: bool = RESUME,
     force: bool = FORCE,
@@ -218,6 +232,7 @@ def encoder_train(
         data_root=str(data_root) if data_root else None,
         seed=seed,
         device=device,
+        precision=precision,
         data={"image_size": image_size},
         encoder=encoder,
     )
@@ -225,6 +240,8 @@ def encoder_train(
 
 
 def _print_encoder_run(out: Path, run: Any) -> None:
+    if not _main_process():
+        return
     last = run.history[-1]
     console.print(
         f"wrote {out}: loss {last['loss']:.4f}, adversarial train accuracy {last['adv_train_acc']:.3f}, "
@@ -244,6 +261,7 @@ def encoder_pretrain(
     image_size: int = IMAGE_SIZE,
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
+    precision: str = PRECISION,
     seed: int = SEED,
     resume: bool = RESUME,
     force: bool = FORCE,
@@ -252,7 +270,8 @@ def encoder_pretrain(
     from robust_ad.api import pretrain_encoder
 
     encoder = {"eps": eps, "norm": norm, "backbone": backbone, "epochs": epochs, "batch_size": batch_size}
-    config = _config(recipe, seed=seed, device=device, data={"image_size": image_size}, encoder=encoder)
+    data = {"image_size": image_size}
+    config = _config(recipe, seed=seed, device=device, precision=precision, data=data, encoder=encoder)
     _print_encoder_run(out, pretrain_encoder(config, corpus, out, resume=resume, force=force))
 
 
@@ -342,6 +361,7 @@ def train(
     image_size: int = IMAGE_SIZE,
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
+    precision: str = PRECISION,
     seed: int = SEED,
     resume: bool = RESUME,
     force: bool = FORCE,
@@ -359,6 +379,7 @@ def train(
         data_root=str(data_root) if data_root else None,
         seed=seed,
         device=device,
+        precision=precision,
         data={"image_size": image_size, "batch_size": batch_size},
         encoder={
             "eps": eps,
@@ -379,7 +400,8 @@ def train(
         config = encoder_at_eps(config, eps)
     default_out = Path("runs") / (category if mode == "detect" else f"{category}-denoise")
     run_dir = train_run(config, out or default_out, resume=resume, force=force)
-    console.print(f"[green]trained[/green] {category}: run folder {run_dir}")
+    if _main_process():
+        console.print(f"[green]trained[/green] {category}: run folder {run_dir}")
 
 
 @app.command("score")

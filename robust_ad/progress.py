@@ -13,7 +13,8 @@ T = TypeVar("T")
 
 
 def enabled() -> bool:
-    return sys.stderr.isatty() and not os.environ.get("ROBUST_AD_QUIET")
+    """A person is watching, and this is the only process or process 0 of a torchrun group."""
+    return sys.stderr.isatty() and not os.environ.get("ROBUST_AD_QUIET") and os.environ.get("RANK", "0") == "0"
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

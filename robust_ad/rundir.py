@@ -82,6 +82,8 @@ class TrainingInfo(_Record):
     machine: str
     minutes: float
     decoder_minutes: float
+    processes: int = 1  # torchrun processes that trained it (DistributedDataParallel)
+    precision: str = "fp32"
     encoder_source: str
     encoder_minutes: float
     encoder_history: list[dict[str, float]] = []

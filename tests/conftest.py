@@ -53,6 +53,20 @@ def tiny_config(root: Path, category: str = "bottle", **sections: dict):
     return config if (sections.get("encoder") or {}).get("pretrained") else from_scratch(config)
 
 
+def tiny_recipe(tmp_path: Path, **changes: dict) -> Path:
+    """tiny_config as a recipe file (no category or data root), with ``changes`` laid over its sections."""
+    import yaml
+
+    values = tiny_config(tmp_path).to_dict()
+    for key in ("category", "data_root"):
+        values.pop(key)
+    for section, settings in changes.items():
+        values[section] = {**values[section], **settings}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained (and calibrated) tiny bottle model, shared by the scoring and export tests."""

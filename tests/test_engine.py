@@ -20,7 +20,7 @@ from robust_ad.fileio import LOCK_NAME
 from robust_ad.training.autoencoder import fit_decoder
 from robust_ad.training.build import build_autoencoder
 from robust_ad.training.encoder import train_encoder
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_recipe
 
 runner = CliRunner()
 TINY = {"width": 0.125, "layer": "layer2", "feature_layers": ["layer1"], "batch_size": 8}
@@ -46,6 +46,16 @@ def test_bf16_training_runs_and_learns(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, autoencoder={"epochs": 4, "w_gan": 0.0})
     history = fit_decoder(build_autoencoder(config), config.autoencoder, _images(), precision="bf16")
     assert history[-1]["train_total"] < history[0]["train_total"]
+
+
+def test_train_takes_the_precision_from_the_command_line_and_records_it(synth_root: Path, tmp_path: Path) -> None:
+    args = ["train", "--recipe", str(tiny_recipe(tmp_path)), "--category", "bottle", "--data-root", str(synth_root)]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "run"), "--device", "cpu", "--precision", "bf16"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / rundir.TRAINING).read_text())["precision"] == "bf16"
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"), "--precision", "fp8"])
+    assert result.exit_code == 2 and "precision = 'fp8' is not valid" in result.output, result.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_data_loader_workers_give_the_same_training(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from robust_ad import rundir
 from robust_ad.cli import app
 from robust_ad.fileio import LOCK_NAME
-from tests.conftest import tiny_config
+from tests.conftest import tiny_recipe
 
 runner = CliRunner()
 
@@ -37,18 +37,6 @@ def _copy_run(run: Path, to: Path) -> Path:
     return Path(shutil.copytree(run, to, ignore=shutil.ignore_patterns("*.onnx", LOCK_NAME, "eval")))
 
 
-def _tiny_recipe(tmp_path: Path, **changes: dict) -> Path:
-    """tiny_config as a recipe file, with ``changes`` laid over its sections."""
-    values = tiny_config(tmp_path).to_dict()
-    for key in ("category", "data_root"):
-        values.pop(key)
-    for section, settings in changes.items():
-        values[section] = {**values[section], **settings}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
@@ -61,7 +49,7 @@ def _tiny_recipe(tmp_path: Path, **changes: dict) -> Path:
 def test_bad_recipe_values_fail_before_any_work(
     synth_root: Path, tmp_path: Path, section: str, key: str, value: object, message: str
 ) -> None:
-    recipe = _tiny_recipe(tmp_path, **{section: {key: value}})
+    recipe = tiny_recipe(tmp_path, **{section: {key: value}})
     out = tmp_path / "run"
     args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe), "--out", str(out)]
     assert message in _one_line_error(runner.invoke(app, args))
@@ -194,7 +182,7 @@ def test_data_root_defaults_to_the_environment_then_the_usual_places(
     monkeypatch.delenv("ROBUST_AD_DATA")
     shutil.copytree(synth_root / "fabric", work / "datasets" / "mvtec" / "fabric")
     assert find_data_root("fabric") == Path("datasets/mvtec")
-    recipe = _tiny_recipe(tmp_path, autoencoder={"epochs": 1})
+    recipe = tiny_recipe(tmp_path, autoencoder={"epochs": 1})
     result = runner.invoke(app, ["train", "--category", "fabric", "--recipe", str(recipe)])  # user's own words
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((work / "runs" / "fabric" / rundir.CONFIG).read_text())["data_root"] == "datasets/mvtec"

@@ -49,9 +49,12 @@ class DecoderTask(Task):
         if not self.config.finetune_encoder:
             self.model.encoder.eval()  # frozen: keep its batch-norm statistics
 
-    def _losses(self, x_in: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Reconstruction of ``x_in`` and its pixel and feature losses against the clean ``x``."""
-        x_hat = self.model(x_in)
+    def _losses(
+        self, x_in: torch.Tensor, x: torch.Tensor, model: torch.nn.Module | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Reconstruction of ``x_in`` by ``model`` (default: the task's) and its pixel and feature losses
+        against the clean ``x``."""
+        x_hat = (model or self.model)(x_in)
         terms = {"pixel": losses.pixel_loss(x_hat.float(), x, self.config.pixel_loss)}
         if self.config.w_colour > 0:
             terms["colour"] = losses.colour_loss(x_hat.float(), x)
@@ -71,10 +74,11 @@ class DecoderTask(Task):
         x = batch.images
         x_in = self.corrupt(x, batch.generator) if self.corrupt is not None else x
         with engine.autocast():
-            x_hat, terms = self._losses(x_in, x)
+            x_hat, terms = self._losses(x_in, x, engine.trained("model"))
         if self.disc is not None:
+            disc = engine.trained("disc")
             with engine.autocast():
-                d_loss = losses.discriminator_loss(self.disc(x), self.disc(x_hat.detach()), self.config.gan_loss)
+                d_loss = losses.discriminator_loss(disc(x), disc(x_hat.detach()), self.config.gan_loss)
             engine.optimize(d_loss, self.optimizers["opt_d"])
             with engine.autocast():
                 terms["gan"] = losses.generator_loss(self.disc(x_hat), self.config.gan_loss)

@@ -101,7 +101,7 @@ class EncoderTask(Task):
         cfg, loss_fn = self.config, self.proxy.loss
         with engine.autocast():
             x_adv = pgd(self.classifier, x, y, cfg.eps, cfg.norm, cfg.pgd_steps, cfg.step_size, loss_fn=loss_fn)
-            logits = self.classifier(x_adv)
+            logits = engine.trained("classifier")(x_adv)
             loss = loss_fn(logits.float(), y)
         engine.optimize(loss, self.optimizers["optimizer"])
         return {"loss": loss.detach(), "adv_train_acc": (self.proxy.predict(logits) == y).float().mean()}

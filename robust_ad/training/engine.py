@@ -3,7 +3,10 @@
 The engine owns what every training needs: seeding and data order, batches through ``torch.utils.data``,
 the flip augmentation, device placement, mixed precision (bf16 autocast, or fp16 with gradient scaling),
 a progress bar per epoch, timing, per-epoch history, and an atomic checkpoint after every epoch from which
-``resume`` continues exactly (model, optimisers, scaler, history and random state).
+``resume`` continues exactly (model, optimisers, scaler, history and random state). Under ``torchrun`` it trains
+with DistributedDataParallel (:mod:`robust_ad.training.distributed`): each process takes its share of every
+batch, and process 0 writes the checkpoint. Losses stay on the device until the end of an epoch (no host
+synchronisation per step).
 
 A task says what one optimisation step is (:meth:`Task.step`) and what to do after each epoch
 (:meth:`Task.end_epoch`, e.g. validation or batch-norm recalibration).
@@ -25,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from robust_ad.errors import ConfigError, ModelError
 from robust_ad.progress import track
 from robust_ad.tensors import load_checkpoint, save_checkpoint
+from robust_ad.training import distributed
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -51,7 +55,8 @@ class Task:
             module.train()
 
     def step(self, batch: Batch, engine: Engine) -> dict[str, torch.Tensor]:
-        """One optimisation step (through :meth:`Engine.optimize`); returns the losses to record."""
+        """One optimisation step (through :meth:`Engine.optimize`, calling trained modules through
+        :meth:`Engine.trained`); returns the losses to record."""
         raise NotImplementedError
 
     def end_epoch(self, engine: Engine) -> dict[str, float]:
@@ -89,13 +94,21 @@ class Engine:
         self.seed, self.checkpoint_path, self.workers, self.flip = seed, checkpoint_path, workers, flip
         self.description = description
         self.precision = precision if self.device.type == "cuda" or precision == "bf16" else "fp32"
+        if self.precision != precision:
+            log.warning("precision fp16 needs CUDA: training in fp32 on the CPU (bf16 runs on CPUs)")
+        # channels-last: the layout cuDNN's tensor-core convolutions take without transposes
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.generator = torch.Generator().manual_seed(seed)  # augmentation and task randomness
+        self.local_batch_size = distributed.local_batch_size(batch_size)
+        self.rank = distributed.rank()
+        self.generator = torch.Generator().manual_seed(seed + self.rank)  # augmentation and task randomness
         # data order: a stream of its own, since DataLoader draws differently from it with and without workers
         self.order = torch.Generator().manual_seed(seed + 1)
         self.history: list[dict[str, float]] = []
         self.epoch = 0
         self._train_loader: DataLoader | None = None
+        self._sampler = distributed.sampler(dataset, seed + 1)
+        self._trained: dict[str, nn.Module] = {}
 
     # -- what tasks call -------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -104,6 +117,11 @@ class Engine:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def trained(self, name: str) -> nn.Module:
+        """The task's module ``name`` for the forward pass of a training step: wrapped in DDP under torchrun,
+        so that its gradients are averaged over the processes. Attacks and frozen parts call the module itself."""
+        return self._trained.get(name, self.task.modules[name])
 
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Backward ``loss`` and step ``optimizer`` (gradient scaling in fp16; the scale updates per batch)."""
@@ -122,9 +140,10 @@ class Engine:
         if self._train_loader is None:
             self._train_loader = DataLoader(
                 self.dataset,
-                batch_size=self.batch_size,
-                shuffle=True,
-                generator=self.order,
+                batch_size=self.local_batch_size,
+                shuffle=self._sampler is None,
+                sampler=self._sampler,
+                generator=self.order if self._sampler is None else None,
                 num_workers=self.workers,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=self.workers > 0,
@@ -133,13 +152,14 @@ class Engine:
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[Batch]:
+        if self._sampler is not None:
+            self._sampler.set_epoch(self.epoch)
         for images, labels in self._training_loader():
             if self.flip:
                 flip = torch.rand(len(images), generator=self.generator) < 0.5
                 images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-            yield Batch(
-                images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), self.generator
-            )
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            yield Batch(images, labels.to(self.device, non_blocking=True), self.generator)
 
     def _state(self) -> dict:
         return {
@@ -170,11 +190,13 @@ class Engine:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.history, self.epoch = list(state["history"]), int(state["epoch"])
+        if self.rank:  # the checkpoint holds process 0's stream; the others draw their own
+            self.generator.manual_seed(self.seed + self.rank + 1_000_003 * self.epoch)
         log.info("resuming %s after epoch %d", self.description, self.epoch)
 
     def _to_device(self) -> None:
         for module in self.task.modules.values():
-            module.to(self.device)
+            module.to(self.device, memory_format=self.memory_format)
         for optimizer in self.task.optimizers.values():
             for state in optimizer.state.values():
                 for key, value in state.items():
@@ -189,20 +211,25 @@ class Engine:
                 raise ModelError(f"--resume: no checkpoint at {self.checkpoint_path} to resume from")
             self._restore(Path(self.checkpoint_path))
         self._to_device()
+        self._trained = {name: distributed.wrap(module, self.device) for name, module in self.task.modules.items()}
         while self.epoch < self.epochs:
             began = time.perf_counter()
             self.task.train_mode()
-            sums: dict[str, float] = {}
-            count = 0
-            steps = -(-len(self.dataset) // self.batch_size)  # type: ignore[arg-type]
+            sums: dict[str, torch.Tensor] = {}
+            count = torch.zeros((), device=self.device)
+            steps = len(self._training_loader())
             for batch in track(self._batches(), f"{self.description} {self.epoch + 1}/{self.epochs}", steps):
                 for name, value in self.task.step(batch, self).items():
-                    sums[name] = sums.get(name, 0.0) + float(value) * len(batch.images)
+                    sums[name] = sums.get(name, 0.0) + value.detach().float() * len(batch.images)
                 self.scaler.update()
                 count += len(batch.images)
             self.epoch += 1
-            row: dict[str, float] = {"epoch": self.epoch, **{k: v / count for k, v in sums.items()}}
+            totals = distributed.total({**sums, "count": count})
+            count = totals.pop("count")
+            row: dict[str, float] = {"epoch": self.epoch, **{k: float(v / count) for k, v in totals.items()}}
             row.update(self.task.end_epoch(self))
+            for module in self.task.modules.values():
+                distributed.share_buffers(module)
             row["seconds"] = time.perf_counter() - began
             self.history.append(row)
             log.info(
@@ -211,7 +238,7 @@ class Engine:
                 self.epoch,
                 ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"),
             )
-            if self.checkpoint_path is not None:
+            if self.checkpoint_path is not None and distributed.is_main():
                 save_checkpoint(self.checkpoint_path, self._state())
         for module in self.task.modules.values():
             module.eval()
