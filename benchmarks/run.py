@@ -601,20 +601,29 @@ def _denoising_report(results: dict) -> list[str]:
 
 SPEED_COLUMNS = ["device", "engine", "precision", "size", "batch", "gflop_per_image", "ms_per_image", "images_per_s"]
 GPU_SPEED = Path(__file__).with_name("speed_gpu.json")  # python benchmarks/speed.py on a GPU machine writes it
+# Training time per category, by hand on the machines named in it (the command is in each row).
+TRAINING_SPEED = Path(__file__).with_name("training_speed.json")
+TRAINING_COLUMNS = ["device", "recipe", "category", "image_size", "precision", "decoder_epochs", "minutes"]
 
 
 def _speed_report(r: dict) -> list[str]:
     """The CPU rows of this run, then the GPU rows of the last GPU measurement (benchmarks/speed_gpu.json)."""
     parts = ["## Inference speed (the exported scoring graph; fraction of the device's measured matmul peak)"]
-    for where, section in (("this machine", r["speed"]), ("GPU", r.get("speed_gpu"))):
+    for where, section in (("This machine", r["speed"]), ("GPU machine", r.get("speed_gpu"))):
         if section is None:
             parts.append("GPU: not measured (no benchmarks/speed_gpu.json).")
             continue
         peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in section["peaks_gflops"].items())
         note = f" by `{section['command']}` on {section['date']}" if "command" in section else ""
-        parts.append(f"{where.capitalize()}: {section['machine']}{note}. Measured peaks: {peaks}.")
+        parts.append(f"{where}: {section['machine']}{note}. Measured peaks: {peaks}. {section.get('note', '')}")
         rows = [{**row, "ms_per_image": row.get("ms_per_image"), "error": row.get("error")} for row in section["rows"]]
         parts.append(_table(rows, [*SPEED_COLUMNS, "fraction_of_peak", "error"]))
+    if TRAINING_SPEED.is_file():
+        rows = json.loads(TRAINING_SPEED.read_text())
+        parts += [
+            "Training time per category (benchmarks/training_speed.json: each row's command and machine are there):",
+            _table(rows, [*TRAINING_COLUMNS, "image_auroc", "pixel_auroc", "aupro"]),
+        ]
     return parts
 
 
@@ -722,7 +731,8 @@ def main(argv: list[str] | None = None) -> Path:
     command = "python benchmarks/run.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    results["commands"] = [*results.get("commands", []), command.strip()]
+    commands = results.get("commands", [])
+    results["commands"] = commands if commands[-1:] == [command.strip()] else [*commands, command.strip()]
     write_report(args.report, results, " && ".join(f"{c}" for c in results["commands"]))
     (args.report.parent / "results.json").write_text(json.dumps(results, indent=2, default=str))
     plot(results, args.report.with_name("results.png"))

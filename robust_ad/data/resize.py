@@ -20,12 +20,15 @@ METHOD_DOC = (
 )
 
 
-def resize_weights(n_in: int | torch.Tensor, n_out: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(n_out, n_in) matrix whose rows are the normalised triangle-filter weights of each output pixel."""
-    scale = torch.as_tensor(n_in, dtype=dtype) / n_out
+def resize_weights(
+    n_in: int | torch.Tensor, n_out: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+) -> torch.Tensor:
+    """(n_out, n_in) matrix whose rows are the normalised triangle-filter weights of each output pixel, built on
+    ``device`` (no host-to-GPU copy in the forward pass: it would stall the GPU queue and break CUDA graphs)."""
+    scale = torch.as_tensor(n_in, dtype=dtype, device=device) / n_out
     support = scale.clamp(min=1.0)  # shrinking widens the filter (antialiasing); enlarging is plain bilinear
-    centres = (torch.arange(n_out, dtype=dtype) + 0.5) * scale
-    positions = torch.arange(n_in, dtype=dtype) + 0.5
+    centres = (torch.arange(n_out, dtype=dtype, device=device) + 0.5) * scale
+    positions = torch.arange(n_in, dtype=dtype, device=device) + 0.5
     weights = torch.relu(1 - (positions[None, :] - centres[:, None]).abs() / support)
     return weights / weights.sum(1, keepdim=True)
 
@@ -33,8 +36,8 @@ def resize_weights(n_in: int | torch.Tensor, n_out: int, dtype: torch.dtype = to
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize (..., H, W) float tensors to ``size`` = (height, width)."""
     height, width = x.shape[-2:]
-    rows = resize_weights(height, size[0], x.dtype).to(x.device)
-    cols = resize_weights(width, size[1], x.dtype).to(x.device)
+    rows = resize_weights(height, size[0], x.dtype, x.device)
+    cols = resize_weights(width, size[1], x.dtype, x.device)
     return rows @ x @ cols.T
 
 
