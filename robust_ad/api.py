@@ -329,6 +329,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad.training import distributed
     from robust_ad.training.autoencoder import colour_error
     from robust_ad.training.build import build_autoencoder
+    from robust_ad.training.engine import effective_precision
     from robust_ad.viz import reconstruction_grid
 
     run_dir = Path(out)
@@ -342,6 +343,9 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     config = config.model_copy(update={"data_root": str(dataset.root)})
     read = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]
     with distributed.process_group(device) as device:
+        distributed.local_batch_size(config.data.batch_size)  # splits over the processes: checked before writing
+        if not (config.encoder.pretrained or config.encoder.weights) or config.encoder.finetune_epochs:
+            distributed.local_batch_size(config.encoder.batch_size)
         if not distributed.is_main():  # trains in step with process 0, which alone writes the run folder
             _fit(model, config, dataset, run_dir, resume, device)
             return run_dir
@@ -384,7 +388,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
                     minutes=minutes,
                     decoder_minutes=decoder_minutes,
                     processes=distributed.world_size(),
-                    precision=config.precision,
+                    precision=effective_precision(config.precision, device),
                     colour_error_255=colour,
                     **info,
                 ),

@@ -25,7 +25,10 @@ def resize_weights(
 ) -> torch.Tensor:
     """(n_out, n_in) matrix whose rows are the normalised triangle-filter weights of each output pixel, built on
     ``device`` (no host-to-GPU copy in the forward pass: it would stall the GPU queue and break CUDA graphs)."""
-    scale = torch.as_tensor(n_in, dtype=dtype, device=device) / n_out
+    if isinstance(n_in, torch.Tensor):  # a traced (ONNX) size
+        scale = n_in.to(dtype=dtype, device=device) / n_out
+    else:  # filled on the device: torch.as_tensor(int, device=cuda) would copy from the host
+        scale = torch.full((), n_in, dtype=dtype, device=device) / n_out
     support = scale.clamp(min=1.0)  # shrinking widens the filter (antialiasing); enlarging is plain bilinear
     centres = (torch.arange(n_out, dtype=dtype, device=device) + 0.5) * scale
     positions = torch.arange(n_in, dtype=dtype, device=device) + 0.5

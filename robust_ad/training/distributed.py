@@ -58,9 +58,11 @@ def main_first() -> Iterator[None]:
     waits = dist.is_initialized() and not is_main()
     if waits:
         dist.barrier()
-    yield
-    if dist.is_initialized() and not waits:
-        dist.barrier()
+    try:
+        yield
+    finally:  # also when process 0 fails: the others then run the block and report for themselves
+        if dist.is_initialized() and not waits:
+            dist.barrier()
 
 
 def local_batch_size(batch_size: int) -> int:

@@ -32,6 +32,12 @@ from robust_ad.training import distributed
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16")
+RANK_SEED_STRIDE = 1_000_003  # process r of a torchrun group draws from seed + r * stride: streams that never overlap
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """The precision a training runs in: fp16 needs CUDA (elsewhere fp32); bf16 runs on CPUs too."""
+    return precision if device.type == "cuda" or precision == "bf16" else "fp32"
 
 
 @dataclass
@@ -93,7 +99,7 @@ class Engine:
         self.device = torch.device(device)
         self.seed, self.checkpoint_path, self.workers, self.flip = seed, checkpoint_path, workers, flip
         self.description = description
-        self.precision = precision if self.device.type == "cuda" or precision == "bf16" else "fp32"
+        self.precision = effective_precision(precision, self.device)
         if self.precision != precision:
             log.warning("precision fp16 needs CUDA: training in fp32 on the CPU (bf16 runs on CPUs)")
         # channels-last: the layout cuDNN's tensor-core convolutions take without transposes
@@ -101,7 +107,7 @@ class Engine:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.local_batch_size = distributed.local_batch_size(batch_size)
         self.rank = distributed.rank()
-        self.generator = torch.Generator().manual_seed(seed + self.rank)  # augmentation and task randomness
+        self.generator = torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * self.rank)  # augmentation, task
         # data order: a stream of its own, since DataLoader draws differently from it with and without workers
         self.order = torch.Generator().manual_seed(seed + 1)
         self.history: list[dict[str, float]] = []
@@ -190,8 +196,9 @@ class Engine:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.history, self.epoch = list(state["history"]), int(state["epoch"])
-        if self.rank:  # the checkpoint holds process 0's stream; the others draw their own
-            self.generator.manual_seed(self.seed + self.rank + 1_000_003 * self.epoch)
+        if self.rank:  # the checkpoint holds process 0's streams; the others draw their own
+            self.generator.manual_seed(self.seed + RANK_SEED_STRIDE * self.rank + self.epoch)
+            torch.manual_seed(self.seed + RANK_SEED_STRIDE * self.rank + self.epoch)
         log.info("resuming %s after epoch %d", self.description, self.epoch)
 
     def _to_device(self) -> None:
@@ -205,7 +212,9 @@ class Engine:
 
     def fit(self, resume: bool = False) -> list[dict[str, float]]:
         """Train until ``epochs``; with ``resume``, continue from the checkpoint. Returns the history."""
-        torch.manual_seed(self.seed)  # a resumed run restores the streams of its last epoch instead
+        # PGD's random starts draw from the global stream, its own per process; a resumed run restores the streams
+        # of its last epoch instead
+        torch.manual_seed(self.seed + RANK_SEED_STRIDE * self.rank)
         if resume:
             if self.checkpoint_path is None or not Path(self.checkpoint_path).is_file():
                 raise ModelError(f"--resume: no checkpoint at {self.checkpoint_path} to resume from")
