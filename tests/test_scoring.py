@@ -45,6 +45,22 @@ def test_maps_have_input_size_and_are_higher_inside_a_pasted_defect(tiny_run: Pa
     assert big.maps.shape == (4, 48, 48)
 
 
+def test_the_ssim_component_is_kornias_ssim_map(tiny_run: Path) -> None:
+    """The scorer keeps SSIM's window as a buffer (no host-to-GPU copy per call) and computes kornia's map."""
+    from kornia.metrics import ssim
+
+    from robust_ad.scoring.scorer import AnomalyScorer
+
+    config = rundir.read_config(tiny_run).scoring
+    only_ssim = config.model_copy(update={"weights": {"ssim": 1.0}, "smoothing_sigma": 0.0})
+    scorer = AnomalyScorer(rundir.load_model(tiny_run), only_ssim, 32).eval()
+    x = torch.from_numpy(_normal_images(tiny_run, "train")[:4]).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        maps, x_hat = scorer.component_maps(x)
+        expected = 1 - ssim(x, x_hat, config.ssim_window).mean(1, keepdim=True)
+    torch.testing.assert_close(maps, expected, atol=1e-6, rtol=0)
+
+
 def test_calibration_threshold_is_the_documented_quantile_of_normal_scores(tiny_run: Path) -> None:
     calibration = json.loads((tiny_run / rundir.CALIBRATION).read_text())
     config = rundir.read_config(tiny_run)

@@ -3,7 +3,7 @@
 Components (each a per-pixel map at the input's size, smoothed):
 
 - ``pixel``: mean absolute residual |x - x̂| over channels;
-- ``ssim``: 1 - SSIM(x, x̂), mean over channels (structural residual, kornia's SSIM);
+- ``ssim``: 1 - SSIM(x, x̂), mean over channels (structural residual, kornia.metrics.ssim's map);
 - ``feature``: squared robust-feature residual ||E_l(x) - E_l(x̂)||² / C, upsampled, mean over layers;
 - ``memory``: squared distance of E_l(x) to the normal training features at that location, per channel
   scaled by their variance (a per-location diagonal Gaussian), upsampled, mean over layers.
@@ -19,8 +19,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from kornia.filters import gaussian_blur2d
-from kornia.metrics import ssim
+from kornia.filters import filter2d_separable, gaussian_blur2d, get_gaussian_kernel1d
 from torch import nn
 
 from robust_ad.config import COMPONENTS, ScoringConfig
@@ -45,6 +44,8 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("map_std", torch.ones(len(self.components)))
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
+        # SSIM's Gaussian window (sigma 1.5, as kornia.metrics.ssim), built once: not saved, not loaded
+        self.register_buffer("ssim_window", get_gaussian_kernel1d(config.ssim_window, 1.5), persistent=False)
         shapes = self._feature_shapes(train_size)
         for layer in self.layers:
             self.register_buffer(f"memory_mean_{layer}", torch.zeros(shapes[layer]))
@@ -75,7 +76,7 @@ class AnomalyScorer(nn.Module):
             if name == "pixel":
                 maps.append((x - x_hat).abs().mean(1, keepdim=True))
             elif name == "ssim":
-                maps.append(1 - ssim(x, x_hat, self.config.ssim_window).mean(1, keepdim=True))
+                maps.append(1 - self._ssim(x, x_hat).mean(1, keepdim=True))
             elif name == "feature":
                 feats_hat = self._features(x_hat)
                 per_layer = [(feats[k] - feats_hat[k]).pow(2).mean(1, keepdim=True) for k in self.layers]
@@ -85,6 +86,21 @@ class AnomalyScorer(nn.Module):
                     torch.stack([_resize(self._memory_distance(feats[k], k), size) for k in self.layers]).mean(0)
                 )
         return self._smooth(torch.cat(maps, 1)), x_hat
+
+    def _ssim(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """kornia.metrics.ssim's map ('same' padding, reflected borders) from the window buffer. kornia builds its
+        window from a host value in every call: a host-to-GPU copy that stalls the GPU queue and that a CUDA
+        graph cannot capture."""
+        window = self.ssim_window
+
+        def mean(t: torch.Tensor) -> torch.Tensor:
+            return filter2d_separable(t, window, window)
+
+        mu_x, mu_y = mean(x), mean(y)
+        var_x, var_y, cov = mean(x * x) - mu_x**2, mean(y * y) - mu_y**2, mean(x * y) - mu_x * mu_y
+        c1, c2 = 0.01**2, 0.03**2  # for images in [0, 1]
+        numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+        return numerator / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2) + 1e-12)
 
     def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Encoder features as float32, whatever precision the networks run in (fp16 exports): the
