@@ -47,6 +47,7 @@ def train_encoder(config: Config, categories: list[str], out: str | Path, resume
             categories,
             config.precision,
             config.data.workers,
+            compile=config.compile,
         )
 
 
@@ -69,7 +70,17 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
     crops = RandomCrops(files, config.data.image_size)
     with distributed.process_group(resolve_device(config.device)) as device:
         return _train(
-            crops, encoder, None, device, config.seed, out, resume, [str(corpus)], config.precision, config.data.workers
+            crops,
+            encoder,
+            None,
+            device,
+            config.seed,
+            out,
+            resume,
+            [str(corpus)],
+            config.precision,
+            config.data.workers,
+            compile=config.compile,
         )
 
 
@@ -231,6 +242,7 @@ def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: 
         resume and path.is_file(),
         precision=config.precision,
         workers=config.data.workers,
+        compile=config.compile,
         initial=initial,
     )
     model.encoder.load_state_dict(run.encoder.state_dict())
@@ -302,6 +314,7 @@ def _fit(model, config: Config, dataset, run_dir: Path, resume: bool, device):
         corrupt,
         config.precision,
         config.data.workers,
+        compile=config.compile,
     )
     return train_files, val_set, corrupt, info, history
 

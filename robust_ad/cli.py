@@ -179,6 +179,9 @@ PRECISION = typer.Option(
     help="Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast with gradient scaling, CUDA only). "
     "Default: the recipe's.",
 )
+COMPILE = typer.Option(
+    None, "--compile/--no-compile", help="torch.compile the trained networks (GPU speed). Default: the recipe's."
+)
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
 NORM = typer.Option(None, "--norm", help="Threat model: l2 or linf.")
 
@@ -211,6 +214,7 @@ def encoder_train(
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
     precision: str = PRECISION,
+    compile_: bool = COMPILE,
     seed: int = SEED,
     resume: bool = RESUME,
     force: bool = FORCE,
@@ -233,6 +237,7 @@ def encoder_train(
         seed=seed,
         device=device,
         precision=precision,
+        compile=compile_,
         data={"image_size": image_size},
         encoder=encoder,
     )
@@ -262,6 +267,7 @@ def encoder_pretrain(
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
     precision: str = PRECISION,
+    compile_: bool = COMPILE,
     seed: int = SEED,
     resume: bool = RESUME,
     force: bool = FORCE,
@@ -271,7 +277,9 @@ def encoder_pretrain(
 
     encoder = {"eps": eps, "norm": norm, "backbone": backbone, "epochs": epochs, "batch_size": batch_size}
     data = {"image_size": image_size}
-    config = _config(recipe, seed=seed, device=device, precision=precision, data=data, encoder=encoder)
+    config = _config(
+        recipe, seed=seed, device=device, precision=precision, compile=compile_, data=data, encoder=encoder
+    )
     _print_encoder_run(out, pretrain_encoder(config, corpus, out, resume=resume, force=force))
 
 
@@ -362,6 +370,7 @@ def train(
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
     precision: str = PRECISION,
+    compile_: bool = COMPILE,
     seed: int = SEED,
     resume: bool = RESUME,
     force: bool = FORCE,
@@ -380,6 +389,7 @@ def train(
         seed=seed,
         device=device,
         precision=precision,
+        compile=compile_,
         data={"image_size": image_size, "batch_size": batch_size},
         encoder={
             "eps": eps,

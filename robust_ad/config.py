@@ -122,6 +122,8 @@ class Config(_Section):
     mode: Literal["detect", "denoise"] = "detect"
     # Training arithmetic: bf16 autocast, or fp16 autocast with gradient scaling (CUDA only; else fp32).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch.compile the networks a training step runs (fewer, fused kernels on GPUs; the first steps compile)
+    compile: bool = False
     category: str = ""
     data_root: str = ""
     seed: Annotated[int, Field(ge=0)] = 0

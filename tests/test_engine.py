@@ -48,6 +48,23 @@ def test_bf16_training_runs_and_learns(tmp_path: Path) -> None:
     assert history[-1]["train_total"] < history[0]["train_total"]
 
 
+@pytest.mark.slow
+def test_a_compiled_training_learns_like_the_eager_one(tmp_path: Path) -> None:
+    """recipe 'compile: true' (or --compile) runs the training step through torch.compile."""
+    config = tiny_config(tmp_path, autoencoder={"epochs": 2, "w_gan": 0.0})
+    histories = []
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        model = build_autoencoder(config)
+        histories.append(fit_decoder(model, config.autoencoder, _images(), compile=compile_))
+    eager, compiled = histories
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the step did run through torch.compile
+    assert compiled[-1]["train_total"] < compiled[0]["train_total"]
+    assert compiled[-1]["train_total"] == pytest.approx(eager[-1]["train_total"], rel=0.02)
+
+
 def test_train_takes_the_precision_from_the_command_line_and_records_it(synth_root: Path, tmp_path: Path) -> None:
     args = ["train", "--recipe", str(tiny_recipe(tmp_path)), "--category", "bottle", "--data-root", str(synth_root)]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "run"), "--device", "cpu", "--precision", "bf16"])

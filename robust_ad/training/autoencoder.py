@@ -54,7 +54,7 @@ class DecoderTask(Task):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reconstruction of ``x_in`` by ``model`` (default: the task's) and its pixel and feature losses
         against the clean ``x``."""
-        x_hat = (model or self.model)(x_in)
+        x_hat = (self.model if model is None else model)(x_in)
         terms = {"pixel": losses.pixel_loss(x_hat.float(), x, self.config.pixel_loss)}
         if self.config.w_colour > 0:
             terms["colour"] = losses.colour_loss(x_hat.float(), x)
@@ -133,6 +133,7 @@ def fit_decoder(
     corrupt: Corruption | None = None,
     precision: str = "fp32",
     workers: int = 0,
+    compile: bool = False,
 ) -> list[dict[str, float]]:
     """Train the decoder (and the encoder only if ``finetune_encoder``); returns one row of losses per epoch."""
     train = as_dataset(train)
@@ -150,6 +151,7 @@ def fit_decoder(
         precision,
         workers,
         description="decoder epoch",
+        compile=compile,
     )
     history = engine.fit(resume and checkpoint_path is not None and Path(checkpoint_path).is_file())
     model.encoder.requires_grad_(False)

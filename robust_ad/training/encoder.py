@@ -141,6 +141,7 @@ def train_encoder(
     precision: str = "fp32",
     workers: int = 0,
     initial: Encoder | None = None,
+    compile: bool = False,
 ) -> EncoderRun:
     """Adversarially train an encoder on the proxy task built from ``images`` (a dataset of (image, label),
     or (N, H, W, 3) arrays in [0, 1] with optional ``labels``), from ``initial``'s weights when given (a
@@ -170,6 +171,7 @@ def train_encoder(
         precision,
         workers,
         description=f"encoder epoch (eps={config.eps})",
+        compile=compile,
     )
     history = engine.fit(resume)
     return EncoderRun(classifier, config, task.proxy, task.image_size, task.categories, history)

@@ -2,11 +2,11 @@
 
 The engine owns what every training needs: seeding and data order, batches through ``torch.utils.data``,
 the flip augmentation, device placement, mixed precision (bf16 autocast, or fp16 with gradient scaling),
-a progress bar per epoch, timing, per-epoch history, and an atomic checkpoint after every epoch from which
-``resume`` continues exactly (model, optimisers, scaler, history and random state). Under ``torchrun`` it trains
-with DistributedDataParallel (:mod:`robust_ad.training.distributed`): each process takes its share of every
-batch, and process 0 writes the checkpoint. Losses stay on the device until the end of an epoch (no host
-synchronisation per step).
+optional ``torch.compile``, a progress bar per epoch, timing, per-epoch history, and an atomic checkpoint
+after every epoch from which ``resume`` continues exactly (model, optimisers, scaler, history and random
+state). Under ``torchrun`` it trains with DistributedDataParallel (:mod:`robust_ad.training.distributed`):
+each process takes its share of every batch, and process 0 writes the checkpoint. Losses stay on the device
+until the end of an epoch (no host synchronisation per step).
 
 A task says what one optimisation step is (:meth:`Task.step`) and what to do after each epoch
 (:meth:`Task.end_epoch`, e.g. validation or batch-norm recalibration).
@@ -90,6 +90,7 @@ class Engine:
         workers: int = 0,
         flip: bool = True,
         description: str = "epoch",
+        compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
@@ -98,7 +99,7 @@ class Engine:
         self.task, self.dataset, self.epochs, self.batch_size = task, dataset, epochs, batch_size
         self.device = torch.device(device)
         self.seed, self.checkpoint_path, self.workers, self.flip = seed, checkpoint_path, workers, flip
-        self.description = description
+        self.description, self.compile = description, compile
         self.precision = effective_precision(precision, self.device)
         if self.precision != precision:
             log.warning("precision fp16 needs CUDA: training in fp32 on the CPU (bf16 runs on CPUs)")
@@ -221,6 +222,8 @@ class Engine:
             self._restore(Path(self.checkpoint_path))
         self._to_device()
         self._trained = {name: distributed.wrap(module, self.device) for name, module in self.task.modules.items()}
+        if self.compile:
+            self._trained = {name: torch.compile(module) for name, module in self._trained.items()}
         while self.epoch < self.epochs:
             began = time.perf_counter()
             self.task.train_mode()
