@@ -126,8 +126,9 @@ class Engine:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def trained(self, name: str) -> nn.Module:
-        """The task's module ``name`` for the forward pass of a training step: wrapped in DDP under torchrun,
-        so that its gradients are averaged over the processes. Attacks and frozen parts call the module itself."""
+        """The task's module ``name`` for the forward pass of a training step: wrapped in DDP under torchrun (its
+        gradients are then averaged over the processes), and compiled with ``compile``. Attacks and frozen parts
+        call the module itself."""
         return self._trained.get(name, self.task.modules[name])
 
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
