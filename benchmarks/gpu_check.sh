@@ -9,16 +9,8 @@
 # then call the device tool with carry ['.whl'] and command 'bash benchmarks/gpu_check.sh'.
 # It runs the whole suite with the GPU present (the 'cuda' tests included), then a full --recipe mvtec
 # train -> eval -> export -> score --onnx on CUDA on the example bottle, with timings.
-export PYTHONUNBUFFERED=1
-S=$(date +%s); el() { echo "[$(( $(date +%s) - S ))s] $*"; }
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-  export PATH=/tmp/site/bin:$PATH  # lint-imports, for the architecture test
-fi
-OUT=${OUT:-/tmp/gpucheck-out}; mkdir -p $OUT
-python3 -m pip install -q --no-index --no-deps --no-build-isolation . >/tmp/install.log 2>&1 || { tail -3 /tmp/install.log; exit 1; }
-nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-RA="python3 -m robust_ad"; W=/tmp/gpucheck; rm -rf $W; mkdir -p $W
+OUT=${OUT:-/tmp/gpucheck-out}; W=/tmp/gpucheck
+source "$(dirname "$0")/gpu_setup.sh"
 el "test suite (GPU present)"
 OMP_NUM_THREADS=2 timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} --durations=10 --junitxml=$OUT/junit.xml \
   >$OUT/pytest.log 2>&1; tail -25 $OUT/pytest.log

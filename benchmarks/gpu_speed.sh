@@ -5,16 +5,8 @@
 # full --recipe mvtec train + eval on the example bottle in each precision (fp32, bf16), and
 # benchmarks/speed.py on the fp32 run. Results land in $OUT: speed_gpu.json (commit it as
 # benchmarks/speed_gpu.json: RESULTS.md shows its rows) and train_<precision>.json.
-export PYTHONUNBUFFERED=1
-S=$(date +%s); el() { echo "[$(( $(date +%s) - S ))s] $*"; }
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-  export PATH=/tmp/site/bin:$PATH  # lint-imports, for the architecture test
-fi
-OUT=${OUT:-/tmp/gpuspeed-out}; mkdir -p $OUT
-python3 -m pip install -q --no-index --no-deps --no-build-isolation . >/tmp/install.log 2>&1 || { tail -3 /tmp/install.log; exit 1; }
-nvidia-smi -L
-RA="python3 -m robust_ad"; W=/tmp/gpuspeed; rm -rf $W; mkdir -p $W
+OUT=${OUT:-/tmp/gpuspeed-out}; W=/tmp/gpuspeed
+source "$(dirname "$0")/gpu_setup.sh"
 el "test suite (GPU present)"
 OMP_NUM_THREADS=2 timeout ${TEST_S:-120} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} -x >$OUT/pytest.log 2>&1
 tail -4 $OUT/pytest.log

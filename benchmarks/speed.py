@@ -12,7 +12,6 @@ only where onnxruntime-gpu is installed; rows that cannot run say why.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
@@ -83,11 +82,10 @@ def gpu_peak_gflops(dtype: torch.dtype) -> float:
 
 
 def _graph(run: Path, size: int, fp16: bool, device: str) -> ScoringGraph:
+    """The graph `export` writes (fp16: its networks in half precision, as `export --fp16`), freshly loaded."""
     graph = ScoringGraph(rundir.load_scorer(run, device), (size, size), True, False).eval()
     if fp16:
-        copy_ = copy.deepcopy(graph)
-        copy_.scorer.model.half()
-        return copy_
+        graph.scorer.model.half()
     return graph
 
 
