@@ -109,6 +109,9 @@ class DenoiseConfig(_Section):
     decoder_width: Annotated[float, Field(gt=0, le=4)] = 2.0
     losses: Literal["pixel", "all"] = "pixel"
     min_sigma: NonNegative = 0.004  # skip: below this estimated (or given) noise level the input is returned as is
+    # skip: blend output and input by Stein's unbiased risk estimate, so that the output is never expected to be
+    # worse than its input (one more forward pass; robust_ad/models/denoiser.py)
+    guard: bool = True
     clean_fraction: Fraction = 0.1  # training images left clean (the denoiser learns to leave them alone)
     noises: Annotated[list[Literal[NOISES]], Field(min_length=1)] = list(NOISES)
     gaussian_sigma: Range = [0.005, 0.25]  # blind: one model for this whole range of sigma (on [0, 1] pixels)

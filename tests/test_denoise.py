@@ -16,7 +16,7 @@ from robust_ad.cli import app
 from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.denoising import corrupt_images, evaluate_denoising, image_quality
 from robust_ad.export import export
-from robust_ad.models.denoiser import SkipDenoiser, estimate_sigma
+from robust_ad.models.denoiser import SkipDenoiser, estimate_sigma, impulses
 from robust_ad.runtime import InferenceSession
 from robust_ad.tensors import to_tensor
 from robust_ad.training.noise import NOISES, apply_noise
@@ -188,6 +188,62 @@ def test_near_clean_images_are_never_made_worse(denoiser: Path) -> None:
     assert float(estimate_sigma(to_tensor(near_clean)).max()) < rundir.read_config(denoiser).denoise.min_sigma
     restored = rundir.load_model(denoiser).reconstruct(near_clean)
     assert image_quality(smooth, restored)[0] >= image_quality(smooth, near_clean)[0] - 0.1
+
+
+def _smooth(size: int = 64, count: int = 4) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    image = np.stack([0.2 + 0.6 * yy, 0.2 + 0.6 * xx, 0.5 + 0.3 * np.sin(40 * yy) * np.cos(30 * xx)], -1)
+    return image[None].repeat(count, 0).astype(np.float32)
+
+
+@pytest.mark.parametrize(("sigma", "blur"), [(0.1, 5), (0.01, 9)])
+def test_the_guard_blends_output_and_input_as_the_clean_image_would(sigma: float, blur: int) -> None:
+    """SURE, from the noisy image alone, picks about the blend of input and output that the clean image shows
+    to be best: nearly all of a mild smoother at strong noise, little of a strong one at weak noise."""
+    clean = _smooth()
+    noisy = corrupt_images(clean, "gaussian", sigma, seed=3)
+    smoother = SkipDenoiser(width=0.125, decoder_width=0.25).eval()
+    smoother.restore = lambda x, level: torch.from_numpy(  # a Gaussian blur in place of the network
+        np.stack([cv2.GaussianBlur(im, (blur, blur), 0) for im in x.permute(0, 2, 3, 1).numpy()])
+    ).permute(0, 3, 1, 2)
+    x = to_tensor(noisy)
+    blurred = smoother.restore(x, None).numpy()
+    guarded = smoother(x, sigma=sigma).numpy()
+    change, error = blurred - x.numpy(), to_tensor(clean).numpy() - x.numpy()
+    oracle = np.clip((change * error).sum((1, 2, 3)) / (change**2).sum((1, 2, 3)), 0, 1)
+    chosen = ((guarded - x.numpy()) * change).sum((1, 2, 3)) / (change**2).sum((1, 2, 3))
+    assert np.abs(chosen - oracle).max() < 0.1, (chosen, oracle)
+    assert (oracle > 0.8).all() if sigma == 0.1 else (oracle < 0.5).all()  # the two regimes the cases test
+
+
+def test_near_clean_images_are_not_made_worse_by_a_denoiser_trained_on_strong_noise(denoiser: Path) -> None:
+    """The fixture learnt sigma 0.15 to 0.3; at sigma 2/255 the network alone repaints the image, the guarded
+    model keeps its quality (PSNR within 0.1 dB of the input's)."""
+    config = rundir.read_config(denoiser)
+    clean = load_split(open_dataset(config), "test", config).images
+    noisy = corrupt_images(clean, "gaussian", 2 / 255, seed=5)
+    model = rundir.load_model(denoiser)
+    assert model.guard
+    before = image_quality(clean, noisy)[0]
+    assert image_quality(clean, model.reconstruct(noisy))[0] >= before - 0.1
+    model.guard = False
+    assert image_quality(clean, model.reconstruct(noisy))[0] < before - 1.0  # what the guard prevents
+
+
+def test_impulses_are_isolated_saturated_pixels_and_are_corrected_in_full() -> None:
+    clean = to_tensor(_smooth(count=1))
+    clean[..., :8, :8] = 1.0  # a clipped highlight: saturated, but not isolated
+    hit = torch.zeros_like(clean[:, :1], dtype=torch.bool)
+    hit[..., 20:60:9, 20:60:7] = True
+    noisy = torch.where(hit, 1.0, clean)
+    found = impulses(noisy, torch.full((1, 1, 1, 1), 2 / 255))
+    assert found.any(1, keepdim=True)[hit].all() and not found[..., :7, :7].any()  # not the highlight
+    assert not (found.any(1, keepdim=True) & ~hit)[..., 9:, :].any()  # nothing else (its corner may count)
+    model = SkipDenoiser(width=0.125, decoder_width=0.25).eval()
+    torch.nn.init.normal_(model.decoder.head.weight, std=0.1)
+    restored = model.restore(noisy, torch.full((1,), 2 / 255))
+    guarded = model(noisy, sigma=2 / 255)
+    assert torch.allclose(guarded[found], restored[found])
 
 
 def test_denoise_with_a_known_noise_level(denoiser: Path, tmp_path: Path) -> None:

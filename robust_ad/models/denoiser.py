@@ -18,8 +18,15 @@ pixels to the output are the robust features and the wavelet bands, whose correc
 steer. The eps = 0 twin, trained identically, shows what robustness adds.
 
 The noise level is estimated from the input (the median absolute HH coefficient / 0.6745, Donoho's estimator)
-or given (``sigma``, on [0, 1] pixels); below ``min_sigma`` the input is returned unchanged: a clean image is
-never made worse.
+or given (``sigma``, on [0, 1] pixels); below ``min_sigma`` the input is returned unchanged.
+
+Never worse than the input (``guard``, on by default): a network that fits its training noise well may still
+repaint clean structure it cannot tell from noise. Stein's unbiased risk estimate (SURE) measures, without the
+clean image, the mean squared error of every blend ``x + a (f(x) - x)`` of input and output under additive
+noise of level sigma; its minimum over a in [0, 1] is in closed form, and a = 0 (the input) is always a
+candidate, so the blend's expected error never exceeds the input's. The divergence SURE needs is estimated with
+one more forward pass on a probed input (Monte-Carlo SURE, Ramani et al. 2008). Isolated saturated pixels
+(impulse noise: dead and hot pixels, which SURE's Gaussian model does not describe) take the output in full.
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ _HAAR = (
 )
 MULTIPLE = 8  # inputs are reflect-padded to a multiple of the deepest stride
 SIGMA_SCALE = 10.0  # the noise-level map enters the decoder as 10 sigma: about the range of its other inputs
+PROBE_SIZE = 64  # the guard's random +-1 probe: a fixed tile, repeated over any image size
+PROBE_STEP = 0.01  # the probe's amplitude, in units of sigma (finite-difference divergence)
+IMPULSE_SIGMAS = 4.0  # a saturated pixel this many sigma away from its 3x3 median is an impulse
 
 
 def haar(x: torch.Tensor) -> torch.Tensor:
@@ -145,22 +155,59 @@ class SkipDenoiser(Reconstructor):
         width: float = 1.0,
         decoder_width: float = 1.0,
         min_sigma: float = 1 / 255,
+        guard: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = Encoder(backbone, layer, feature_layers, width)
         self.decoder = HaarSkipDecoder(self.encoder, decoder_width)
         self.min_sigma = min_sigma
+        self.guard = guard
+        signs = torch.randint(0, 2, (3, PROBE_SIZE, PROBE_SIZE), generator=torch.Generator().manual_seed(0)) * 2 - 1
+        self.register_buffer("probe", signs.float(), persistent=False)  # not in checkpoints: rebuilt identically
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        rows, cols = _padded_index(h, x.device), _padded_index(w, x.device)
-        padded = x.index_select(2, rows).index_select(3, cols)
         if sigma is None:
             sigma = estimate_sigma(x)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        restored = self.restore(x, sigma)
+        if self.guard and not self.training:  # training fits the network itself
+            restored = self._blend(x, sigma, restored)
+        keep = (sigma < self.min_sigma).view(-1, 1, 1, 1)  # no measurable noise: the input, untouched
+        return torch.where(keep, x, restored)
+
+    def restore(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The network's output for ``x`` at noise level ``sigma`` (N,), without the guard."""
+        h, w = x.shape[-2:]
+        rows, cols = _padded_index(h, x.device), _padded_index(w, x.device)
+        padded = x.index_select(2, rows).index_select(3, cols)
         bands = haar(padded)
         features = self.encoder.features(padded)
         restored = inverse_haar(bands + self.decoder(features, bands, sigma))
         restored = restored.index_select(2, rows[: torch.as_tensor(h)]).index_select(3, cols[: torch.as_tensor(w)])
-        keep = (sigma < self.min_sigma).view(-1, 1, 1, 1)  # no measurable noise: the input, untouched
-        return torch.where(keep, x, restored.clamp(0, 1))
+        return restored.clamp(0, 1)
+
+    def _blend(self, x: torch.Tensor, sigma: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        """``x + a (restored - x)`` per image, with the ``a`` in [0, 1] that minimises SURE; impulses in full."""
+        level = sigma.view(-1, 1, 1, 1)
+        keep = (~impulses(x, level)).to(x.dtype)
+        h, w = x.shape[-2:]
+        rows = torch.arange(h, device=x.device) % PROBE_SIZE
+        cols = torch.arange(w, device=x.device) % PROBE_SIZE
+        probe = self.probe.index_select(1, rows).index_select(2, cols) * keep
+        step = (level * PROBE_STEP).clamp_min(1e-4)
+        divergence = (probe * (self.restore(x + step * probe, sigma) - restored)).flatten(1).sum(1) / step.flatten()
+        change = (restored - x) * keep
+        count = keep.flatten(1).sum(1)
+        energy = change.flatten(1).square().sum(1).clamp_min(1e-12)
+        share = (sigma.square() * (count - divergence) / energy).clamp(0, 1).view(-1, 1, 1, 1)
+        return x + (keep * share + 1 - keep) * (restored - x)
+
+
+def impulses(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Isolated saturated samples: 0 or 1, and more than ``IMPULSE_SIGMAS`` sigma from their 3x3 median (a clipped
+    highlight or shadow is not isolated). ``sigma``: (N, 1, 1, 1)."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    shifted = torch.stack([padded[..., i : i + h, j : j + w] for i in range(3) for j in range(3)])
+    median = shifted.sort(dim=0).values[4]
+    return ((x <= 0) | (x >= 1)) & ((x - median).abs() > IMPULSE_SIGMAS * sigma)

@@ -16,5 +16,6 @@ def build_autoencoder(config: Config) -> Reconstructor:
     """The detection autoencoder, or in denoising mode the denoiser the config names."""
     enc, width = config.encoder, config.autoencoder.decoder_width
     if config.mode == "denoise" and config.denoise.architecture == "skip":
-        return SkipDenoiser(enc.backbone, enc.layer, enc.feature_layers, enc.width, width, config.denoise.min_sigma)
+        d = config.denoise
+        return SkipDenoiser(enc.backbone, enc.layer, enc.feature_layers, enc.width, width, d.min_sigma, d.guard)
     return RobustAutoencoder(enc.backbone, enc.layer, enc.feature_layers, enc.width, width)
