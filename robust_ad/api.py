@@ -590,9 +590,11 @@ def denoise(
     device: str = "auto",
     force: bool = False,
     sigma: float | None = None,
+    guard: bool | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """``robust-ad denoise``: clean copies of the images in ``out`` (same bit depth and channels); ``sigma`` is a
-    known noise level in 8-bit grey levels (default: the skip denoiser estimates it per image)."""
+    known noise level in 8-bit grey levels (default: the skip denoiser estimates it per image); ``guard``
+    overrides the model's SURE guard (``denoise.guard``)."""
     from collections import Counter
 
     from robust_ad.denoising import denoise_files
@@ -612,7 +614,7 @@ def denoise(
             "into separate --out folders"
         )
     with output_folder(out, force, "output folder", inputs=_input_paths(paths, files), models=[model]) as folder:
-        return denoise_files(files, model, folder, compare, resolve_device(device), sigma)
+        return denoise_files(files, model, folder, compare, resolve_device(device), sigma, guard)
 
 
 def evaluate_denoiser(

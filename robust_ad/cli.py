@@ -618,6 +618,11 @@ def denoise(
     sigma: float = typer.Option(
         None, "--sigma", help="Known noise level (std on 0..255 grey levels); default: estimated per image."
     ),
+    guard: bool = typer.Option(
+        None,
+        "--guard/--no-guard",
+        help="Blend output and input by SURE so the output is not worse than its input (default: the model's).",
+    ),
     device: str = DEVICE,
     force: bool = FORCE,
 ) -> None:
@@ -625,7 +630,7 @@ def denoise(
     were unreadable."""
     from robust_ad.api import denoise as denoise_images
 
-    written, errors = denoise_images(paths, model, out, compare, device, force, sigma)
+    written, errors = denoise_images(paths, model, out, compare, device, force, sigma, guard)
     console.print(f"denoised {len(written)} images into {out}")
     for error in errors:
         err_console.print(f"[yellow]skipped:[/yellow] {error['error']}", highlight=False, soft_wrap=True)

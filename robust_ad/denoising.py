@@ -40,17 +40,22 @@ def denoise_files(
     compare: bool = False,
     device: str = "cpu",
     sigma: float | None = None,
+    guard: bool | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Denoise each file at its own resolution; outputs keep the input's bit depth and channels. ``sigma``: a
-    known noise level in 8-bit grey levels, for the skip denoiser (which otherwise estimates it per image).
+    known noise level in 8-bit grey levels, for the skip denoiser (which otherwise estimates it per image);
+    ``guard``: turn its SURE guard on or off (default: as trained, ``denoise.guard``).
 
     Returns (written, errors). ``out`` is a fresh folder that holds no input (``api.denoise`` makes it with
     ``fileio.output_folder``, which refuses input folders).
     """
     model = load_denoiser(run_dir, device)
     options = {} if sigma is None else {"sigma": sigma / 255}
-    if options and not isinstance(model, SkipDenoiser):
-        raise ConfigError("--sigma needs a skip denoiser (denoise.architecture: skip); this one is a mirror decoder")
+    if (options or guard is not None) and not isinstance(model, SkipDenoiser):
+        flag = "--sigma" if options else "--guard/--no-guard"
+        raise ConfigError(f"{flag} needs a skip denoiser (denoise.architecture: skip); this one is a mirror decoder")
+    if guard is not None:
+        model.guard = guard
     written, errors = [], []
     for path in track(paths, "denoising"):
         target = out / path.name

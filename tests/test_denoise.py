@@ -155,12 +155,13 @@ def test_denoiser_exports_to_onnx_with_the_clean_image_as_output(denoiser: Path,
     meta = export(denoiser, path)
     session = InferenceSession(path, device="cpu")
     assert session.output_names == ["clean"] and meta["mode"] == "denoise"
-    images = np.random.default_rng(0).random((2, 40, 36, 3)).astype(np.float32)
-    images = np.round(images * 255) / 255
-    got = session.denoise(images)
-    expected = rundir.load_model(denoiser).reconstruct(images)
-    assert got.shape == images.shape
-    assert np.abs(got - expected).max() <= 1 / 255 + 1e-6  # uint8 output: within one grey level
+    for shape in ((2, 40, 36, 3), (1, 300, 70, 3)):  # the second wraps the guard's probe tile
+        images = np.random.default_rng(0).random(shape).astype(np.float32)
+        images = np.round(images * 255) / 255
+        got = session.denoise(images)
+        expected = rundir.load_model(denoiser).reconstruct(images)
+        assert got.shape == images.shape
+        assert np.abs(got - expected).max() <= 1 / 255 + 1e-6  # uint8 output: within one grey level
 
 
 def test_the_skip_denoiser_starts_as_the_identity_and_leaves_noise_free_images_alone() -> None:
@@ -203,9 +204,11 @@ def test_the_guard_blends_output_and_input_as_the_clean_image_would(sigma: float
     clean = _smooth()
     noisy = corrupt_images(clean, "gaussian", sigma, seed=3)
     smoother = SkipDenoiser(width=0.125, decoder_width=0.25).eval()
-    smoother.restore = lambda x, level: torch.from_numpy(  # a Gaussian blur in place of the network
-        np.stack([cv2.GaussianBlur(im, (blur, blur), 0) for im in x.permute(0, 2, 3, 1).numpy()])
-    ).permute(0, 3, 1, 2)
+    smoother.correction = lambda x, level: (  # a Gaussian blur in place of the network
+        torch.from_numpy(np.stack([cv2.GaussianBlur(im, (blur, blur), 0) for im in x.permute(0, 2, 3, 1).numpy()]))
+        .permute(0, 3, 1, 2)
+        .sub(x)
+    )
     x = to_tensor(noisy)
     blurred = smoother.restore(x, None).numpy()
     guarded = smoother(x, sigma=sigma).numpy()
@@ -244,6 +247,7 @@ def test_impulses_are_isolated_saturated_pixels_and_are_corrected_in_full() -> N
     restored = model.restore(noisy, torch.full((1,), 2 / 255))
     guarded = model(noisy, sigma=2 / 255)
     assert torch.allclose(guarded[found], restored[found])
+    assert not torch.allclose(guarded[~found], restored[~found], atol=1e-3)  # elsewhere, a blend
 
 
 def test_denoise_with_a_known_noise_level(denoiser: Path, tmp_path: Path) -> None:
@@ -256,5 +260,13 @@ def test_denoise_with_a_known_noise_level(denoiser: Path, tmp_path: Path) -> Non
     result = runner.invoke(app, [*args, str(tmp_path / "strong"), "--sigma", "60"])
     assert result.exit_code == 0, result.output
     assert not np.array_equal(cv2.imread(str(tmp_path / "strong" / "rgb8.png"), cv2.IMREAD_UNCHANGED), same)
+    for name, flag in (("guarded", "--guard"), ("network", "--no-guard")):
+        result = runner.invoke(app, [*args, str(tmp_path / name), "--sigma", "2", flag])
+        assert result.exit_code == 0, result.output
+    distance = {  # at a low known level, the guard keeps the output near its input; the network alone does not
+        name: np.abs(cv2.imread(str(tmp_path / name / "rgb8.png")).astype(float) - same).mean()
+        for name in ("guarded", "network")
+    }
+    assert distance["guarded"] < distance["network"] / 2, distance
     result = runner.invoke(app, [*args, str(tmp_path / "bad"), "--sigma", "-3"])
     assert result.exit_code == 2 and "--sigma must be" in result.output

@@ -50,8 +50,12 @@ _HAAR = (
 )
 MULTIPLE = 8  # inputs are reflect-padded to a multiple of the deepest stride
 SIGMA_SCALE = 10.0  # the noise-level map enters the decoder as 10 sigma: about the range of its other inputs
-PROBE_SIZE = 64  # the guard's random +-1 probe: a fixed tile, repeated over any image size
-PROBE_STEP = 0.01  # the probe's amplitude, in units of sigma (finite-difference divergence)
+# The guard's random +-1 probe: a fixed tile repeated over larger images, wider than the network's receptive
+# field (so that no pixel's output depends on two samples that share a probe value).
+PROBE_SIZE = 256
+# The probe's amplitude: a hundredth of sigma, but at least half a grey level, which fp16 and TF32 convolutions
+# (about 11 significant bits) still resolve.
+PROBE_STEP, MIN_PROBE_STEP = 0.01, 2e-3
 IMPULSE_SIGMAS = 4.0  # a saturated pixel this many sigma away from its 3x3 median is an impulse
 
 
@@ -169,38 +173,50 @@ class SkipDenoiser(Reconstructor):
         if sigma is None:
             sigma = estimate_sigma(x)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        restored = self.restore(x, sigma)
+        correction = self.correction(x, sigma)
         if self.guard and not self.training:  # training fits the network itself
-            restored = self._blend(x, sigma, restored)
+            restored = self._blend(x, sigma, correction)
+        else:
+            restored = (x + correction).clamp(0, 1)
         keep = (sigma < self.min_sigma).view(-1, 1, 1, 1)  # no measurable noise: the input, untouched
         return torch.where(keep, x, restored)
 
     def restore(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The network's output for ``x`` at noise level ``sigma`` (N,), without the guard."""
+        return (x + self.correction(x, sigma)).clamp(0, 1)
+
+    def correction(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """What the network adds to ``x``: the inverse Haar transform of its correction of the Haar coefficients
+        (the transform is linear and exact, so the input's own coefficients need no round trip)."""
         h, w = x.shape[-2:]
         rows, cols = _padded_index(h, x.device), _padded_index(w, x.device)
         padded = x.index_select(2, rows).index_select(3, cols)
         bands = haar(padded)
-        features = self.encoder.features(padded)
-        restored = inverse_haar(bands + self.decoder(features, bands, sigma))
-        restored = restored.index_select(2, rows[: torch.as_tensor(h)]).index_select(3, cols[: torch.as_tensor(w)])
-        return restored.clamp(0, 1)
+        correction = inverse_haar(self.decoder(self.encoder.features(padded), bands, sigma))
+        return correction.index_select(2, rows[: torch.as_tensor(h)]).index_select(3, cols[: torch.as_tensor(w)])
 
-    def _blend(self, x: torch.Tensor, sigma: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
-        """``x + a (restored - x)`` per image, with the ``a`` in [0, 1] that minimises SURE; impulses in full."""
-        level = sigma.view(-1, 1, 1, 1)
-        keep = (~impulses(x, level)).to(x.dtype)
+    def _blend(self, x: torch.Tensor, sigma: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+        """``x + a (f(x) - x)`` per image, f(x) = clip(x + correction), with the ``a`` in [0, 1] that minimises
+        SURE; impulses take f(x) in full.
+
+        SURE(a) = a^2 |d|^2 - n s^2 + 2 s^2 (n + a (div f - n)) over the n samples that are not impulses, with
+        d = f(x) - x; its minimum is at a = s^2 (n - div f) / |d|^2. Arithmetic in float32 at any precision."""
+        level = sigma.float().view(-1, 1, 1, 1)
+        keep = (~impulses(x, level)).float()
         h, w = x.shape[-2:]
         rows = torch.arange(h, device=x.device) % PROBE_SIZE
         cols = torch.arange(w, device=x.device) % PROBE_SIZE
-        probe = self.probe.index_select(1, rows).index_select(2, cols) * keep
-        step = (level * PROBE_STEP).clamp_min(1e-4)
-        divergence = (probe * (self.restore(x + step * probe, sigma) - restored)).flatten(1).sum(1) / step.flatten()
-        change = (restored - x) * keep
-        count = keep.flatten(1).sum(1)
-        energy = change.flatten(1).square().sum(1).clamp_min(1e-12)
-        share = (sigma.square() * (count - divergence) / energy).clamp(0, 1).view(-1, 1, 1, 1)
-        return x + (keep * share + 1 - keep) * (restored - x)
+        probe = self.probe.float().index_select(1, rows).index_select(2, cols) * keep
+        step = (level * PROBE_STEP).clamp_min(MIN_PROBE_STEP)
+        base = x.float() + correction.float()
+        moved = self.correction((x.float() + step * probe).to(x.dtype), sigma).float() - correction.float()
+        inside = ((base > 0) & (base < 1)).float()  # where the output is not clipped, df/dx = 1 + dc/dx
+        divergence = (keep * inside * (1 + probe * moved / step)).flatten(1).sum(1)
+        change = base.clamp(0, 1) - x.float()
+        energy = (change * keep).flatten(1).square().sum(1).clamp_min(1e-12)
+        share = (level.flatten().square() * (keep.flatten(1).sum(1) - divergence) / energy).clamp(0, 1)
+        blend = keep * share.view(-1, 1, 1, 1) + 1 - keep
+        return (x.float() + blend * change).to(x.dtype)
 
 
 def impulses(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
