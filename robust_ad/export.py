@@ -58,7 +58,7 @@ class DenoisingGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if self.uint8 else images
-        clean = self.model(x)
+        clean = self.model(x.to(self.model.encoder.mean.dtype)).float()  # an fp16 model takes fp16 pixels
         return (clean * 255.0).round().clamp(0, 255).to(torch.uint8) if self.uint8 else clean
 
 

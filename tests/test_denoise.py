@@ -164,6 +164,15 @@ def test_denoiser_exports_to_onnx_with_the_clean_image_as_output(denoiser: Path,
         assert np.abs(got - expected).max() <= 1 / 255 + 1e-6  # uint8 output: within one grey level
 
 
+def test_denoiser_exports_in_half_precision(denoiser: Path, tmp_path: Path) -> None:
+    """fp16 networks, guard arithmetic in float32: export's own parity check (3 grey levels) passes."""
+    meta = export(denoiser, tmp_path / "half.onnx", fp16=True)
+    assert meta["precision"] == "fp16" and meta["parity_image_max_diff"] <= 3.0
+    session = InferenceSession(tmp_path / "half.onnx", device="cpu")
+    noisy = corrupt_images(_smooth(count=2), "gaussian", 0.2, seed=1)
+    assert image_quality(_smooth(count=2), session.denoise(noisy))[0] > image_quality(_smooth(count=2), noisy)[0]
+
+
 def test_the_skip_denoiser_starts_as_the_identity_and_leaves_noise_free_images_alone() -> None:
     torch.manual_seed(0)
     model = SkipDenoiser(width=0.125, decoder_width=0.25).eval()

@@ -20,13 +20,14 @@ steer. The eps = 0 twin, trained identically, shows what robustness adds.
 The noise level is estimated from the input (the median absolute HH coefficient / 0.6745, Donoho's estimator)
 or given (``sigma``, on [0, 1] pixels); below ``min_sigma`` the input is returned unchanged.
 
-Never worse than the input (``guard``, on by default): a network that fits its training noise well may still
-repaint clean structure it cannot tell from noise. Stein's unbiased risk estimate (SURE) measures, without the
+Not worse than the input (``guard``, on by default): a network that fits its training noise well may still
+repaint clean structure it cannot tell from noise. Stein's unbiased risk estimate (SURE) estimates, without the
 clean image, the mean squared error of every blend ``x + a (f(x) - x)`` of input and output under additive
-noise of level sigma; its minimum over a in [0, 1] is in closed form, and a = 0 (the input) is always a
-candidate, so the blend's expected error never exceeds the input's. The divergence SURE needs is estimated with
-one more forward pass on a probed input (Monte-Carlo SURE, Ramani et al. 2008). Isolated saturated pixels
-(impulse noise: dead and hot pixels, which SURE's Gaussian model does not describe) take the output in full.
+Gaussian noise of level sigma; its minimum over a in [0, 1] is in closed form, and a = 0 (the input) is always
+a candidate, so the chosen blend's estimated error is never above the input's. The divergence SURE needs is
+estimated with one more forward pass on a probed input (Monte-Carlo SURE, Ramani et al. 2008). Isolated
+saturated pixels (impulse noise: dead and hot pixels, which SURE's Gaussian model does not describe) take the
+output in full.
 """
 
 from __future__ import annotations
