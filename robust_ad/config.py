@@ -71,6 +71,7 @@ class AutoencoderConfig(_Section):
     gan_loss: Literal["hinge", "standard"] = "hinge"
     finetune_encoder: bool = False
     decoder_width: Annotated[float, Field(gt=0, le=4)] = 1.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # the decoder's learning rate over the epochs
 
 
 class ScoringConfig(_Section):
@@ -108,6 +109,7 @@ class DenoiseConfig(_Section):
     epochs: Count = 200
     decoder_width: Annotated[float, Field(gt=0, le=4)] = 2.0
     losses: Literal["pixel", "all"] = "pixel"
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: decays to zero over the epochs
     min_sigma: NonNegative = 0.004  # skip: below this estimated (or given) noise level the input is returned as is
     # skip: blend output and input by Stein's unbiased risk estimate, so that the output is never expected to be
     # worse than its input (one more forward pass; robust_ad/models/denoiser.py)
@@ -215,11 +217,11 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
 
 def for_mode(config: Config) -> Config:
     """The config a run trains with: in denoising mode with the skip denoiser, the denoiser's own epochs,
-    decoder width and losses in the autoencoder section (idempotent; saved with the run)."""
+    decoder width, learning-rate schedule and losses in the autoencoder section (idempotent; saved with the run)."""
     if config.mode != "denoise" or config.denoise.architecture != "skip":
         return config
     d = config.denoise
-    update: dict[str, Any] = {"epochs": d.epochs, "decoder_width": d.decoder_width}
+    update: dict[str, Any] = {"epochs": d.epochs, "decoder_width": d.decoder_width, "lr_schedule": d.lr_schedule}
     if d.losses == "pixel":
         update |= {"w_feature": 0.0, "w_gan": 0.0}
     return config.model_copy(update={"autoencoder": config.autoencoder.model_copy(update=update)})

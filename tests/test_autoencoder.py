@@ -77,6 +77,19 @@ def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
     assert [row["epoch"] for row in history] == [1, 2, 3] and history[0] == first[0]
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_decoder_learning_rate_follows_its_schedule_through_a_resume(tmp_path: Path, schedule: str) -> None:
+    config = tiny_config(tmp_path, autoencoder={"epochs": 2, "lr_schedule": schedule, "lr": 0.01})
+    images = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
+    path = tmp_path / "checkpoint.pt"
+    fit_decoder(build_autoencoder(config), config.autoencoder, images, checkpoint_path=path)
+    config.autoencoder.epochs = 4
+    history = fit_decoder(build_autoencoder(config), config.autoencoder, images, checkpoint_path=path, resume=True)
+    cosine = [0.01 * (1 + np.cos(np.pi * k / n)) / 2 for k, n in ((0, 2), (1, 2), (2, 4), (3, 4))]
+    # epochs 1-2 ran on the 2-epoch curve; the resumed epochs 3-4 take the 4-epoch curve at their own epoch
+    assert [row["lr"] for row in history] == pytest.approx([0.01] * 4 if schedule == "constant" else cosine)
+
+
 @pytest.mark.parametrize("switched_off", ["w_feature", "w_gan"])
 def test_each_loss_can_be_switched_off(tmp_path: Path, switched_off: str) -> None:
     config = tiny_config(tmp_path, autoencoder={"epochs": 1, switched_off: 0.0})

@@ -57,8 +57,9 @@ def test_train_takes_the_noises_to_learn(synth_root: Path, tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     config = rundir.read_config(out)
     assert config.denoise.noises == ["sensor", "jpeg"] and config.denoise.architecture == "skip"
-    # the skip denoiser trains with its own settings: epochs, width, pixel loss only
-    assert (config.autoencoder.epochs, config.autoencoder.decoder_width, config.autoencoder.w_gan) == (2, 0.25, 0.0)
+    # the skip denoiser trains with its own settings: epochs, width, pixel loss only, a cosine learning rate
+    ae = config.autoencoder
+    assert (ae.epochs, ae.decoder_width, ae.w_gan, ae.lr_schedule) == (2, 0.25, 0.0, "cosine")
     assert len((out / rundir.LOSSES).read_text().strip().splitlines()) == 1 + 2  # header, two epochs
     assert isinstance(rundir.load_model(out), SkipDenoiser)
     result = runner.invoke(app, [*args, "denoise", "--noise", "rain", "--out", str(tmp_path / "bad")])

@@ -7,6 +7,7 @@ In denoising mode the input is corrupted and the target stays clean.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,12 +38,20 @@ class DecoderTask(Task):
             list(model.encoder.parameters()) if config.finetune_encoder else []
         )
         self.modules: dict = {"model": model}
-        self.optimizers: dict = {"opt_g": torch.optim.Adam(params, lr=config.lr, betas=(0.5, 0.999))}
+        beta1 = 0.5 if config.w_gan > 0 else 0.9  # 0.5 steadies adversarial training; else Adam's default
+        self.optimizers: dict = {"opt_g": torch.optim.Adam(params, lr=config.lr, betas=(beta1, 0.999))}
         self.disc = None
         if config.w_gan > 0:
             self.disc = PatchDiscriminator(max(8, round(64 * config.decoder_width)))
             self.modules["disc"] = self.disc
             self.optimizers["opt_d"] = torch.optim.Adam(self.disc.parameters(), lr=config.disc_lr, betas=(0.0, 0.9))
+
+    def begin_epoch(self, engine: Engine) -> None:
+        """The decoder's learning rate for this epoch: constant, or a cosine decay (a function of the epoch alone,
+        so a resumed training continues on the same curve)."""
+        if self.config.lr_schedule == "cosine":
+            for group in self.optimizers["opt_g"].param_groups:
+                group["lr"] = self.config.lr * 0.5 * (1 + math.cos(math.pi * engine.epoch / engine.epochs))
 
     def train_mode(self) -> None:
         super().train_mode()
@@ -89,9 +98,11 @@ class DecoderTask(Task):
 
     @torch.no_grad()
     def end_epoch(self, engine: Engine) -> dict[str, float]:
-        """Mean pixel / feature / total (without GAN) loss on the held-out normal images."""
+        """The epoch's decoder learning rate, and the mean pixel / feature / total (without GAN) loss on the
+        held-out normal images."""
+        lr = {"lr": self.optimizers["opt_g"].param_groups[0]["lr"]}
         if self.val is None or len(self.val) == 0:
-            return {}
+            return lr
         self.model.eval()
         generator = torch.Generator().manual_seed(engine.seed)  # the same corruptions every epoch
         sums: dict[str, float] = {}
@@ -102,7 +113,7 @@ class DecoderTask(Task):
             terms["total"] = self._weighted(terms)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value) * len(x)
-        return {f"val_{name}": value / len(self.val) for name, value in sums.items()}
+        return lr | {f"val_{name}": value / len(self.val) for name, value in sums.items()}
 
 
 def colour_error(images: np.ndarray, reconstructions: np.ndarray) -> list[float]:

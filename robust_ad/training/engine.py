@@ -8,8 +8,9 @@ state). Under ``torchrun`` it trains with DistributedDataParallel (:mod:`robust_
 each process takes its share of every batch, and process 0 writes the checkpoint. Losses stay on the device
 until the end of an epoch (no host synchronisation per step).
 
-A task says what one optimisation step is (:meth:`Task.step`) and what to do after each epoch
-(:meth:`Task.end_epoch`, e.g. validation or batch-norm recalibration).
+A task says what one optimisation step is (:meth:`Task.step`) and what to do before and after each epoch
+(:meth:`Task.begin_epoch`, e.g. a learning-rate schedule; :meth:`Task.end_epoch`, e.g. validation or batch-norm
+recalibration).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Task:
         """One optimisation step (through :meth:`Engine.optimize`, calling trained modules through
         :meth:`Engine.trained`); returns the losses to record."""
         raise NotImplementedError
+
+    def begin_epoch(self, engine: Engine) -> None:
+        """Work before each epoch (``engine.epoch`` epochs are done), e.g. setting learning rates."""
 
     def end_epoch(self, engine: Engine) -> dict[str, float]:
         """Work after each epoch (validation, statistics); returns extra history entries."""
@@ -227,6 +231,7 @@ class Engine:
             self._trained = {name: torch.compile(module) for name, module in self._trained.items()}
         while self.epoch < self.epochs:
             began = time.perf_counter()
+            self.task.begin_epoch(self)
             self.task.train_mode()
             sums: dict[str, torch.Tensor] = {}
             count = torch.zeros((), device=self.device)
