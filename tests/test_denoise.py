@@ -49,7 +49,8 @@ def test_train_takes_the_noises_to_learn(synth_root: Path, tmp_path: Path) -> No
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         "data: {image_size: 32, batch_size: 8}\nencoder: {width: 0.125, epochs: 1, batch_size: 8}\n"
-        "autoencoder: {epochs: 1, decoder_width: 0.25}\ndenoise: {epochs: 2, decoder_width: 0.25}\n"
+        "autoencoder: {epochs: 1, decoder_width: 0.25}\n"
+        "denoise: {epochs: 2, decoder_width: 0.25, lr_schedule: cosine}\n"
     )
     args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe), "--mode"]
     out = tmp_path / "run"
@@ -57,7 +58,7 @@ def test_train_takes_the_noises_to_learn(synth_root: Path, tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     config = rundir.read_config(out)
     assert config.denoise.noises == ["sensor", "jpeg"] and config.denoise.architecture == "skip"
-    # the skip denoiser trains with its own settings: epochs, width, pixel loss only, a cosine learning rate
+    # the skip denoiser trains with its own settings: epochs, width, pixel loss only, learning-rate schedule
     ae = config.autoencoder
     assert (ae.epochs, ae.decoder_width, ae.w_gan, ae.lr_schedule) == (2, 0.25, 0.0, "cosine")
     assert len((out / rundir.LOSSES).read_text().strip().splitlines()) == 1 + 2  # header, two epochs
