@@ -1,0 +1,51 @@
+"""Repeat one denoiser training to see its spread: the settings of an existing denoising run folder, with a
+learning-rate schedule and seed of your choice; PSNR of the network alone (no guard) on the run's test images.
+
+    python benchmarks/denoise_repeats.py --run benchmarks/results/runs/bottle-denoise-skip_eps=1 \
+        --schedule constant --seed 0 --out /tmp/repeat
+
+Prints one JSON line: the settings, the training minutes and (input dB, output dB) at Gaussian sigma 2, 25 and
+50 of 255, on the first 12 test images (the denoising section's images and noise seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from robust_ad import api, rundir
+from robust_ad.config import config_from_dict
+from robust_ad.data.loading import load_split, open_dataset
+from robust_ad.denoising import corrupt_images, image_quality
+
+SIGMAS = (2, 25, 50)  # of 255
+TEST_IMAGES, NOISE_SEED = 12, 1  # as benchmarks/run.py's denoising section
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a denoising run folder whose settings to repeat")
+    parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="folder for the new run (replaced)")
+    parser.add_argument("--test-size", type=int, default=None, help="test images at this size (photos: 256)")
+    args = parser.parse_args()
+    values = rundir.read_config(args.run).to_dict()
+    values["seed"] = args.seed
+    values["denoise"]["lr_schedule"] = values["autoencoder"]["lr_schedule"] = args.schedule
+    config = config_from_dict(values)
+    began = time.perf_counter()
+    model = rundir.load_model(api.train(config, args.out, force=True))
+    minutes = (time.perf_counter() - began) / 60
+    model.guard = False
+    test = load_split(open_dataset(config), "test", config, args.test_size).images[:TEST_IMAGES]
+    psnr = {}
+    for sigma in SIGMAS:
+        noisy = corrupt_images(test, "gaussian", sigma / 255, NOISE_SEED)
+        psnr[sigma] = [round(image_quality(test, images)[0], 2) for images in (noisy, model.reconstruct(noisy))]
+    print(json.dumps({"run": args.run, "schedule": args.schedule, "seed": args.seed, "minutes": minutes, **psnr}))
+
+
+if __name__ == "__main__":
+    main()
