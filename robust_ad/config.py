@@ -112,8 +112,8 @@ class DenoiseConfig(_Section):
     # cosine (decay to zero) stopped the 200-epoch example denoisers while they still improved: 3 dB worse
     lr_schedule: Literal["constant", "cosine"] = "constant"
     min_sigma: NonNegative = 0.004  # skip: below this estimated (or given) noise level the input is returned as is
-    # skip: blend output and input by Stein's unbiased risk estimate, so that the output is never expected to be
-    # worse than its input (one more forward pass; robust_ad/models/denoiser.py)
+    # skip: blend output and input where Stein's unbiased risk estimate is lowest, never above the input's
+    # (additive Gaussian noise; one more forward pass; robust_ad/models/denoiser.py)
     guard: bool = True
     clean_fraction: Fraction = 0.1  # training images left clean (the denoiser learns to leave them alone)
     noises: Annotated[list[Literal[NOISES]], Field(min_length=1)] = list(NOISES)
