@@ -583,13 +583,10 @@ def _denoising_report(results: dict) -> list[str]:
     robust = f"robust-ad skip eps={results['recipe_eps']:g}"
 
     def psnr(category: str, noise: str, level: float, method: str) -> float | None:
-        """The PSNR of the first method whose name starts with ``method`` (names carry their settings)."""
-        found = [
-            r["psnr"]
-            for r in rows
-            if (r["category"], r["noise"]) == (category, noise)
-            and r["method"].startswith(method)
-            and abs(r["level"] - level) < 1e-9
+        """The PSNR of ``method``, else of the first method whose name starts with it (names carry settings)."""
+        here = [r for r in rows if (r["category"], r["noise"]) == (category, noise) and abs(r["level"] - level) < 1e-9]
+        found = [r["psnr"] for r in here if r["method"] == method] or [
+            r["psnr"] for r in here if r["method"].startswith(method)
         ]
         return found[0] if found else None
 
@@ -688,7 +685,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--report", type=Path, default=Path("benchmarks/RESULTS.md"))
     parser.add_argument("--data-root", type=Path, help="MVTec AD / VisA root instead of the example data")
     parser.add_argument("--categories", nargs="+", help="categories (default: the profile's)")
-    parser.add_argument("--replot", type=Path, help="only redraw the plots from a results.json")
+    parser.add_argument("--replot", type=Path, help="only rewrite the report and plots from a results.json")
     parser.add_argument("--corpus", type=Path, help="a 'robust-ad datasets corpus' folder: pretrained-encoder section")
     parser.add_argument(
         "--sections",
@@ -698,7 +695,9 @@ def main(argv: list[str] | None = None) -> Path:
     )
     args = parser.parse_args(argv)
     if args.replot:
-        return plot(json.loads(args.replot.read_text()), args.report.with_name("results.png"))
+        results = json.loads(args.replot.read_text())
+        write_report(args.report, results, " && ".join(results["commands"]))
+        return plot(results, args.report.with_name("results.png"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     profile = json.loads(json.dumps(PROFILES["quick" if args.quick else "full"]))
     if args.categories:
