@@ -14,6 +14,7 @@ the `bench` extra is installed (pip install -e '.[bench]'; see benchmarks/peers.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -351,7 +352,7 @@ def denoising(profile: dict, root: Path, runs: Path, corpus: Path | None, out: P
             run = api.train(config, runs / f"{category}-denoise-{name.split(' ', 1)[1].replace(' ', '_')}", force=True)
             models[name] = rundir.load_model(run)
             if name.startswith("robust-ad skip") and eps == recipe_eps:  # what the SURE guard changes
-                models[f"{name} without guard"] = rundir.load_model(run)
+                models[f"{name} without guard"] = copy.deepcopy(models[name])
                 models[f"{name} without guard"].guard = False
                 baselines[f"{name} given the true sigma"] = _known_sigma(models[name])
         dataset = open_dataset(config)

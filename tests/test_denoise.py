@@ -157,11 +157,12 @@ def test_denoiser_exports_to_onnx_with_the_clean_image_as_output(denoiser: Path,
     meta = export(denoiser, path)
     session = InferenceSession(path, device="cpu")
     assert session.output_names == ["clean"] and meta["mode"] == "denoise"
+    model = rundir.load_model(denoiser)
     for shape in ((2, 40, 36, 3), (1, 300, 70, 3)):  # the second wraps the guard's probe tile
         images = np.random.default_rng(0).random(shape).astype(np.float32)
         images = np.round(images * 255) / 255
         got = session.denoise(images)
-        expected = rundir.load_model(denoiser).reconstruct(images)
+        expected = model.reconstruct(images)
         assert got.shape == images.shape
         assert np.abs(got - expected).max() <= 1 / 255 + 1e-6  # uint8 output: within one grey level
 
