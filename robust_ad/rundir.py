@@ -235,7 +235,11 @@ def _load(run_dir: str | Path) -> tuple[Any, dict, Path, Config]:
     try:
         model.load_state_dict(payload["weights"])
     except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not match config.yaml ({str(exc).splitlines()[1].strip()})") from exc
+        detail = str(exc).splitlines()[1].strip()
+        raise ModelError(
+            f"{path}: weights do not match config.yaml and this robust-ad's networks ({detail}); a model saved by "
+            "an older robust-ad must be retrained ('robust-ad train')"
+        ) from exc
     return model.eval(), payload, path, config
 
 

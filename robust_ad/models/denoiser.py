@@ -124,6 +124,9 @@ class HaarSkipDecoder(nn.Module):
             self.ups.append(
                 nn.Sequential(*conv_block(in_ch, width_of[stride]), *conv_block(width_of[stride], width_of[stride]))
             )
+        # The input's Haar bands enter normalised: raw, their noise (a few hundredths) was drowned by the robust
+        # features beside them, and training sat for hundreds of steps at the identity before it found the noise.
+        self.band_norm = nn.BatchNorm2d(12)
         self.head = nn.Conv2d(width_of[2], 12, 3, padding=1)
         self.strides = strides
 
@@ -143,7 +146,8 @@ class HaarSkipDecoder(nn.Module):
             parts = [h, skip]
             if stride == 2:
                 level = sigma.view(-1, 1, 1, 1).expand(-1, 1, *skip.shape[-2:])
-                parts += [F.interpolate(bands, size=skip.shape[-2:], mode="nearest"), level * SIGMA_SCALE]
+                normalised = self.band_norm(bands)
+                parts += [F.interpolate(normalised, size=skip.shape[-2:], mode="nearest"), level * SIGMA_SCALE]
             h = up(torch.cat(parts, 1))
         correction = self.head(h)
         return F.interpolate(correction, size=bands.shape[-2:], mode="nearest")
