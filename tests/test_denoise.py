@@ -205,6 +205,18 @@ def test_the_skip_denoiser_starts_as_the_identity_and_leaves_noise_free_images_a
     assert abs(float(estimate_sigma(noisy)) - 0.1) < 0.02  # the blind estimate of the level
 
 
+def test_the_noise_estimate_is_not_fooled_by_brightness_texture_and_reads_grey_images() -> None:
+    generator = torch.Generator().manual_seed(0)
+    texture = torch.rand(2, 1, 64, 64, generator=generator).expand(-1, 3, -1, -1)  # strong, in brightness only
+    clean = 0.6 * texture + torch.tensor([0.2, 0.1, 0.05]).view(1, 3, 1, 1)
+    noisy = clean + 0.02 * torch.randn(clean.shape, generator=generator)
+    assert torch.allclose(estimate_sigma(noisy), torch.tensor(0.02), atol=0.003)
+    assert float(estimate_sigma(noisy[:, :1]).min()) > 0.05  # what a channel by itself says
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    grey = ((yy + xx) / 2 + 0.05 * torch.randn(64, 64, generator=generator)).expand(1, 3, -1, -1)  # same in each
+    assert abs(float(estimate_sigma(grey)) - 0.05) < 0.01
+
+
 def test_the_skip_denoiser_starts_learning_at_once() -> None:
     """The input's wavelet bands reach the decoder normalised: in 60 steps the error falls well below the noise's
     (with the raw bands, drowned by the features beside them, it stayed within 10 % of it)."""
