@@ -236,7 +236,7 @@ def test_the_skip_denoiser_starts_learning_at_once() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(loss) < 0.85 * float((noisy - clean).abs().mean())
+    assert loss.item() < 0.85 * (noisy - clean).abs().mean().item()
 
 
 def test_near_clean_images_are_never_made_worse(denoiser: Path) -> None:
@@ -256,26 +256,48 @@ def _smooth(size: int = 64, count: int = 4) -> np.ndarray:
     return image[None].repeat(count, 0).astype(np.float32)
 
 
+def _blur_denoiser(blur: int) -> SkipDenoiser:
+    """A skip denoiser whose network is a Gaussian blur."""
+    smoother = SkipDenoiser(width=0.125, decoder_width=0.25).eval()
+    smoother.correction = lambda x, level: (
+        torch.from_numpy(np.stack([cv2.GaussianBlur(im, (blur, blur), 0) for im in x.permute(0, 2, 3, 1).numpy()]))
+        .permute(0, 3, 1, 2)
+        .sub(x)
+    )
+    return smoother
+
+
+def _blends(smoother: SkipDenoiser, clean: np.ndarray, noisy: np.ndarray, **options) -> tuple[np.ndarray, ...]:
+    """The share of the network's change that the guard kept, and the share the clean image shows to be best."""
+    x = to_tensor(noisy)
+    change = smoother.restore(x, None).numpy() - x.numpy()
+    error = to_tensor(clean).numpy() - x.numpy()
+    oracle = np.clip((change * error).sum((1, 2, 3)) / (change**2).sum((1, 2, 3)), 0, 1)
+    chosen = ((smoother(x, **options).numpy() - x.numpy()) * change).sum((1, 2, 3)) / (change**2).sum((1, 2, 3))
+    return chosen, oracle
+
+
 @pytest.mark.parametrize(("sigma", "blur"), [(0.1, 5), (0.01, 9)])
 def test_the_guard_blends_output_and_input_as_the_clean_image_would(sigma: float, blur: int) -> None:
     """SURE, from the noisy image alone, picks about the blend of input and output that the clean image shows
     to be best: nearly all of a mild smoother at strong noise, little of a strong one at weak noise."""
     clean = _smooth()
-    noisy = corrupt_images(clean, "gaussian", sigma, seed=3)
-    smoother = SkipDenoiser(width=0.125, decoder_width=0.25).eval()
-    smoother.correction = lambda x, level: (  # a Gaussian blur in place of the network
-        torch.from_numpy(np.stack([cv2.GaussianBlur(im, (blur, blur), 0) for im in x.permute(0, 2, 3, 1).numpy()]))
-        .permute(0, 3, 1, 2)
-        .sub(x)
-    )
-    x = to_tensor(noisy)
-    blurred = smoother.restore(x, None).numpy()
-    guarded = smoother(x, sigma=sigma).numpy()
-    change, error = blurred - x.numpy(), to_tensor(clean).numpy() - x.numpy()
-    oracle = np.clip((change * error).sum((1, 2, 3)) / (change**2).sum((1, 2, 3)), 0, 1)
-    chosen = ((guarded - x.numpy()) * change).sum((1, 2, 3)) / (change**2).sum((1, 2, 3))
+    chosen, oracle = _blends(_blur_denoiser(blur), clean, corrupt_images(clean, "gaussian", sigma, seed=3), sigma=sigma)
     assert np.abs(chosen - oracle).max() < 0.1, (chosen, oracle)
     assert (oracle > 0.8).all() if sigma == 0.1 else (oracle < 0.5).all()  # the two regimes the cases test
+
+
+def test_the_blind_guard_weighs_each_region_by_its_own_noise() -> None:
+    """Noise of 0.1 in the top half, 0.03 in the bottom (as shot noise differs between bright and dark parts):
+    the blind guard keeps about the best share of a smoother; one image-wide level would keep half of that."""
+    clean = _smooth()
+    level = np.where(np.arange(64)[None, :, None, None] < 32, 0.1, 0.03)
+    noisy = np.clip(clean + level * np.random.default_rng(3).standard_normal(clean.shape), 0, 1).astype(np.float32)
+    smoother = _blur_denoiser(5)
+    chosen, oracle = _blends(smoother, clean, noisy)
+    assert np.abs(chosen - oracle).max() < 0.1, (chosen, oracle)
+    one_level, _ = _blends(smoother, clean, noisy, sigma=estimate_sigma(to_tensor(noisy)))
+    assert (one_level < oracle - 0.3).all(), (one_level, oracle)
 
 
 def test_near_clean_images_are_not_made_worse_by_a_denoiser_trained_on_strong_noise(denoiser: Path) -> None:

@@ -24,7 +24,8 @@ the input is returned unchanged.
 Not worse than the input (``guard``, on by default): a network that fits its training noise well may still
 repaint clean structure it cannot tell from noise. Stein's unbiased risk estimate (SURE) estimates, without the
 clean image, the mean squared error of every blend ``x + a (f(x) - x)`` of input and output under additive
-Gaussian noise of level sigma; its minimum over a in [0, 1] is in closed form, and a = 0 (the input) is always
+Gaussian noise, of the given level or, blind, of each 16 px block's own level (shot noise is stronger in bright
+parts); its minimum over a in [0, 1] is in closed form, and a = 0 (the input) is always
 a candidate, so the chosen blend's estimated error is never above the input's. The divergence SURE needs is
 estimated with one more forward pass on a probed input (Monte-Carlo SURE, Ramani et al. 2008). Isolated
 saturated pixels (impulse noise: dead and hot pixels, which SURE's Gaussian model does not describe) take the
@@ -59,6 +60,7 @@ PROBE_SIZE = 256
 # (about 11 significant bits) still resolve.
 PROBE_STEP, MIN_PROBE_STEP = 0.01, 2e-3
 IMPULSE_SIGMAS = 4.0  # a saturated pixel this many sigma away from its 3x3 median is an impulse
+VARIANCE_BLOCK = 16  # px: the blind guard reads the noise variance per square of this side (128 samples each)
 
 
 def haar(x: torch.Tensor) -> torch.Tensor:
@@ -77,19 +79,38 @@ def inverse_haar(bands: torch.Tensor) -> torch.Tensor:
 
 def estimate_sigma(x: torch.Tensor) -> torch.Tensor:
     """Per image, the standard deviation of additive white noise, independent in each channel: median |HH| / 0.6745
-    of the finest Haar level (Donoho & Johnstone); (N,) on [0, 1] pixels.
+    of the finest Haar level (Donoho & Johnstone), read from :func:`_noise_channels`; (N,) on [0, 1] pixels."""
+    return _median_hh(_noise_channels(x))
 
-    In colour images it is read from the two colour-opponent channels (R - G and R + G - 2B, orthonormal): noise
-    of level sigma in each channel has level sigma there too, but texture, mostly a matter of brightness, is far
-    weaker, so a textured image is not taken for a noisy one (gravel: 2.4 grey levels for noise of 2, against
-    8.6 from the channels themselves). Noise that is the same in every channel is underestimated, which leaves
-    more of the input as it is. Grey images (identical channels, no opponent signal) are read directly."""
-    direct = _median_hh(x)
+
+def local_noise_variance(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W): the noise variance of each pixel, Donoho's estimate per ``VARIANCE_BLOCK`` square of
+    :func:`_noise_channels`. Signal-dependent noise (shot noise: brighter is noisier) is stronger in some places
+    than the image-wide level says, and the guard weighs each pixel by its own."""
+    h, w = x.shape[-2:]
+    rows, cols = _padded_index(h, x.device, VARIANCE_BLOCK), _padded_index(w, x.device, VARIANCE_BLOCK)
+    channels = _noise_channels(x).index_select(2, rows).index_select(3, cols)
+    detail = haar(channels)[:, 3::4].abs()  # the HH band of each channel
+    blocks = F.pixel_unshuffle(detail, VARIANCE_BLOCK // 2)  # (N, C * samples per block, blocks down, across)
+    middle = (blocks.shape[1] - 1) // 2
+    median = blocks.sort(dim=1).values[:, middle : middle + 1]
+    variance = F.interpolate((median / 0.6745).square(), scale_factor=VARIANCE_BLOCK, mode="nearest")
+    return variance.index_select(2, rows[: torch.as_tensor(h)]).index_select(3, cols[: torch.as_tensor(w)])
+
+
+def _noise_channels(x: torch.Tensor) -> torch.Tensor:
+    """Where noise is read. In colour images, the two colour-opponent channels (R - G and R + G - 2B,
+    orthonormal): noise of level sigma in each channel has level sigma there too, but texture, mostly a matter of
+    brightness, is far weaker, so a textured image is not taken for a noisy one (gravel: 2.4 grey levels for noise
+    of 2, against 8.6 from the channels themselves). Noise that is the same in every channel is underestimated,
+    which leaves more of the input as it is. Grey images (no opponent signal) are read from two of their
+    (identical) channels."""
     if x.shape[1] != 3:
-        return direct
+        return x
     red, green, blue = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    opponent = _median_hh(torch.cat([(red - green) / 2**0.5, (red + green - 2 * blue) / 6**0.5], 1))
-    return torch.where(opponent > 0, opponent, direct)
+    opponent = torch.cat([(red - green) / 2**0.5, (red + green - 2 * blue) / 6**0.5], 1)
+    colour = (_median_hh(opponent) > 0).view(-1, 1, 1, 1)
+    return torch.where(colour, opponent, x[:, :2])
 
 
 def _median_hh(x: torch.Tensor) -> torch.Tensor:
@@ -101,11 +122,11 @@ def _median_hh(x: torch.Tensor) -> torch.Tensor:
     return median / 0.6745
 
 
-def _padded_index(n: int | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Indices that extend a side of ``n`` pixels to a multiple of ``MULTIPLE`` by mirroring its end (reflect;
+def _padded_index(n: int | torch.Tensor, device: torch.device, multiple: int = MULTIPLE) -> torch.Tensor:
+    """Indices that extend a side of ``n`` pixels to a multiple of ``multiple`` by mirroring its end (reflect;
     clamped for tiny sides). Built with tensor ops, so an exported graph pads every input size correctly."""
     n = torch.as_tensor(n, device=device)
-    index = torch.arange((n + MULTIPLE - 1) // MULTIPLE * MULTIPLE, device=device)
+    index = torch.arange((n + multiple - 1) // multiple * multiple, device=device)
     return torch.where(index < n, index, 2 * (n - 1) - index).clamp(0, n - 1)
 
 
@@ -192,12 +213,14 @@ class SkipDenoiser(Reconstructor):
         self.register_buffer("probe", signs.float(), persistent=False)  # not in checkpoints: rebuilt identically
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
-        if sigma is None:
+        blind = sigma is None
+        if blind:
             sigma = estimate_sigma(x)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         correction = self.correction(x, sigma)
         if self.guard and not self.training:  # training fits the network itself
-            restored = self._blend(x, sigma, correction)
+            variance = local_noise_variance(x.float()) if blind else sigma.float().square().view(-1, 1, 1, 1)
+            restored = self._blend(x, sigma, correction, variance)
         else:
             restored = (x + correction).clamp(0, 1)
         keep = (sigma < self.min_sigma).view(-1, 1, 1, 1)  # no measurable noise: the input, untouched
@@ -217,12 +240,15 @@ class SkipDenoiser(Reconstructor):
         correction = inverse_haar(self.decoder(self.encoder.features(padded), bands, sigma))
         return correction.index_select(2, rows[: torch.as_tensor(h)]).index_select(3, cols[: torch.as_tensor(w)])
 
-    def _blend(self, x: torch.Tensor, sigma: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+    def _blend(
+        self, x: torch.Tensor, sigma: torch.Tensor, correction: torch.Tensor, variance: torch.Tensor
+    ) -> torch.Tensor:
         """``x + a (f(x) - x)`` per image, f(x) = clip(x + correction), with the ``a`` in [0, 1] that minimises
-        SURE; impulses take f(x) in full.
+        SURE; impulses take f(x) in full. ``variance``: each pixel's noise variance s_i^2 (a map, or one level).
 
-        SURE(a) = a^2 |d|^2 - n s^2 + 2 s^2 (n + a (div f - n)) over the n samples that are not impulses, with
-        d = f(x) - x; its minimum is at a = s^2 (n - div f) / |d|^2. Arithmetic in float32 at any precision."""
+        SURE(a) = a^2 |d|^2 - sum s_i^2 + 2 sum s_i^2 (1 + a (df_i/dx_i - 1)) over the samples that are not
+        impulses, with d = f(x) - x; its minimum is at a = sum s_i^2 (1 - df_i/dx_i) / |d|^2. Arithmetic in
+        float32 at any precision."""
         level = sigma.float().view(-1, 1, 1, 1)
         keep = (~impulses(x, level)).float()
         h, w = x.shape[-2:]
@@ -233,10 +259,10 @@ class SkipDenoiser(Reconstructor):
         base = x.float() + correction.float()
         moved = self.correction((x.float() + step * probe).to(x.dtype), sigma).float() - correction.float()
         inside = ((base > 0) & (base < 1)).float()  # where the output is not clipped, df/dx = 1 + dc/dx
-        divergence = (keep * inside * (1 + probe * moved / step)).flatten(1).sum(1)
+        slope = inside * (1 + probe * moved / step)  # df_i/dx_i, one probe's unbiased estimate
         change = base.clamp(0, 1) - x.float()
         energy = (change * keep).flatten(1).square().sum(1).clamp_min(1e-12)
-        share = (level.flatten().square() * (keep.flatten(1).sum(1) - divergence) / energy).clamp(0, 1)
+        share = ((keep * variance * (1 - slope)).flatten(1).sum(1) / energy).clamp(0, 1)
         blend = keep * share.view(-1, 1, 1, 1) + 1 - keep
         return (x.float() + blend * change).to(x.dtype)
 
