@@ -83,14 +83,13 @@ def estimate_sigma(x: torch.Tensor) -> torch.Tensor:
     return _median_hh(_noise_channels(x))
 
 
-def local_noise_variance(x: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W): the noise variance of each pixel, Donoho's estimate per ``VARIANCE_BLOCK`` square of
-    :func:`_noise_channels`. Signal-dependent noise (shot noise: brighter is noisier) is stronger in some places
-    than the image-wide level says, and the guard weighs each pixel by its own."""
-    h, w = x.shape[-2:]
-    rows, cols = _padded_index(h, x.device, VARIANCE_BLOCK), _padded_index(w, x.device, VARIANCE_BLOCK)
-    channels = _noise_channels(x).index_select(2, rows).index_select(3, cols)
-    detail = haar(channels)[:, 3::4].abs()  # the HH band of each channel
+def _block_variance(channels: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W): the noise variance of each pixel, Donoho's estimate per ``VARIANCE_BLOCK`` square of the
+    channels noise is read from (:func:`_noise_channels`). Signal-dependent noise (shot noise: brighter is noisier)
+    is stronger in some places than the image-wide level says, and the guard weighs each pixel by its own."""
+    h, w = channels.shape[-2:]
+    rows, cols = _padded_index(h, channels.device, VARIANCE_BLOCK), _padded_index(w, channels.device, VARIANCE_BLOCK)
+    detail = haar(channels.index_select(2, rows).index_select(3, cols))[:, 3::4].abs()  # each channel's HH band
     blocks = F.pixel_unshuffle(detail, VARIANCE_BLOCK // 2)  # (N, C * samples per block, blocks down, across)
     middle = (blocks.shape[1] - 1) // 2
     median = blocks.sort(dim=1).values[:, middle : middle + 1]
@@ -215,11 +214,12 @@ class SkipDenoiser(Reconstructor):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
         blind = sigma is None
         if blind:
-            sigma = estimate_sigma(x)
+            channels = _noise_channels(x)
+            sigma = _median_hh(channels)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         correction = self.correction(x, sigma)
         if self.guard and not self.training:  # training fits the network itself
-            variance = local_noise_variance(x.float()) if blind else sigma.float().square().view(-1, 1, 1, 1)
+            variance = _block_variance(channels.float()) if blind else sigma.float().square().view(-1, 1, 1, 1)
             restored = self._blend(x, sigma, correction, variance)
         else:
             restored = (x + correction).clamp(0, 1)
