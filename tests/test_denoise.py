@@ -206,6 +206,7 @@ def test_the_skip_denoiser_starts_as_the_identity_and_leaves_noise_free_images_a
 
 
 def test_the_noise_estimate_is_not_fooled_by_brightness_texture_and_reads_grey_images() -> None:
+    """Noise is read where texture is weak (the colour-opponent channels), and from the channels of grey images."""
     generator = torch.Generator().manual_seed(0)
     texture = torch.rand(2, 1, 64, 64, generator=generator).expand(-1, 3, -1, -1)  # strong, in brightness only
     clean = 0.6 * texture + torch.tensor([0.2, 0.1, 0.05]).view(1, 3, 1, 1)
