@@ -301,6 +301,20 @@ def test_the_blind_guard_weighs_each_region_by_its_own_noise() -> None:
     assert (one_level < oracle - 0.3).all(), (one_level, oracle)
 
 
+def test_impulses_on_an_otherwise_clean_image_are_corrected_and_nothing_else_is() -> None:
+    """Dead and hot pixels leave the noise estimate below the level the denoiser acts on; they are still
+    corrected (before, the whole image came back untouched), and the clean pixels are left as they were."""
+    clean = _smooth()
+    noisy = clean.copy()
+    hit = np.random.default_rng(0).random(clean.shape[:3]) < 0.01
+    noisy[hit] = np.where(np.random.default_rng(1).random(hit.sum()) < 0.5, 0.0, 1.0)[:, None]
+    smoother = _blur_denoiser(5)
+    assert float(estimate_sigma(to_tensor(noisy)).max()) < smoother.min_sigma
+    restored = smoother(to_tensor(noisy)).permute(0, 2, 3, 1).numpy()
+    assert image_quality(clean, restored)[0] > image_quality(clean, noisy)[0] + 3
+    assert np.abs(restored - noisy)[~hit].max() < 0.02
+
+
 def test_near_clean_images_are_not_made_worse_by_a_denoiser_trained_on_strong_noise(denoiser: Path) -> None:
     """The fixture learnt sigma 0.15 to 0.3; at sigma 2/255 the network alone repaints the image, the guarded
     model keeps its quality (PSNR within 0.1 dB of the input's)."""

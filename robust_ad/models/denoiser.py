@@ -218,13 +218,16 @@ class SkipDenoiser(Reconstructor):
             sigma = _median_hh(channels)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         correction = self.correction(x, sigma)
+        hits = impulses(x, sigma.float().clamp_min(self.min_sigma).view(-1, 1, 1, 1))
         if self.guard and not self.training:  # training fits the network itself
             variance = _block_variance(channels.float()) if blind else sigma.float().square().view(-1, 1, 1, 1)
-            restored = self._blend(x, sigma, correction, variance)
+            restored = self._blend(x, sigma, correction, variance, hits)
         else:
             restored = (x + correction).clamp(0, 1)
-        keep = (sigma < self.min_sigma).view(-1, 1, 1, 1)  # no measurable noise: the input, untouched
-        return torch.where(keep, x, restored)
+        keep = sigma < self.min_sigma  # no measurable (or, given, no) noise: the input as it is
+        if blind:  # unless it has impulses: dead or hot pixels leave the estimated level low
+            keep = keep & ~hits.flatten(1).any(1)
+        return torch.where(keep.view(-1, 1, 1, 1), x, restored)
 
     def restore(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The network's output for ``x`` at noise level ``sigma`` (N,), without the guard."""
@@ -241,16 +244,17 @@ class SkipDenoiser(Reconstructor):
         return correction.index_select(2, rows[: torch.as_tensor(h)]).index_select(3, cols[: torch.as_tensor(w)])
 
     def _blend(
-        self, x: torch.Tensor, sigma: torch.Tensor, correction: torch.Tensor, variance: torch.Tensor
+        self, x: torch.Tensor, sigma: torch.Tensor, correction: torch.Tensor, variance: torch.Tensor, hits: torch.Tensor
     ) -> torch.Tensor:
         """``x + a (f(x) - x)`` per image, f(x) = clip(x + correction), with the ``a`` in [0, 1] that minimises
-        SURE; impulses take f(x) in full. ``variance``: each pixel's noise variance s_i^2 (a map, or one level).
+        SURE; impulses (``hits``) take f(x) in full. ``variance``: each pixel's noise variance s_i^2 (a map, or one
+        level).
 
         SURE(a) = a^2 |d|^2 - sum s_i^2 + 2 sum s_i^2 (1 + a (df_i/dx_i - 1)) over the samples that are not
         impulses, with d = f(x) - x; its minimum is at a = sum s_i^2 (1 - df_i/dx_i) / |d|^2. Arithmetic in
         float32 at any precision."""
         level = sigma.float().view(-1, 1, 1, 1)
-        keep = (~impulses(x, level)).float()
+        keep = (~hits).float()
         h, w = x.shape[-2:]
         rows = torch.arange(h, device=x.device) % PROBE_SIZE
         cols = torch.arange(w, device=x.device) % PROBE_SIZE
