@@ -1,5 +1,6 @@
 """Repeat one denoiser training to see its spread: the settings of an existing denoising run folder, with a
-learning-rate schedule and seed of your choice; PSNR of the network alone (no guard) on the run's test images.
+learning-rate schedule, seed and (optionally) training noises of your choice; PSNR of the network alone (no
+guard) on the run's test images.
 
     python benchmarks/denoise_repeats.py --run benchmarks/results/runs/bottle-denoise-skip_eps=1 \
         --schedule constant --seed 0 --out /tmp/repeat
@@ -15,7 +16,7 @@ import json
 import time
 
 from robust_ad import api, rundir
-from robust_ad.config import config_from_dict
+from robust_ad.config import NOISES, config_from_dict
 from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.denoising import corrupt_images, image_quality
 
@@ -28,11 +29,14 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a denoising run folder whose settings to repeat")
     parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise", nargs="+", choices=NOISES, help="train on these noises (default: the run's)")
     parser.add_argument("--out", required=True, help="folder for the new run (replaced)")
     parser.add_argument("--test-size", type=int, default=None, help="test images at this size (photos: 256)")
     args = parser.parse_args()
     values = rundir.read_config(args.run).to_dict()
     values["seed"] = args.seed
+    if args.noise:
+        values["denoise"]["noises"] = args.noise
     values["denoise"]["lr_schedule"] = values["autoencoder"]["lr_schedule"] = args.schedule
     config = config_from_dict(values)
     began = time.perf_counter()
@@ -44,7 +48,8 @@ def main() -> None:
     for sigma in SIGMAS:
         noisy = corrupt_images(test, "gaussian", sigma / 255, NOISE_SEED)
         psnr[sigma] = [round(image_quality(test, images)[0], 2) for images in (noisy, model.reconstruct(noisy))]
-    print(json.dumps({"run": args.run, "schedule": args.schedule, "seed": args.seed, "minutes": minutes, **psnr}))
+    settings = {"run": args.run, "schedule": args.schedule, "seed": args.seed, "noises": config.denoise.noises}
+    print(json.dumps({**settings, "minutes": minutes, **psnr}))
 
 
 if __name__ == "__main__":

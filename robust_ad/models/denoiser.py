@@ -100,10 +100,9 @@ def _block_variance(channels: torch.Tensor) -> torch.Tensor:
 def _noise_channels(x: torch.Tensor) -> torch.Tensor:
     """Where noise is read. In colour images, the two colour-opponent channels (R - G and R + G - 2B,
     orthonormal): noise of level sigma in each channel has level sigma there too, but texture, mostly a matter of
-    brightness, is far weaker, so a textured image is not taken for a noisy one (gravel: 2.4 grey levels for noise
-    of 2, against 8.6 from the channels themselves). Noise that is the same in every channel is underestimated,
-    which leaves more of the input as it is. Grey images (no opponent signal) are read from two of their
-    (identical) channels."""
+    brightness, is far weaker, so a textured image is not taken for a noisy one. Noise that is the same in every
+    channel is underestimated, which leaves more of the input as it is. Grey images (no opponent signal) are read
+    from two of their (identical) channels."""
     if x.shape[1] != 3:
         return x
     red, green, blue = x[:, 0:1], x[:, 1:2], x[:, 2:3]
