@@ -12,7 +12,7 @@
 OUT=${OUT:-/tmp/gpucheck-out}; W=/tmp/gpucheck
 source "$(dirname "$0")/gpu_setup.sh"
 el "test suite (GPU present)"
-OMP_NUM_THREADS=2 timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} --durations=10 --junitxml=$OUT/junit.xml \
+OMP_NUM_THREADS=2 timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} --durations=10 -o faulthandler_timeout=60 --junitxml=$OUT/junit.xml \
   >$OUT/pytest.log 2>&1; tail -25 $OUT/pytest.log
 python3 - $OUT/junit.xml <<'PY'  # the cuda tests must have run, not been skipped
 import sys, xml.etree.ElementTree as ET

@@ -1,21 +1,23 @@
 #!/bin/bash
 # Speed and scale on a lent GPU machine (torch + CUDA, no network), run from the project root. The wheels that
 # machine lacks go in .whl/ first (see the header of benchmarks/gpu_check.sh); then call the device tool with
-# carry ['.whl'] and command 'bash benchmarks/gpu_speed.sh'. It runs the whole suite with the GPU present, a
-# full --recipe mvtec train + eval on the example bottle in each precision (fp32, bf16), and
-# benchmarks/speed.py on the fp32 run. Results land in $OUT: speed_gpu.json (commit it as
-# benchmarks/speed_gpu.json: RESULTS.md shows its rows) and train_<precision>.json.
+# carry ['.whl'] and command 'bash benchmarks/gpu_speed.sh'. It runs a full --recipe mvtec train + eval on the
+# example bottle in each precision (fp32, bf16) with the GPU to itself (the fp32 run also exported and scored
+# through onnxruntime), benchmarks/speed.py and benchmarks/profile_gpu.py on the fp32 run, the whole suite with the
+# GPU present, then the command THEN if one is given (e.g. 'bash benchmarks/gpu_pretrain.sh'). Nothing runs side by
+# side: on 2026-11-27 pretraining beside the suite oversubscribed the 16 cores and both crawled.
+# A test still running after 60 s has its stack dumped into the log (pytest's faulthandler_timeout).
+# Results land in $OUT: speed_gpu.json (commit it as benchmarks/speed_gpu.json: RESULTS.md shows its rows),
+# train_<precision>.json and logs.tar.gz.
 OUT=${OUT:-/tmp/gpuspeed-out}; W=/tmp/gpuspeed
 source "$(dirname "$0")/gpu_setup.sh"
-el "test suite (GPU present)"
-OMP_NUM_THREADS=2 timeout ${TEST_S:-120} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} -x >$OUT/pytest.log 2>&1
-tail -4 $OUT/pytest.log
+L=$OUT/logs; mkdir -p $L
 $RA datasets synth --category bottle --out $W/data --seed 0 >/dev/null 2>&1
 for P in ${PRECISIONS:-fp32 bf16}; do
   el "train --recipe mvtec --precision $P"
   timeout ${TRAIN_S:-120} $RA train --recipe mvtec --category bottle --data-root $W/data --out $W/run-$P \
-    --device cuda --precision $P >$OUT/train-$P.log 2>&1 || tail -3 $OUT/train-$P.log
-  timeout 90 $RA eval --category bottle --data-root $W/data --model $W/run-$P --out $W/eval-$P --device cuda >/dev/null 2>&1
+    --device cuda --precision $P >$L/train-$P.log 2>&1 || tail -3 $L/train-$P.log
+  timeout 90 $RA eval --category bottle --data-root $W/data --model $W/run-$P --out $W/eval-$P --device cuda >$L/eval-$P.log 2>&1
   python3 - $W/run-$P $W/eval-$P $OUT/train_$P.json <<'PY'
 import json, sys
 t = json.load(open(f"{sys.argv[1]}/training.json"))
@@ -26,7 +28,19 @@ json.dump(keep, open(sys.argv[3], "w"), indent=1)
 print(json.dumps({k: keep[k] for k in ("minutes", "precision")}), json.dumps(keep["metrics"])[:300])
 PY
 done
+R=$W/run-fp32
+el "export and score through onnxruntime"
+timeout 90 $RA export --model $R --out $W/model.onnx >$L/export.log 2>&1 && timeout 90 $RA score $W/data/bottle/test \
+  --onnx $W/model.onnx --out $W/scores >$L/score.log 2>&1; echo "export + score: rc $?"
 el "speed (benchmarks/speed.py)"
-timeout ${SPEED_S:-150} python3 benchmarks/speed.py --run $W/run-fp32 --sizes 256 --out $OUT/speed_gpu.json \
-  2>$OUT/speed.err | cut -c1-220 || tail -3 $OUT/speed.err
+timeout ${SPEED_S:-150} python3 benchmarks/speed.py --run $R --sizes 256 --out $OUT/speed_gpu.json \
+  2>$L/speed.err | cut -c1-220 || tail -3 $L/speed.err
+el "profile (benchmarks/profile_gpu.py)"
+timeout 90 python3 benchmarks/profile_gpu.py --run $R --out $L/profile.txt 2>$L/profile.err || tail -3 $L/profile.err
+el "test suite (GPU present)"
+OMP_NUM_THREADS=2 timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} --durations=10 \
+  -o faulthandler_timeout=60 >$L/pytest.log 2>&1
+tail -4 $L/pytest.log
+[ -n "$THEN" ] && { el "$THEN"; OUT=$OUT RA="$RA" bash -c "$THEN" 2>&1 | tee $L/then.log; }
+tar -czf $OUT/logs.tar.gz -C $OUT logs && rm -rf $L
 el "done"

@@ -630,7 +630,8 @@ TRAINING_COLUMNS = ["device", "recipe", "category", "image_size", "precision", "
 def _speed_report(r: dict) -> list[str]:
     """The CPU rows of this run, then the GPU rows of the last GPU measurement (benchmarks/speed_gpu.json)."""
     parts = ["## Inference speed (the exported scoring graph; fraction of the device's measured matmul peak)"]
-    for where, section in (("This machine", r["speed"]), ("GPU machine", r.get("speed_gpu"))):
+    gpu = json.loads(GPU_SPEED.read_text()) if GPU_SPEED.is_file() else None
+    for where, section in (("This machine", r["speed"]), ("GPU machine", gpu)):
         if section is None:
             parts.append("GPU: not measured (no benchmarks/speed_gpu.json).")
             continue
@@ -745,8 +746,6 @@ def main(argv: list[str] | None = None) -> Path:
         results["speed"] = kept["speed"]
     else:
         results["speed"] = speed_section(profile, runs, recipe_eps)
-    if GPU_SPEED.is_file():
-        results["speed_gpu"] = json.loads(GPU_SPEED.read_text())
     if kept:
         results["commands"] = [*kept.get("commands", [kept.get("command", "python benchmarks/run.py")])]
     args.out.mkdir(parents=True, exist_ok=True)

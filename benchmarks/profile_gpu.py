@@ -1,0 +1,72 @@
+"""Where the GPU time of the scoring graph goes: the top CUDA kernels (torch.profiler) of one batch, fp16 networks,
+and the same graph with its networks in channels-last memory format, eager and replayed as a CUDA graph.
+
+    python benchmarks/profile_gpu.py --run runs/bottle --size 256 --batch 32 --out profile.txt
+
+Diagnostic only (run by hand on a GPU machine); benchmarks/speed.py writes the rows RESULTS.md reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speed  # benchmarks/ is no package
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, nargs="+", default=[32, 1])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    lines = [torch.cuda.get_device_name(0)]
+    for batch in args.batch:
+        lines += _profile(args.run, args.size, batch)
+        print(lines[-1], flush=True)
+    args.out.write_text("\n".join(lines) + "\n")
+
+
+def _profile(run: Path, size: int, batch: int) -> list[str]:
+    """The kernel table of one batch size, then images/s of each variant."""
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device="cuda")
+    graph = speed._graph(run, size, True, "cuda")
+    with torch.no_grad():
+        for _ in range(3):
+            graph(images)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                graph(images)
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+
+    def eager() -> float:
+        return speed._rate(lambda: graph(images), batch, torch.cuda.synchronize)
+
+    def replayed() -> float:
+        return speed._rate(speed._cuda_graph(graph, images), batch, torch.cuda.synchronize)
+
+    rates = {"eager": _try(eager), "CUDA graph": _try(replayed)}
+    graph.scorer.model.to(memory_format=torch.channels_last)
+    rates.update({"channels-last eager": _try(eager), "channels-last CUDA graph": _try(replayed)})
+    summary = f"batch {batch} images/s: " + ", ".join(f"{k} {v}" for k, v in rates.items())
+    return [f"\n== fp16 networks, batch {batch}, 5 calls", table, summary]
+
+
+def _try(fn) -> str:
+    try:
+        with torch.no_grad():
+            return f"{fn():.0f}"
+    except Exception as exc:  # a variant that cannot run says why
+        return f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+
+
+if __name__ == "__main__":
+    main()
