@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,3 +84,29 @@ def test_an_interrupted_torchrun_training_resumes(synth_root: Path, tmp_path: Pa
     _finish(_torchrun(2, recipe, synth_root, run, "--resume"))
     assert rundir.is_finished(run)
     assert [row["epoch"] for row in _losses(run)] == list(range(1, 41))
+
+
+@pytest.mark.parametrize(
+    ("local", "world", "preset", "expected"),
+    [
+        ("2", "2", None, "lo"),  # one machine: loopback
+        ("2", "2", "eth7", "eth7"),  # the user's choice stands
+        ("1", "2", None, None),  # several machines: left to Gloo / NCCL
+    ],
+)
+def test_processes_on_one_machine_talk_over_loopback(monkeypatch, local, world, preset, expected) -> None:
+    """Gloo binds to the hostname's address by default, unreachable on some sandboxed machines: torchrun's
+    processes then wait for each other until the timeout."""
+    from robust_ad.training import distributed
+
+    if "lo" not in {name for _, name in socket.if_nameindex()}:
+        pytest.skip("no interface named lo")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    for variable in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        monkeypatch.delenv(variable, raising=False)
+    if preset:
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", preset)
+    distributed.use_loopback_on_one_machine()
+    assert os.environ.get("GLOO_SOCKET_IFNAME") == expected
+    assert os.environ.get("NCCL_SOCKET_IFNAME") == (None if expected is None else "lo")

@@ -8,6 +8,7 @@ global one) and DDP averages the gradients, so every process holds the same weig
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,11 +46,28 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    use_loopback_on_one_machine()
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield device
     finally:
         dist.destroy_process_group()
+
+
+LOOPBACK_NAMES = ("lo", "lo0")  # Linux, macOS
+
+
+def use_loopback_on_one_machine() -> None:
+    """When every process runs on this machine (``torchrun --standalone``, or one node), Gloo and NCCL's socket
+    bootstrap talk over the loopback interface unless ``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME`` say otherwise.
+    By default they bind to the address the hostname resolves to, which in containers and sandboxed machines can be
+    unreachable even from the machine itself: the processes then wait for each other until the timeout."""
+    if os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE", "1"):
+        return
+    loopback = next((name for _, name in socket.if_nameindex() if name in LOOPBACK_NAMES), None)
+    if loopback is not None:
+        for variable in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            os.environ.setdefault(variable, loopback)
 
 
 @contextmanager
