@@ -226,3 +226,33 @@ def test_the_joint_proxy_task_needs_both_heads_right() -> None:
     assert (task.predict(logits) != y).tolist() == [True] + [False] * 9 and float(task.loss(logits, y)) > 0.1
     with pytest.raises(ConfigError, match="at least two labels"):
         proxy.Proxy("labels+corruption", 1)
+
+
+def test_each_corruption_changes_one_square_patch_as_its_class_says() -> None:
+    size, n = 32, 60
+    images = 0.3 + 0.4 * torch.rand(n, 3, size, size)  # away from 0 and 1: no clamping inside the patches
+    classes = torch.arange(n) % proxy.N_CORRUPTIONS
+    out = proxy._corrupt(images, classes, torch.Generator().manual_seed(0))
+    assert torch.equal(out[classes == 0], images[classes == 0])
+    blurred = F.avg_pool2d(images, 5, 1, 2, count_include_pad=False)
+    for i in range(n):
+        changed = (out[i] != images[i]).any(0).nonzero()
+        if int(classes[i]) == 0:
+            continue
+        (top, left), (bottom, right) = changed.min(0).values.tolist(), changed.max(0).values.tolist()
+        side = bottom - top + 1
+        assert side == right - left + 1 and size // 8 <= side < size // 3, (i, top, left, bottom, right)
+        patch, original = (
+            out[i, :, top : bottom + 1, left : right + 1],
+            images[i, :, top : bottom + 1, left : right + 1],
+        )
+        if int(classes[i]) == 1:  # cut-paste: another square of the same image
+            squares = images[i].unfold(1, side, 1).unfold(2, side, 1)  # (3, rows, cols, side, side)
+            assert (squares == patch[:, None, None]).all(-1).all(-1).all(0).any()
+        elif int(classes[i]) == 2:
+            assert 0.12 < float((patch - original).std()) < 0.18
+        elif int(classes[i]) == 3:  # one gain per channel
+            gains = patch / original
+            assert torch.allclose(gains, gains.mean((1, 2), keepdim=True), atol=1e-5)
+        else:
+            assert torch.allclose(patch, blurred[i, :, top : bottom + 1, left : right + 1])
