@@ -181,24 +181,27 @@ def detection_sweep(profile: dict, root: Path, runs: Path) -> list[dict]:
 
 
 def component_ablation(profile: dict, root: Path, runs: Path, eps: float) -> list[dict]:
+    return [row for category in profile["categories"] for row in _component_rows(runs / f"{category}-eps{eps:g}")]
+
+
+def _component_rows(run: Path) -> list[dict]:
+    """Detection by each score component alone, then all fused, of a trained run (recalibrated each time)."""
+    config = rundir.read_config(run)
+    dataset = open_dataset(config)
+    train, val = load_split(dataset, "train", config), load_split(dataset, "val", config)
     rows = []
-    for category in profile["categories"]:
-        run = runs / f"{category}-eps{eps:g}"
-        config = rundir.read_config(run)
-        dataset = open_dataset(config)
-        train, val = load_split(dataset, "train", config), load_split(dataset, "val", config)
-        for chosen in [*[[c] for c in COMPONENTS], list(COMPONENTS)]:
-            scoring = config.scoring.model_copy(update={"weights": {c: float(c in chosen) for c in COMPONENTS}})
-            scorer = AnomalyScorer(rundir.load_model(run), scoring, config.data.image_size)
-            threshold = calibrate(scorer, to_tensor(train.images).split(16), val.images)["threshold"]
-            metrics = _detect(scorer, dataset, config, threshold)
-            rows.append(
-                {
-                    "category": category,
-                    "components": "+".join(chosen),
-                    **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
-                }
-            )
+    for chosen in [*[[c] for c in COMPONENTS], list(COMPONENTS)]:
+        scoring = config.scoring.model_copy(update={"weights": {c: float(c in chosen) for c in COMPONENTS}})
+        scorer = AnomalyScorer(rundir.load_model(run), scoring, config.data.image_size)
+        threshold = calibrate(scorer, to_tensor(train.images).split(16), val.images)["threshold"]
+        metrics = _detect(scorer, dataset, config, threshold)
+        rows.append(
+            {
+                "category": config.category,
+                "components": "+".join(chosen),
+                **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
+            }
+        )
     return rows
 
 
@@ -398,14 +401,16 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
         variants[f"pretrained eps={eps:g}"] = ({"weights": str(path)}, eps)
     finetune = {"weights": str(paths[recipe_eps]), "finetune_epochs": settings["finetune_epochs"]}
     variants[f"pretrained eps={recipe_eps:g} + fine-tune"] = (finetune, recipe_eps)
-    rows = []
+    rows, components = [], []
     for category in settings["categories"]:
         for name, (encoder, eps) in variants.items():
             width = {"width": EncoderRun.load(encoder["weights"])[0].config.width} if encoder else {}
             config = _config(profile, root, category, eps, encoder={**profile["encoder"], **encoder, **width})
-            measured = _train_and_measure(config, runs / f"{category}-{name.replace(' ', '_')}")
-            rows.append({"category": category, "encoder": name, "eps": eps, **measured})
-    return {"corpus": str(corpus), "encoders": encoders, "detection": rows}
+            run = runs / f"{category}-{name.replace(' ', '_')}"
+            rows.append({"category": category, "encoder": name, "eps": eps, **_train_and_measure(config, run)})
+            if name.startswith("pretrained eps=") and "+" not in name:  # where robustness helps, component by component
+                components += [{"encoder": name, **row} for row in _component_rows(run)]
+    return {"corpus": str(corpus), "encoders": encoders, "detection": rows, "components": components}
 
 
 def peer_comparison(profile: dict, root: Path, eps: float) -> dict:
@@ -575,6 +580,34 @@ def _pretrained_report(results: dict) -> list[str]:
         f"Goals (image AUROC): {robust} beats per-category from scratch on {wins('scratch')}; beats its "
         f"standard twin on {wins('pretrained eps=0')}; worst colour error {colour:.2f}/255 (goal 2). Against "
         "the anomalib peers of the section below: " + "; ".join(peer_lines) + ".",
+        *_components_by_encoder(section.get("components", [])),
+    ]
+
+
+def _components_by_encoder(rows: list[dict]) -> list[str]:
+    """Image AUROC of each score component alone and fused, per pretrained encoder: which part robustness helps."""
+    if not rows:
+        return []
+    fused = "+".join(COMPONENTS)
+    table: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        name = "fused" if row["components"] == fused else row["components"]
+        table.setdefault((row["category"], row["encoder"]), {})[name] = row["image_auroc"]
+    pivot = [{"category": c, "encoder": e, **aurocs} for (c, e), aurocs in table.items()]
+    categories = list(dict.fromkeys(row["category"] for row in pivot))
+    lines = []
+    for encoder in dict.fromkeys(row["encoder"] for row in pivot):
+        if encoder == "pretrained eps=0":
+            continue
+        won = {
+            part: [c for c in categories if table[(c, encoder)][part] > table[(c, "pretrained eps=0")][part]]
+            for part in [*COMPONENTS, "fused"]
+        }
+        lines.append(f"{encoder} beats the twin with " + ", ".join(f"{p} on {len(w)}" for p, w in won.items()))
+    return [
+        "Score components per pretrained encoder (image AUROC of each component alone, recalibrated, and fused):",
+        _table(pivot, ["category", "encoder", *COMPONENTS, "fused"]),
+        f"Of {len(categories)} categories: " + "; ".join(lines) + ".",
     ]
 
 

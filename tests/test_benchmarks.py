@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from robust_ad.scoring.scorer import COMPONENTS
 from tests.conftest import make_corpus, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,9 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
     encoders = ["scratch", "pretrained eps=0", "pretrained eps=1", "pretrained eps=1 + fine-tune"]
     assert [row["encoder"] for row in pretrained["detection"]] == encoders
     assert "beats per-category from scratch on" in text
+    parts = [(row["encoder"], row["components"]) for row in pretrained["components"]]  # each alone, then fused
+    assert parts == [(e, c) for e in encoders[1:3] for c in [*COMPONENTS, "+".join(COMPONENTS)]]
+    assert "pretrained eps=1 beats the twin with pixel on" in text
     assert {row["eps"] for row in results["detection"]} == {0.0, 1.0}
     assert all(0 <= row["image_auroc"] <= 1 and row["ms_per_image"] > 0 for row in results["detection"])
     assert {row["eval_size"] for row in results["resolution"]} == {32, 64}
