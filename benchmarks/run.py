@@ -184,13 +184,14 @@ def component_ablation(profile: dict, root: Path, runs: Path, eps: float) -> lis
     return [row for category in profile["categories"] for row in _component_rows(runs / f"{category}-eps{eps:g}")]
 
 
-def _component_rows(run: Path) -> list[dict]:
-    """Detection by each score component alone, then all fused, of a trained run (recalibrated each time)."""
+def _component_rows(run: Path, subsets: list[list[str]] | None = None) -> list[dict]:
+    """Detection by each score component alone, then all fused (or by each of ``subsets``, equally weighted), of
+    a trained run, recalibrated each time."""
     config = rundir.read_config(run)
     dataset = open_dataset(config)
     train, val = load_split(dataset, "train", config), load_split(dataset, "val", config)
     rows = []
-    for chosen in [*[[c] for c in COMPONENTS], list(COMPONENTS)]:
+    for chosen in subsets or [*[[c] for c in COMPONENTS], list(COMPONENTS)]:
         scoring = config.scoring.model_copy(update={"weights": {c: float(c in chosen) for c in COMPONENTS}})
         scorer = AnomalyScorer(rundir.load_model(run), scoring, config.data.image_size)
         threshold = calibrate(scorer, to_tensor(train.images).split(16), val.images)["threshold"]
