@@ -334,7 +334,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad.data.arrays import load_samples
     from robust_ad.data.images import write_image
     from robust_ad.data.loading import open_dataset
-    from robust_ad.device import resolve_device
+    from robust_ad.device import resolve_device, seed_everything
     from robust_ad.fileio import output_folder
     from robust_ad.scoring.calibration import calibrate
     from robust_ad.scoring.scorer import AnomalyScorer
@@ -351,6 +351,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
         config = rundir.read_config(run_dir)
     config = for_mode(with_published_encoder(config))
     device = resolve_device(config.device)
+    seed_everything(config.seed)  # the initial weights too: the same config trains the same model in any process
     model = build_autoencoder(config)  # checks the backbone's layer names before any work
     dataset = open_dataset(config)
     config = config.model_copy(update={"data_root": str(dataset.root)})

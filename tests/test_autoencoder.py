@@ -182,3 +182,14 @@ def test_discriminator_is_one_lipschitz_per_layer() -> None:
     for conv in convs:
         sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
         assert sigma == pytest.approx(1.0, abs=0.05)
+
+
+def test_the_same_config_trains_the_same_model_whatever_ran_before(synth_root: Path, tmp_path: Path) -> None:
+    """The seed covers the initial weights too: in a notebook or a benchmark, a training does not depend on the
+    random draws of the work before it."""
+    config = tiny_config(synth_root, autoencoder={"epochs": 1})
+    models = []
+    for before in (1, 2):
+        torch.manual_seed(before)  # other work drew from the global stream
+        models.append(rundir.load_model(train(config, tmp_path / f"after{before}")).state_dict())
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
