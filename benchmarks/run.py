@@ -410,14 +410,7 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
     for category in settings["categories"]:
         for name, (encoder, eps) in variants.items():
             run = runs / f"{category}-{name.replace(' ', '_')}"
-            rows.append(
-                {
-                    "category": category,
-                    "encoder": name,
-                    "eps": eps,
-                    **_variant(profile, root, category, encoder, eps, run),
-                }
-            )
+            rows.append({**_variant(profile, root, category, name, encoder, eps, run), "eps": eps})
             if name.startswith("pretrained eps=") and "+" not in name:  # where robustness helps, component by component
                 components += [{"encoder": name, **row} for row in _component_rows(run)]
     pretrained = {f"pretrained eps={eps:g}": variants[f"pretrained eps={eps:g}"] for eps in paths}
@@ -436,22 +429,16 @@ def _other_seeds(profile: dict, root: Path, runs: Path, out: Path, variants: dic
             synthesize(data, category, seed=seed, force=True, **profile["synth"])
             for name, (encoder, eps) in variants.items():
                 run = runs / f"{category}-{name.replace(' ', '_')}-seed{seed}"
-                rows.append(
-                    {
-                        "category": category,
-                        "encoder": name,
-                        "seed": seed,
-                        **_variant(profile, data, category, encoder, eps, run),
-                    }
-                )
+                rows.append({**_variant(profile, data, category, name, encoder, eps, run), "seed": seed})
     return rows
 
 
-def _variant(profile: dict, root: Path, category: str, encoder: dict, eps: float, run: Path) -> dict:
-    """Train and measure one encoder variant (a pretrained file in ``encoder``, or none: per-category) on ``root``."""
+def _variant(profile: dict, root: Path, category: str, name: str, encoder: dict, eps: float, run: Path) -> dict:
+    """The row of one encoder variant ``name`` (a pretrained file in ``encoder``, or none: per-category), trained
+    and measured on ``root``."""
     width = {"width": EncoderRun.load(encoder["weights"])[0].config.width} if encoder else {}
     config = _config(profile, root, category, eps, encoder={**profile["encoder"], **encoder, **width})
-    return _train_and_measure(config, run)
+    return {"category": category, "encoder": name, **_train_and_measure(config, run)}
 
 
 def peer_comparison(profile: dict, root: Path, eps: float) -> dict:
