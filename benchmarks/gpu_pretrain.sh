@@ -6,7 +6,7 @@
 #   python benchmarks/pack_corpus.py --corpus CORPUS --out /tmp/packed
 #   mkdir .corpus && (cd /tmp/packed && zip -q -0 -r "$OLDPWD/.corpus/corpus.zip" .); echo /.corpus/ >> .git/info/exclude
 # Run after benchmarks/gpu_speed.sh (THEN='bash benchmarks/gpu_pretrain.sh'); writes $OUT/enc-eps<E>.pt. On an H200
-# (2026-11-27) the three side by side took 10-12 s an epoch: bound by the host (per-image crops and corruptions).
+# (2026-11-27) the three side by side took 10-12 s an epoch (not profiled: sharing the GPU, per-image work on the host?).
 mkdir -p $OUT/logs; RA=${RA:-python3 -m robust_ad}; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}  # 16 cores: 3 trainings x (1 + 3 loaders)
 C=/tmp/corpus; mkdir -p $C && python3 -m zipfile -e .corpus/corpus.zip $C
 for E in ${EPS:-0 1 3}; do

@@ -47,6 +47,7 @@ import peers  # benchmarks/ is no package; these modules sit beside run.py
 import speed
 
 log = logging.getLogger("benchmarks")
+TWIN = "pretrained eps=0"  # the standard (eps 0) encoder the robust ones are measured against
 # Held-out real photographs for denoising (scikit-image's samples; no model trains on them).
 PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina")
 PROFILES = {
@@ -406,14 +407,14 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
         variants[f"pretrained eps={eps:g}"] = ({"weights": str(path)}, eps)
     finetune = {"weights": str(paths[recipe_eps]), "finetune_epochs": settings["finetune_epochs"]}
     variants[f"pretrained eps={recipe_eps:g} + fine-tune"] = (finetune, recipe_eps)
+    pretrained = {f"pretrained eps={eps:g}": variants[f"pretrained eps={eps:g}"] for eps in paths}
     rows, components = [], []
     for category in settings["categories"]:
         for name, (encoder, eps) in variants.items():
             run = runs / f"{category}-{name.replace(' ', '_')}"
             rows.append({**_variant(profile, root, category, name, encoder, eps, run), "eps": eps})
-            if name.startswith("pretrained eps=") and "+" not in name:  # where robustness helps, component by component
+            if name in pretrained:  # where robustness helps, component by component
                 components += [{"encoder": name, **row} for row in _component_rows(run)]
-    pretrained = {f"pretrained eps={eps:g}": variants[f"pretrained eps={eps:g}"] for eps in paths}
     seeds = _other_seeds(profile, root, runs, out, pretrained)
     return {"corpus": str(corpus), "encoders": encoders, "detection": rows, "components": components, "seeds": seeds}
 
@@ -606,11 +607,25 @@ def _pretrained_report(results: dict) -> list[str]:
         "Detection (decoder trained per category on each encoder; same settings as the sections above):",
         _table(rows, ["category", "encoder", "eps", *DETECTION_COLUMNS]),
         f"Goals (image AUROC): {robust} beats per-category from scratch on {wins('scratch')}; beats its "
-        f"standard twin on {wins('pretrained eps=0')}; worst colour error {colour:.2f}/255 (goal 2). Against "
+        f"standard twin on {wins(TWIN)}; worst colour error {colour:.2f}/255 (goal 2). Against "
         "the anomalib peers of the section below: " + "; ".join(peer_lines) + ".",
         *_components_by_encoder(section.get("components", [])),
         *_over_seeds(rows, section.get("seeds", []), robust),
     ]
+
+
+def _pivot(rows: list[dict], column: Callable[[dict], str]) -> dict[tuple[str, str], dict[str, float]]:
+    """Image AUROC per (category, encoder), one entry per ``column(row)``."""
+    table: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        table.setdefault((row["category"], row["encoder"]), {})[column(row)] = row["image_auroc"]
+    return table
+
+
+def _beat_twin(table: dict[tuple[str, str], dict[str, float]], encoder: str, column: str) -> list[str]:
+    """The categories where ``encoder`` has the higher ``column`` of :func:`_pivot`'s ``table`` than the twin."""
+    categories = dict.fromkeys(category for category, _ in table)
+    return [c for c in categories if table[(c, encoder)][column] > table[(c, TWIN)][column]]
 
 
 def _over_seeds(rows: list[dict], others: list[dict], robust: str) -> list[str]:
@@ -618,27 +633,22 @@ def _over_seeds(rows: list[dict], others: list[dict], robust: str) -> list[str]:
     encoder against its twin on that mean."""
     if not others:
         return []
-    seed0 = [
-        {**row, "seed": 0} for row in rows if row["encoder"].startswith("pretrained eps=") and "+" not in row["encoder"]
-    ]
-    per: dict[tuple[str, str], dict[str, float]] = {}
-    for row in [*seed0, *others]:
-        per.setdefault((row["category"], row["encoder"]), {})[f"seed {row['seed']}"] = row["image_auroc"]
+    encoders = {row["encoder"] for row in others}
+    seed0 = [{**row, "seed": 0} for row in rows if row["encoder"] in encoders]
+    table = _pivot([*seed0, *others], lambda row: f"seed {row['seed']}")
     seeds = [f"seed {n}" for n in sorted({row["seed"] for row in [*seed0, *others]})]
-    table = [{"category": c, "encoder": e, **v, "mean": sum(v.values()) / len(v)} for (c, e), v in per.items()]
-    categories = list(dict.fromkeys(row["category"] for row in table))
-    twin = "pretrained eps=0"
-
-    def beats(key: str) -> list[str]:
-        return [c for c in categories if per[(c, robust)].get(key, 0) > per[(c, twin)].get(key, 1)]
-
-    mean = {(row["category"], row["encoder"]): row["mean"] for row in table}
-    won = [c for c in categories if mean[(c, robust)] > mean[(c, twin)]]
+    for aurocs in table.values():
+        aurocs["mean"] = sum(aurocs[seed] for seed in seeds) / len(seeds)
+    won = _beat_twin(table, robust, "mean")
     return [
         "Image AUROC of the pretrained encoders on example data of each seed (seed 0: the runs above):",
-        _table(table, ["category", "encoder", *seeds, "mean"]),
-        f"On the mean over {len(seeds)} seeds, {robust} beats its standard twin on {len(won)} of {len(categories)} "
-        f"({', '.join(won) or 'none'}); per seed: " + ", ".join(f"{k} {len(beats(k))}" for k in seeds) + ".",
+        _table(
+            [{"category": c, "encoder": e, **v} for (c, e), v in table.items()], ["category", "encoder", *seeds, "mean"]
+        ),
+        f"On the mean over {len(seeds)} seeds, {robust} beats its standard twin on {len(won)} of "
+        f"{len({c for c, _ in table})} ({', '.join(won) or 'none'}); per seed: "
+        + ", ".join(f"{seed} {len(_beat_twin(table, robust, seed))}" for seed in seeds)
+        + ".",
     ]
 
 
@@ -647,25 +657,20 @@ def _components_by_encoder(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     fused = "+".join(COMPONENTS)
-    table: dict[tuple[str, str], dict] = {}
-    for row in rows:
-        name = "fused" if row["components"] == fused else row["components"]
-        table.setdefault((row["category"], row["encoder"]), {})[name] = row["image_auroc"]
-    pivot = [{"category": c, "encoder": e, **aurocs} for (c, e), aurocs in table.items()]
-    categories = list(dict.fromkeys(row["category"] for row in pivot))
-    lines = []
-    for encoder in dict.fromkeys(row["encoder"] for row in pivot):
-        if encoder == "pretrained eps=0":
-            continue
-        won = {
-            part: [c for c in categories if table[(c, encoder)][part] > table[(c, "pretrained eps=0")][part]]
-            for part in [*COMPONENTS, "fused"]
-        }
-        lines.append(f"{encoder} beats the twin with " + ", ".join(f"{p} on {len(w)}" for p, w in won.items()))
+    table = _pivot(rows, lambda row: "fused" if row["components"] == fused else row["components"])
+    lines = [
+        f"{encoder} beats the twin with "
+        + ", ".join(f"{part} on {len(_beat_twin(table, encoder, part))}" for part in [*COMPONENTS, "fused"])
+        for encoder in dict.fromkeys(encoder for _, encoder in table)
+        if encoder != TWIN
+    ]
     return [
         "Score components per pretrained encoder (image AUROC of each component alone, recalibrated, and fused):",
-        _table(pivot, ["category", "encoder", *COMPONENTS, "fused"]),
-        f"Of {len(categories)} categories: " + "; ".join(lines) + ".",
+        _table(
+            [{"category": c, "encoder": e, **v} for (c, e), v in table.items()],
+            ["category", "encoder", *COMPONENTS, "fused"],
+        ),
+        f"Of {len({c for c, _ in table})} categories: " + "; ".join(lines) + ".",
     ]
 
 

@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # benchmarks/ is no package
 
 SUBSETS = [list(c) for k in range(1, len(COMPONENTS) + 1) for c in itertools.combinations(COMPONENTS, k)]
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 def main(argv: list[str] | None = None) -> dict:
