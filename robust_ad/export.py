@@ -42,6 +42,7 @@ class ScoringGraph(nn.Module):
     def __init__(self, scorer: nn.Module, size: tuple[int, int], uint8: bool, reconstruction: bool) -> None:
         super().__init__()
         self.scorer, self.size, self.uint8, self.reconstruction = scorer, size, uint8, reconstruction
+        scorer.resample_memory(size)  # every frame is resized to ``size`` first: resampled once, not per frame
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = images.float() / 255.0 if self.uint8 else images

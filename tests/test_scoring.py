@@ -61,6 +61,43 @@ def test_the_ssim_component_is_kornias_ssim_map(tiny_run: Path) -> None:
     torch.testing.assert_close(maps, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("size", [32, 40])
+def test_scoring_fuses_before_smoothing_yet_gives_the_calibrated_components_fused(tiny_run: Path, size: int) -> None:
+    """forward weighs the component terms, resamples them once per resolution and smooths one channel; that must
+    be the fusion of the smoothed components that calibration standardised (at the training size and another)."""
+    scorer = rundir.load_scorer(tiny_run)
+    x = torch.from_numpy(_normal_images(tiny_run, "train")[:3]).permute(0, 3, 1, 2).contiguous()
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear")
+    with torch.no_grad():
+        maps, _ = scorer.component_maps(x)
+        fused, _, _, _ = scorer(x)
+    assert len(scorer.components) == 4 and scorer.config.smoothing_sigma > 0
+    torch.testing.assert_close(fused, scorer.fuse(maps), atol=1e-5, rtol=1e-5)
+
+
+def test_smoothing_is_the_gaussian_blur_with_reflected_borders() -> None:
+    from kornia.filters import gaussian_blur2d
+
+    from robust_ad.scoring.scorer import smoothing_matrix
+
+    maps = torch.rand(2, 3, 30, 23, generator=torch.Generator().manual_seed(0))
+    rows, cols = (
+        smoothing_matrix(30, 2.5, 8, maps.device, maps.dtype),
+        smoothing_matrix(23, 2.5, 8, maps.device, maps.dtype),
+    )
+    expected = gaussian_blur2d(maps, (17, 17), (2.5, 2.5), border_type="reflect")
+    torch.testing.assert_close(rows.T @ maps @ cols, expected, atol=1e-6, rtol=0)
+
+
+def test_memory_resampled_once_for_a_fixed_size_scores_as_resampling_per_call(tiny_run: Path) -> None:
+    scorer, fixed = rundir.load_scorer(tiny_run), rundir.load_scorer(tiny_run)
+    fixed.resample_memory((48, 40))
+    assert fixed.memory_mean_layer1.shape[-2:] != scorer.memory_mean_layer1.shape[-2:]
+    x = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(fixed(x)[0], scorer(x)[0], atol=1e-5, rtol=1e-5)
+
+
 def test_calibration_threshold_is_the_documented_quantile_of_normal_scores(tiny_run: Path) -> None:
     calibration = json.loads((tiny_run / rundir.CALIBRATION).read_text())
     config = rundir.read_config(tiny_run)
