@@ -725,7 +725,13 @@ TRAINING_COLUMNS = ["device", "recipe", "category", "image_size", "precision", "
 
 def _speed_report(r: dict) -> list[str]:
     """The CPU rows of this run, then the GPU rows of the last GPU measurement (benchmarks/speed_gpu.json)."""
-    parts = ["## Inference speed (the exported scoring graph; fraction of the device's measured matmul peak)"]
+    parts = [
+        "## Inference speed (the exported scoring graph; fraction of the device's measured matmul peak)",
+        "Each rate of this machine, its peak too, is the best of three timed windows of at least 0.5 s "
+        "(benchmarks/speed.py): on a shared machine other work only slows a window down (the GPU rows come from an "
+        "earlier run that timed one window). GFLOP per image: convolutions and matrix products of one forward pass "
+        "(torch's FlopCounterMode). The 64 px model is also exported at 256 px.",
+    ]
     gpu = json.loads(GPU_SPEED.read_text()) if GPU_SPEED.is_file() else None
     for where, section in (("This machine", r["speed"]), ("GPU machine", gpu)):
         if section is None:

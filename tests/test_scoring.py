@@ -58,7 +58,8 @@ def test_the_ssim_component_is_kornias_ssim_map(tiny_run: Path) -> None:
     with torch.no_grad():
         maps, x_hat = scorer.component_maps(x)
         expected = 1 - ssim(x, x_hat, config.ssim_window).mean(1, keepdim=True)
-    torch.testing.assert_close(maps, expected, atol=1e-6, rtol=0)
+    # the same formula rearranged (the variances summed before the means are subtracted): float32 rounding apart
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("size", [32, 40])

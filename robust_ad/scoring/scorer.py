@@ -40,7 +40,7 @@ def _resize(t: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor
     return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-SSIM_CHANNELS = 16  # x, y, x², y², xy of RGB images and a zero channel, filtered together (AnomalyScorer._ssim)
+SSIM_CHANNELS = 16  # x, y, x² + y², xy of RGB images and zero channels, filtered together (AnomalyScorer._ssim)
 
 
 @functools.lru_cache(maxsize=32)
@@ -140,7 +140,7 @@ class AnomalyScorer(nn.Module):
         by_size: dict[tuple[int, int], torch.Tensor] = {}
         for k, name in enumerate(self.components):
             for m in terms[name]:
-                key = tuple(m.shape[-2:])
+                key = (int(m.shape[-2]), int(m.shape[-1]))  # ints: traced sizes are distinct tensors
                 weighted = m * (scale[k] / len(terms[name]))
                 by_size[key] = by_size[key] + weighted if key in by_size else weighted
         summed = functools.reduce(torch.add, [_resize(m, x.shape[-2:]) for m in by_size.values()])
@@ -150,20 +150,22 @@ class AnomalyScorer(nn.Module):
         """kornia.metrics.ssim's map ('same' padding, reflected borders) from the window buffer (kornia builds its
         window from a host value in every call: a host-to-GPU copy that a CUDA graph cannot capture).
 
-        The five local means come from one filtering of 16 channels (x, y, x², y², xy and a zero channel): the
+        The four local means SSIM needs (of x, y, x² + y² and xy: the variances enter only as their sum) come
+        from one filtering of 16 channels (those 12 and 4 zero channels): the
         borders reflected once for both axes (the same as per axis: reflection commutes with filtering the other
         axis), then two depthwise convolutions in a row. Fewer, wider operations are faster on every engine, and
         16 channels, a multiple of onnxruntime's channel block (8 or 16), take its blocked depthwise path (15:
         a kernel about 3 times slower) with no layout change between the two passes."""
-        stack = torch.cat([x, y, x * x, y * y, x * y, torch.zeros_like(x[:, :1])], 1)
+        zeros = torch.zeros_like(x[:, :1]).expand(-1, SSIM_CHANNELS - 4 * x.shape[1], -1, -1)
+        stack = torch.cat([x, y, x * x + y * y, x * y, zeros], 1)
         radius, window = self.config.ssim_window // 2, self.ssim_window
         padded = F.pad(stack, (radius, radius, radius, radius), mode="reflect")
         means = F.conv2d(F.conv2d(padded, window, groups=SSIM_CHANNELS), window.transpose(2, 3), groups=SSIM_CHANNELS)
-        mu_x, mu_y, xx, yy, xy, _ = means.split([x.shape[1]] * 5 + [1], 1)
-        var_x, var_y, cov = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
+        mu_x, mu_y, squares, xy, _ = means.split([x.shape[1]] * 4 + [zeros.shape[1]], 1)
+        product, power = mu_x * mu_y, mu_x * mu_x + mu_y * mu_y  # var_x + var_y = squares - power
         c1, c2 = 0.01**2, 0.03**2  # for images in [0, 1]
-        numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
-        return numerator / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2) + 1e-12)
+        numerator = (2 * product + c1) * (2 * (xy - product) + c2)
+        return numerator / ((power + c1) * (squares - power + c2) + 1e-12)
 
     def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Encoder features as float32, whatever precision the networks run in (fp16 exports): the
