@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from robust_ad import api, machine, rundir
+from robust_ad.cuda_graphs import GraphedForward
 from robust_ad.export import ScoringGraph
 
 REPEAT_SECONDS = 0.5  # each timing window runs at least this long after its warm-up
@@ -105,17 +106,13 @@ def _flops(run: Path, size: int) -> float:
 
 
 def _cuda_graph(graph: ScoringGraph, images: torch.Tensor) -> Callable[[], object]:
-    """``graph`` on ``images`` captured once as a CUDA graph; calling the result replays it."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.no_grad():
-        for _ in range(3):
-            graph(images)
-    torch.cuda.current_stream().wait_stream(stream)
-    captured = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(captured), torch.no_grad():
-        graph(images)
-    return captured.replay
+    """``graph`` on ``images`` replayed as the product replays it (robust_ad.cuda_graphs: input copied in, outputs
+    copied out); a capture that fails raises instead of timing the eager fallback."""
+    forward = GraphedForward(graph)
+    forward(images)
+    if forward.failed:
+        raise RuntimeError("CUDA graph capture failed (see the log)")
+    return lambda: forward(images)
 
 
 def _row(device: str, engine: str, precision: str, size: int, batch: int, flops: float, peak: float, measure):

@@ -58,6 +58,25 @@ def test_cuda_and_cpu_scores_agree(tiny_run: Path, synth_root: Path) -> None:
     assert np.abs(cpu.maps - cuda.maps).max() <= 10 * CPU_CUDA_SCORE_BOUND
 
 
+def test_cuda_scoring_replays_one_captured_graph_for_every_batch(tiny_run: Path, synth_root: Path) -> None:
+    """predict on CUDA replays a CUDA graph: the last, partial batch is padded to the captured shape, a second
+    call captures nothing new, and the scores are the eager ones."""
+    from robust_ad.device import full_float32
+    from robust_ad.scoring.inference import replayed
+    from robust_ad.tensors import to_tensor
+
+    images = _test_images(synth_root)[:7]  # batches of 3, 3 and 1
+    scorer = rundir.load_scorer(tiny_run, "cuda")
+    first = predict(scorer, images, batch_size=3)
+    again = predict(scorer, images, batch_size=3)
+    assert not replayed(scorer).failed and len(replayed(scorer).graphs) == 1
+    np.testing.assert_array_equal(first.scores, again.scores)
+    with torch.no_grad(), full_float32():
+        maps, scores, _, _ = scorer(to_tensor(images).cuda())
+    assert np.abs(first.scores - scores.cpu().numpy()).max() <= CPU_CUDA_SCORE_BOUND
+    assert np.abs(first.maps - maps.cpu().numpy()).max() <= 10 * CPU_CUDA_SCORE_BOUND
+
+
 def test_cuda_encoder_training_and_denoising(synth_root: Path, tmp_path: Path) -> None:
     from robust_ad.api import train
 
