@@ -28,13 +28,13 @@ class GraphedForward:
     def __init__(self, module: nn.Module) -> None:
         self.module = module
         self.failed = False
-        self.graphs: dict[tuple[int, ...], tuple[torch.Tensor, torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
+        self.graphs: dict[tuple, tuple[torch.Tensor, torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.failed:
             return self._eager(x)
-        key = (*x.shape, x.dtype.itemsize)
+        key = (tuple(x.shape), x.dtype)
         if key not in self.graphs:
             try:
                 self.graphs[key] = self._capture(x)
@@ -48,8 +48,7 @@ class GraphedForward:
         return tuple(t.clone() for t in static_outputs)
 
     def _eager(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = self.module(x)
-        return outputs if isinstance(outputs, tuple) else (outputs,)
+        return _as_tuple(self.module(x))
 
     def _capture(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]:
         static_input = x.clone()
@@ -62,4 +61,8 @@ class GraphedForward:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             outputs = self.module(static_input)
-        return static_input, graph, outputs if isinstance(outputs, tuple) else (outputs,)
+        return static_input, graph, _as_tuple(outputs)
+
+
+def _as_tuple(outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return outputs if isinstance(outputs, tuple) else (outputs,)

@@ -279,3 +279,24 @@ def test_force_never_clears_a_folder_holding_inputs_data_or_model(
         )
         assert result.exit_code == 2 and "inputs are never overwritten" in result.output, out
     assert sorted(synth_root.rglob("*.png")) == before and not (category / "test" / "new").exists()
+
+
+def test_a_failed_cuda_graph_capture_falls_back_to_eager_once(monkeypatch, caplog) -> None:
+    from robust_ad.cuda_graphs import GraphedForward
+
+    module = torch.nn.Linear(4, 2)
+    forward = GraphedForward(module)
+    attempts = []
+
+    def refuse(x: torch.Tensor) -> None:
+        attempts.append(x.shape)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(forward, "_capture", refuse)
+    x = torch.rand(3, 4)
+    with caplog.at_level("WARNING"):
+        first, second = forward(x), forward(x)
+    with torch.no_grad():
+        torch.testing.assert_close(first[0], module(x))
+    torch.testing.assert_close(second[0], first[0])
+    assert forward.failed and len(attempts) == 1 and "capture failed" in caplog.text
