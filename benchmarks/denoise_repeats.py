@@ -1,5 +1,5 @@
 """Repeat one denoiser training to see its spread: the settings of an existing denoising run folder, with a
-learning-rate schedule, seed and (optionally) training noises of your choice; PSNR of the network alone (no
+learning-rate schedule, seed and (optionally) training noises and epochs of your choice; PSNR of the network alone (no
 guard) on the run's test images.
 
     python benchmarks/denoise_repeats.py --run benchmarks/results/runs/bottle-denoise-skip_eps=1 \
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", nargs="+", choices=NOISES, help="train on these noises (default: the run's)")
+    parser.add_argument("--epochs", type=int, help="train this many epochs (default: the run's)")
     parser.add_argument("--out", required=True, help="folder for the new run (replaced)")
     parser.add_argument("--test-size", type=int, default=None, help="test images at this size (photos: 256)")
     args = parser.parse_args()
@@ -38,6 +39,8 @@ def main() -> None:
     if args.noise:
         values["denoise"]["noises"] = args.noise
     values["denoise"]["lr_schedule"] = values["autoencoder"]["lr_schedule"] = args.schedule
+    if args.epochs:
+        values["denoise"]["epochs"] = values["autoencoder"]["epochs"] = args.epochs
     config = config_from_dict(values)
     began = time.perf_counter()
     model = rundir.load_model(api.train(config, args.out, force=True))
@@ -49,6 +52,7 @@ def main() -> None:
         noisy = corrupt_images(test, "gaussian", sigma / 255, NOISE_SEED)
         psnr[sigma] = [round(image_quality(test, images)[0], 2) for images in (noisy, model.reconstruct(noisy))]
     settings = {"run": args.run, "schedule": args.schedule, "seed": args.seed, "noises": config.denoise.noises}
+    settings["epochs"] = config.denoise.epochs
     print(json.dumps({**settings, "minutes": minutes, **psnr}))
 
 
