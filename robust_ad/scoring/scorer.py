@@ -151,11 +151,11 @@ class AnomalyScorer(nn.Module):
         window from a host value in every call: a host-to-GPU copy that a CUDA graph cannot capture).
 
         The four local means SSIM needs (of x, y, x² + y² and xy: the variances enter only as their sum) come
-        from one filtering of 16 channels (those 12 and 4 zero channels): the
-        borders reflected once for both axes (the same as per axis: reflection commutes with filtering the other
-        axis), then two depthwise convolutions in a row. Fewer, wider operations are faster on every engine, and
-        16 channels, a multiple of onnxruntime's channel block (8 or 16), take its blocked depthwise path (15:
-        a kernel about 3 times slower) with no layout change between the two passes."""
+        from one filtering of 16 channels (those 12 and 4 zero channels): the borders reflected once for both
+        axes (the same as per axis: reflection commutes with filtering the other axis), then two depthwise
+        convolutions in a row. Fewer, wider operations are faster on every engine, and 16 channels, a multiple
+        of onnxruntime's channel block (8 or 16), take its blocked depthwise path with no layout change between
+        the two passes (15 channels took a kernel about 3 times slower)."""
         zeros = torch.zeros_like(x[:, :1]).expand(-1, SSIM_CHANNELS - 4 * x.shape[1], -1, -1)
         stack = torch.cat([x, y, x * x + y * y, x * y, zeros], 1)
         radius, window = self.config.ssim_window // 2, self.ssim_window
