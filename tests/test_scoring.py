@@ -92,11 +92,18 @@ def test_smoothing_is_the_gaussian_blur_with_reflected_borders() -> None:
 
 def test_memory_resampled_once_for_a_fixed_size_scores_as_resampling_per_call(tiny_run: Path) -> None:
     scorer, fixed = rundir.load_scorer(tiny_run), rundir.load_scorer(tiny_run)
+    stored = {k: v.clone() for k, v in fixed.state_dict().items()}
     fixed.resample_memory((48, 40))
-    assert fixed.memory_mean_layer1.shape[-2:] != scorer.memory_mean_layer1.shape[-2:]
+    assert fixed.resampled_mean_layer1.shape[-2:] != scorer.memory_mean_layer1.shape[-2:]
     x = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(fixed(x)[0], scorer(x)[0], atol=1e-5, rtol=1e-5)
+        # the stored statistics are untouched: what is saved, and what another size resamples from
+        torch.testing.assert_close(fixed.state_dict(), stored, atol=0, rtol=0)
+        other = torch.rand(2, 3, 32, 56, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(fixed(other)[0], scorer(other)[0], atol=1e-5, rtol=1e-5)
+    fixed.load_memory(scorer.memory_statistics())  # new statistics: the resampled ones go with the old
+    assert not any(name.startswith("resampled_") for name, _ in fixed.named_buffers())
 
 
 def test_calibration_threshold_is_the_documented_quantile_of_normal_scores(tiny_run: Path) -> None:

@@ -27,13 +27,14 @@ def fit_memory(scorer: AnomalyScorer, batches: Iterable[torch.Tensor]) -> None:
         for layer in scorer.layers:
             sums[layer] = sums[layer] + feats[layer].double().sum(0)
             squares[layer] = squares[layer] + feats[layer].double().pow(2).sum(0)
+    statistics = {}
     for layer in scorer.layers:
         mean = sums[layer] / n
         var = (squares[layer] / n - mean.pow(2)).clamp_min(0)
         # a floor keeps near-constant channels from dominating the distance
         var = var + 1e-2 * var.mean() + 1e-6
-        getattr(scorer, f"memory_mean_{layer}").copy_(mean.float())
-        getattr(scorer, f"memory_var_{layer}").copy_(var.float())
+        statistics[f"memory_mean_{layer}"], statistics[f"memory_var_{layer}"] = mean.float(), var.float()
+    scorer.load_memory(statistics)
 
 
 @torch.no_grad()

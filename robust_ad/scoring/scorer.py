@@ -87,12 +87,21 @@ class AnomalyScorer(nn.Module):
 
     def resample_memory(self, size: tuple[int, int]) -> None:
         """Resample the memory statistics to the feature maps of ``size`` inputs once, as every call would (a
-        scorer that only sees one input size: an exported graph). Not for saving: model.pt keeps the originals."""
+        scorer that only sees one input size: an exported graph). The stored statistics stay as they are (what
+        model.pt keeps, what other sizes resample from): the resampled ones are extra, unsaved buffers."""
         for layer, shape in self._feature_shapes(size).items():
-            for name in (f"memory_mean_{layer}", f"memory_var_{layer}"):
-                statistic = getattr(self, name)
-                if statistic.shape != shape:
-                    setattr(self, name, _resize(statistic[None], shape[-2:])[0])
+            for name, statistic in zip(("mean", "var"), self._memory_at(layer, shape[-2:]), strict=True):
+                self.register_buffer(f"resampled_{name}_{layer}", statistic.clone(), persistent=False)
+
+    def _memory_at(self, layer: str, shape: tuple[int, ...] | torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of ``layer``'s normal features at feature size ``shape``: the stored statistics, those
+        resampled once by :meth:`resample_memory`, or the stored ones resampled now."""
+        for prefix in ("memory", "resampled"):
+            mean = getattr(self, f"{prefix}_mean_{layer}", None)
+            if mean is not None and mean.shape[-2:] == shape:
+                return mean, getattr(self, f"{prefix}_var_{layer}")
+        mean, var = getattr(self, f"memory_mean_{layer}"), getattr(self, f"memory_var_{layer}")
+        return _resize(mean[None], shape)[0], _resize(var[None], shape)[0]
 
     def _smooth(self, maps: torch.Tensor) -> torch.Tensor:
         """Gaussian smoothing (sigma ``smoothing_sigma`` at the training size, reflected borders) as one matrix
@@ -174,9 +183,7 @@ class AnomalyScorer(nn.Module):
         return {name: feat.float() for name, feat in self.model.features(x.to(dtype)).items()}
 
     def _memory_distance(self, feat: torch.Tensor, layer: str) -> torch.Tensor:
-        mean, var = getattr(self, f"memory_mean_{layer}"), getattr(self, f"memory_var_{layer}")
-        if mean.shape[-2:] != feat.shape[-2:]:  # another resolution: the statistics are resampled
-            mean, var = _resize(mean[None], feat.shape[-2:])[0], _resize(var[None], feat.shape[-2:])[0]
+        mean, var = self._memory_at(layer, feat.shape[-2:])
         return ((feat - mean).square() / var).mean(1, keepdim=True)
 
     def fuse(self, maps: torch.Tensor) -> torch.Tensor:
@@ -202,11 +209,15 @@ class AnomalyScorer(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k.startswith("memory_")}
 
     def load_memory(self, statistics: dict[str, torch.Tensor]) -> None:
+        """Set the memory statistics (the keys of ``memory_statistics``); any resampled from the earlier ones are
+        dropped."""
         names = {k for k in self.state_dict() if k.startswith("memory_")}
         if set(statistics) != names:
             raise KeyError(f"memory statistics {sorted(statistics)} instead of {sorted(names)}")
         for name, value in statistics.items():
             getattr(self, name).copy_(value)
+        for name in [n for n, _ in self.named_buffers(recurse=False) if n.startswith("resampled_")]:
+            delattr(self, name)
 
     def load_normalisation(self, calibration: dict) -> None:
         """Component and score normalisation from a calibration record (calibration.json)."""
