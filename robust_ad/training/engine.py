@@ -107,8 +107,8 @@ class Engine:
         self.precision = effective_precision(precision, self.device)
         if self.precision != precision:
             log.warning("precision fp16 needs CUDA: training in fp32 on the CPU (bf16 runs on CPUs)")
-        # channels-last: the layout cuDNN's tensor-core convolutions take without transposes
-        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+        # channels-last: the layout cuDNN's tensor-core convolutions take without transposes, and oneDNN's on CPUs
+        self.memory_format = torch.channels_last
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.local_batch_size = distributed.local_batch_size(batch_size)
         self.rank = distributed.rank()
