@@ -176,8 +176,8 @@ DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 PRECISION = typer.Option(
     None,
     "--precision",
-    help="Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast with gradient scaling, CUDA only). "
-    "Default: the recipe's.",
+    help="Training arithmetic: fp32, bf16 (autocast), fp16 (autocast with gradient scaling, CUDA only) or auto "
+    "(bf16 on a CPU with AMX or AVX-512 BF16, else fp32). Default: the recipe's.",
 )
 COMPILE = typer.Option(
     None, "--compile/--no-compile", help="torch.compile the trained networks (GPU speed). Default: the recipe's."

@@ -126,8 +126,9 @@ class DenoiseConfig(_Section):
 
 class Config(_Section):
     mode: Literal["detect", "denoise"] = "detect"
-    # Training arithmetic: bf16 autocast, or fp16 autocast with gradient scaling (CUDA only; else fp32).
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Training arithmetic: bf16 autocast, or fp16 autocast with gradient scaling (CUDA only; else fp32); auto: bf16
+    # on a CPU that computes it in hardware (AMX or AVX-512 BF16), else fp32 (robust_ad/training/engine.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     # torch.compile the networks a training step runs (fewer, fused kernels on GPUs; the first steps compile)
     compile: bool = False
     category: str = ""

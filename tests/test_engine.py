@@ -17,6 +17,7 @@ from robust_ad.config import EncoderConfig
 from robust_ad.data.images import write_image
 from robust_ad.data.torchdata import ImageFiles
 from robust_ad.fileio import LOCK_NAME
+from robust_ad.training import engine
 from robust_ad.training.autoencoder import fit_decoder
 from robust_ad.training.build import build_autoencoder
 from robust_ad.training.encoder import train_encoder
@@ -73,6 +74,19 @@ def test_train_takes_the_precision_from_the_command_line_and_records_it(synth_ro
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"), "--precision", "fp8"])
     assert result.exit_code == 2 and "precision = 'fp8' is not valid" in result.output, result.output
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it_in_hardware(
+    native: bool, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "native_bf16_cpu", lambda: native)
+    assert engine.effective_precision("auto", torch.device("cuda")) == "fp32"  # bf16 did not pay on a GPU
+    args = ["train", "--recipe", str(tiny_recipe(tmp_path)), "--category", "bottle", "--data-root", str(synth_root)]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "run"), "--device", "cpu", "--precision", "auto"])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "run" / rundir.TRAINING).read_text())["precision"]
+    assert recorded == ("bf16" if native else "fp32")
 
 
 def test_data_loader_workers_give_the_same_training(tmp_path: Path) -> None:
