@@ -6,7 +6,8 @@ always and on the GPU when one is present, each beside the fraction of the devic
 The torch graph is the one `robust-ad export` writes and verifies (export.ScoringGraph; fp16: its networks in
 half precision, preprocessing and scoring in float32). On CUDA it is also timed replayed as a CUDA graph, which
 removes the per-kernel launch cost that dominates at batch 1, and so with its networks channels-last (cuDNN's
-layout: no layout conversions around each convolution; slower eager, faster replayed, on an H200). onnxruntime
+layout: no layout conversions around each convolution; slower eager, faster replayed, on an H200); on the CPU
+also eager with channels-last networks, as `robust-ad score` runs it there (oneDNN's layout). onnxruntime
 runs on the CUDA execution provider only where onnxruntime-gpu is installed; rows that cannot run say why.
 """
 
@@ -181,15 +182,19 @@ def _rows(
     def onnxruntime() -> float:
         return _onnx_rate(onnx, images, "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider")
 
-    def replayed_channels_last() -> float:  # last: it leaves the networks channels-last
-        graph.scorer.model.to(memory_format=torch.channels_last)
-        return replayed()
+    def channels_last(rate: Callable[[], float]) -> Callable[[], float]:  # timed last: it leaves the networks so
+        def timed() -> float:
+            graph.scorer.model.to(memory_format=torch.channels_last)
+            return rate()
+
+        return timed
 
     engines = {"torch": eager, "torch + CUDA graph": replayed, "onnxruntime": onnxruntime}
     if device == "cuda":
-        engines["torch + CUDA graph, channels-last"] = replayed_channels_last
-    else:
+        engines["torch + CUDA graph, channels-last"] = channels_last(replayed)
+    else:  # what `score` runs on a CPU
         del engines["torch + CUDA graph"]
+        engines["torch, channels-last"] = channels_last(eager)
     rows = [_row(name, engine, precision, size, batch, flops, peak, rate) for engine, rate in engines.items()]
     return [{"processor": device, **row} for row in rows]
 
