@@ -60,7 +60,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
     assert all(0 <= row["image_auroc"] <= 1 and row["ms_per_image"] > 0 for row in results["detection"])
     assert {row["eval_size"] for row in results["resolution"]} == {32, 64}
     speed = [row for row in results["speed"]["rows"] if row["processor"] == "cpu"]
-    pairs = {(engine, batch) for engine in ("torch", "onnxruntime") for batch in (1, 32)}
+    pairs = {(engine, batch) for engine in ("torch", "torch, channels-last", "onnxruntime") for batch in (1, 32)}
     assert {(row["engine"], row["batch"]) for row in speed} == pairs
     assert all(row["images_per_s"] > 0 and row["fraction_of_peak"] > 0 for row in speed)
     assert (tmp_path / "results.png").stat().st_size > 0
