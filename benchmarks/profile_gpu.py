@@ -1,5 +1,5 @@
-"""Where the GPU time of the scoring graph goes: the top CUDA kernels (torch.profiler) of one batch, fp16 networks,
-and the same graph with its networks in channels-last memory format, eager and replayed as a CUDA graph.
+"""Where the GPU time of the scoring graph goes: images/s of the graph with fp16 networks, eager and replayed as a CUDA
+graph, in both memory formats, then the top CUDA kernels (torch.profiler) with channels-last networks, as `score` runs.
 
     python benchmarks/profile_gpu.py --run runs/bottle --size 256 --batch 32 --out profile.txt
 
@@ -34,18 +34,9 @@ def main() -> None:
 
 
 def _profile(run: Path, size: int, batch: int) -> list[str]:
-    """The kernel table of one batch size, then images/s of each variant."""
+    """Images/s of each variant, then the kernel table of the one `score` runs (channels-last networks)."""
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device="cuda")
     graph = speed._graph(run, size, True, "cuda")
-    with torch.no_grad():
-        for _ in range(3):
-            graph(images)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                graph(images)
-            torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
 
     def eager() -> float:
         return speed._rate(lambda: graph(images), batch, torch.cuda.synchronize)
@@ -56,8 +47,13 @@ def _profile(run: Path, size: int, batch: int) -> list[str]:
     rates = {"eager": _try(eager), "CUDA graph": _try(replayed)}
     graph.scorer.model.to(memory_format=torch.channels_last)
     rates.update({"channels-last eager": _try(eager), "channels-last CUDA graph": _try(replayed)})
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            graph(images)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
     summary = f"batch {batch} images/s: " + ", ".join(f"{k} {v}" for k, v in rates.items())
-    return [f"\n== fp16 networks, batch {batch}, 5 calls", table, summary]
+    return [f"\n== fp16 networks, channels-last, batch {batch}, 5 eager calls", table, summary]
 
 
 def _try(fn) -> str:

@@ -9,6 +9,10 @@ removes the per-kernel launch cost that dominates at batch 1, and so with its ne
 layout: no layout conversions around each convolution; slower eager, faster replayed, on an H200); on the CPU
 also eager with channels-last networks, as `robust-ad score` runs it there (oneDNN's layout). onnxruntime
 runs on the CUDA execution provider only where onnxruntime-gpu is installed; rows that cannot run say why.
+With --compile, CUDA also gets a torch.compile row (Inductor, which folds batch norms into the convolutions and
+fuses the elementwise scoring; its own CUDA graphs, mode reduce-overhead; channels-last), in fp16 only: each
+compile takes minutes of a lent GPU. With --out, the file is rewritten after every group of rows, so a run cut
+short by a time limit keeps what it measured.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robust_ad import api, machine, rundir
+from robust_ad import api, fileio, machine, rundir
 from robust_ad.cuda_graphs import GraphedForward
 from robust_ad.export import ScoringGraph
 
@@ -140,13 +144,21 @@ def _onnx_rate(path: Path, images: np.ndarray, provider: str) -> float:
     return _rate(lambda: session.run_raw(images), len(images))
 
 
-def measure(run: Path, sizes: list[int], batches: tuple[int, ...] = (1, 32)) -> dict:
-    """Every speed row for ``run`` at ``sizes``, with the peaks they are compared with."""
+def measure(
+    run: Path,
+    sizes: list[int],
+    batches: tuple[int, ...] = (1, 32),
+    compile_fp16: bool = False,
+    partial: Callable[[dict], None] = lambda result: None,
+) -> dict:
+    """Every speed row for ``run`` at ``sizes``, with the peaks they are compared with; ``partial`` receives the
+    result so far after each group of rows."""
     peaks = {"cpu_fp32": cpu_peak_gflops()}
     cuda = torch.cuda.is_available()
     if cuda:
         peaks.update({"gpu_fp32": gpu_peak_gflops(torch.float32), "gpu_fp16": gpu_peak_gflops(torch.float16)})
-    rows = []
+    rows: list[dict] = []
+    result = {"machine": machine.describe(), "peaks_gflops": peaks, "rows": rows}
     with tempfile.TemporaryDirectory() as work:
         for size in sizes:
             flops = _flops(run, size)
@@ -157,15 +169,27 @@ def measure(run: Path, sizes: list[int], batches: tuple[int, ...] = (1, 32)) -> 
             for batch in batches:
                 images = np.random.default_rng(0).integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
                 rows += _rows(run, "cpu", "fp32", images, flops, peaks["cpu_fp32"], onnx["fp32"])
+                partial(result)
                 for precision in ("fp32", "fp16") if cuda else ():
-                    rows += _rows(run, "cuda", precision, images, flops, peaks[f"gpu_{precision}"], onnx[precision])
-    return {"machine": machine.describe(), "peaks_gflops": peaks, "rows": rows}
+                    compiled = compile_fp16 and precision == "fp16"
+                    peak = peaks[f"gpu_{precision}"]
+                    rows += _rows(run, "cuda", precision, images, flops, peak, onnx[precision], compiled)
+                    partial(result)
+    return result
 
 
 def _rows(
-    run: Path, device: str, precision: str, images: np.ndarray, flops: float, peak: float, onnx: Path
+    run: Path,
+    device: str,
+    precision: str,
+    images: np.ndarray,
+    flops: float,
+    peak: float,
+    onnx: Path,
+    compiled: bool = False,
 ) -> list[dict]:
-    """torch eager, torch replayed as a CUDA graph (on CUDA) and onnxruntime, for one batch of ``images``."""
+    """torch eager, torch replayed as a CUDA graph (on CUDA), onnxruntime, and (``compiled``) torch.compile, for
+    one batch of ``images``."""
     batch, size = len(images), images.shape[-1]
     graph = _graph(run, size, precision == "fp16", device)
     tensor = torch.from_numpy(images).to(device)
@@ -189,9 +213,16 @@ def _rows(
 
         return timed
 
+    def inductor() -> float:  # channels-last already, timed after the channels-last row
+        forward = torch.compile(graph, mode="reduce-overhead", dynamic=False)
+        with torch.no_grad():
+            return _rate(lambda: forward(tensor), batch, sync)
+
     engines = {"torch": eager, "torch + CUDA graph": replayed, "onnxruntime": onnxruntime}
     if device == "cuda":
         engines["torch + CUDA graph, channels-last"] = channels_last(replayed)
+        if compiled:
+            engines["torch.compile, channels-last"] = inductor
     else:  # what `score` runs on a CPU
         del engines["torch + CUDA graph"]
         engines["torch, channels-last"] = channels_last(eager)
@@ -203,15 +234,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a trained run folder (robust-ad train)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="in this order")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--compile", action="store_true", help="on CUDA, also time torch.compile (fp16)")
     args = parser.parse_args(argv)
-    result = measure(args.run, args.sizes)
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    result.update({"date": date.today().isoformat(), "command": command.strip()})
-    for row in result["rows"]:
-        print(json.dumps(row))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+    printed = 0
+
+    def partial(result: dict) -> None:
+        nonlocal printed
+        for row in result["rows"][printed:]:
+            print(json.dumps(row), flush=True)
+        printed = len(result["rows"])
+        result.update({"date": date.today().isoformat(), "command": command.strip()})
+        if args.out:
+            fileio.write_json(args.out, result)  # atomic: a run killed while writing keeps the last file
+
+    result = measure(args.run, args.sizes, tuple(args.batches), args.compile, partial)
+    partial(result)
     return result
 
 
