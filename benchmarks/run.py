@@ -730,8 +730,9 @@ def _speed_report(r: dict) -> list[str]:
     parts = [
         "## Inference speed (the exported scoring graph; fraction of the device's measured matmul peak)",
         "Each rate of this machine, its peak too, is the best of three timed windows of at least 0.5 s "
-        "(benchmarks/speed.py): on a shared machine other work only slows a window down (the GPU rows come from an "
-        "earlier run that timed one window). GFLOP per image: convolutions and matrix products of one forward pass "
+        "(benchmarks/speed.py): on a shared machine other work only slows a window down (the GPU rows: "
+        "benchmarks/speed_gpu.json, timed the same way on the machine it names). GFLOP per image: convolutions and "
+        "matrix products of one forward pass "
         "(torch's FlopCounterMode). The 64 px model is also exported at 256 px.",
     ]
     gpu = json.loads(GPU_SPEED.read_text()) if GPU_SPEED.is_file() else None
