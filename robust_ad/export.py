@@ -22,6 +22,7 @@ from robust_ad import __version__, rundir
 from robust_ad.data.resize import METHOD, METHOD_DOC, resize
 from robust_ad.errors import ConfigError, ModelError
 from robust_ad.fileio import atomic_path, check_writable
+from robust_ad.models.folding import fold_batch_norms
 
 log = logging.getLogger(__name__)
 # Parity of onnxruntime against the fp32 torch graph on the run's own held-out images (normal and defective,
@@ -43,6 +44,7 @@ class ScoringGraph(nn.Module):
         super().__init__()
         self.scorer, self.size, self.uint8, self.reconstruction = scorer, size, uint8, reconstruction
         scorer.resample_memory(size)  # every frame is resized to ``size`` first: resampled once, not per frame
+        fold_batch_norms(scorer.model)  # inference only: one convolution where there were two operations
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = images.float() / 255.0 if self.uint8 else images

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import f1_score, roc_auc_score
+from torch import nn
 from typer.testing import CliRunner
 
 from robust_ad import rundir
@@ -18,9 +19,11 @@ from robust_ad.cli import app
 from robust_ad.data.arrays import ImageSet
 from robust_ad.data.layouts import Sample
 from robust_ad.data.loading import load_split, open_dataset
+from robust_ad.models.folding import fold_batch_norms
 from robust_ad.scoring import metrics
 from robust_ad.scoring.evaluate import evaluate
 from robust_ad.scoring.inference import Prediction, predict
+from robust_ad.tensors import to_tensor
 
 runner = CliRunner()
 
@@ -307,3 +310,30 @@ def test_a_failed_cuda_graph_capture_falls_back_to_eager_once(monkeypatch, caplo
         torch.testing.assert_close(first[0], module(x))
     torch.testing.assert_close(second[0], first[0])
     assert forward.failed and len(attempts) == 1 and "capture failed" in caplog.text
+
+
+def test_predict_folds_batch_norms_into_the_convolutions_and_scores_as_before(tiny_run: Path) -> None:
+    scorer = rundir.load_scorer(tiny_run).eval()
+    images = _normal_images(tiny_run)[:4]
+    with torch.no_grad():
+        reference = scorer(to_tensor(images))
+    networks = (scorer.model.encoder, scorer.model.decoder)
+    assert all(any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) for net in networks)
+    prediction = predict(scorer, images)
+    assert not any(isinstance(m, nn.BatchNorm2d) for net in networks for m in net.modules())
+    np.testing.assert_allclose(prediction.scores, reference[1].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(prediction.maps, reference[0].numpy(), rtol=1e-4, atol=1e-3)
+    assert fold_batch_norms(scorer.model) == 0  # already folded
+
+
+def test_only_a_batch_norm_fed_by_a_convolution_is_folded() -> None:
+    direct = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    apart = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4))
+    for net in (direct, apart):
+        net[-1 if net is apart else 1].running_mean.uniform_(-1, 1)
+        net[-1 if net is apart else 1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    for net, expected in ((direct, 1), (apart, 0)):
+        before = net.eval()(x)
+        assert fold_batch_norms(net) == expected
+        torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
