@@ -1,7 +1,7 @@
 """CUDA graph replay: a module's forward pass captured once per input shape and replayed.
 
 Eager inference on a GPU launches each of the scoring graph's hundreds of kernels from Python; at small batches
-the launches, not the arithmetic, set the time (256 px, batch 1, H200: 4.3 ms eager, 0.93 ms replayed;
+the launches, not the arithmetic, set the time (256 px, batch 1, H200: 3.4 ms eager, 0.86 ms replayed;
 benchmarks/RESULTS.md). A CUDA graph records the launches once and replays them in one call. The module must not
 copy from the host or synchronise inside its forward pass (robust_ad's scorer and exported graphs do neither).
 """

@@ -17,6 +17,7 @@ from robust_ad import rundir
 from robust_ad.data.images import like_raw, read_raw, to_float_rgb, write_image, write_raw
 from robust_ad.errors import ConfigError, ImageReadError, ModelError
 from robust_ad.models.denoiser import SkipDenoiser
+from robust_ad.models.folding import fold_batch_norms
 from robust_ad.progress import track
 from robust_ad.tensors import to_images, to_tensor
 from robust_ad.training.noise import EVAL_LEVELS, NOISES, apply_noise
@@ -27,10 +28,13 @@ NLM_STRENGTHS = (3, 6, 10, 15, 21, 30)  # OpenCV's h, tuned per noise and level 
 
 
 def load_denoiser(run_dir: str | Path, device: torch.device | str = "cpu"):
+    """A denoising run's network, ready for inference: eval mode, batch norms folded into their convolutions."""
     config = rundir.read_config(run_dir)
     if config.mode != "denoise":
         raise ModelError(f"{run_dir} is a detection model; train one with 'robust-ad train --mode denoise'")
-    return rundir.load_model(run_dir, device)
+    model = rundir.load_model(run_dir, device)
+    fold_batch_norms(model)
+    return model
 
 
 def denoise_files(

@@ -58,6 +58,7 @@ class DenoisingGraph(nn.Module):
     def __init__(self, model: nn.Module, uint8: bool) -> None:
         super().__init__()
         self.model, self.uint8 = model, uint8
+        fold_batch_norms(model)  # inference only, as for scoring
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if self.uint8 else images

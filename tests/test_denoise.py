@@ -15,7 +15,7 @@ from robust_ad import rundir
 from robust_ad.api import train
 from robust_ad.cli import app
 from robust_ad.data.loading import load_split, open_dataset
-from robust_ad.denoising import corrupt_images, evaluate_denoising, image_quality
+from robust_ad.denoising import corrupt_images, evaluate_denoising, image_quality, load_denoiser
 from robust_ad.export import export
 from robust_ad.models.denoiser import SkipDenoiser, estimate_sigma, impulses
 from robust_ad.runtime import InferenceSession
@@ -366,3 +366,13 @@ def test_denoise_with_a_known_noise_level(denoiser: Path, tmp_path: Path) -> Non
     assert distance["guarded"] < distance["network"] / 2, distance
     result = runner.invoke(app, [*args, str(tmp_path / "bad"), "--sigma", "-3"])
     assert result.exit_code == 2 and "--sigma must be" in result.output
+
+
+def test_a_loaded_denoiser_has_its_batch_norms_folded_and_denoises_as_before(denoiser: Path) -> None:
+    config = rundir.read_config(denoiser)
+    noisy = corrupt_images(load_split(open_dataset(config), "test", config).images[:4], "gaussian", 0.2, seed=3)
+    unfolded = rundir.load_model(denoiser).eval()
+    folded = load_denoiser(denoiser)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.encoder.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.encoder.modules())
+    np.testing.assert_allclose(folded.reconstruct(noisy), unfolded.reconstruct(noisy), atol=1e-4)

@@ -33,8 +33,8 @@ def predict(
     """Run ``scorer`` on (N, H, W, 3) float images in [0, 1]. Its networks are readied for inference in place: batch
     norms folded into their convolutions (:func:`fold_batch_norms`), and channels-last, the layout of cuDNN and
     oneDNN, which removes the layout conversions around each convolution (256 px, batch 32, 2-core Xeon:
-    80.1 -> 58.2 ms an image; replayed on an H200 in fp32, batch 32: 0.27 -> 0.23 ms an image, though batch 1
-    went 0.93 -> 1.08 ms; benchmarks/RESULTS.md).
+    80.1 -> 58.2 ms an image; replayed on an H200 in fp32 with batch norms folded, batch 32: 0.27 -> 0.23 ms an
+    image, batch 1: 0.86 -> 0.72 ms; benchmarks/RESULTS.md).
     On CUDA, replayed from CUDA graphs (:func:`replayed`): each batch is padded to one shape, so that one capture
     serves them all."""
     scorer.eval()
