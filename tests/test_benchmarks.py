@@ -109,3 +109,25 @@ def test_peers_train_and_evaluate_with_anomalib(synth_root: Path) -> None:
     assert 0 <= padim["image_auroc"] <= 1 and 0 <= padim["aupro"] <= 1 and 0 <= padim["f1"] <= 1
     assert padim["ms_per_image"] > 0
     assert "no network" in stfpm["error"]
+
+
+def test_speed_script_writes_its_rows_after_every_group_and_stamps_the_command(tiny_run: Path, tmp_path: Path) -> None:
+    import speed  # benchmarks/speed.py
+
+    out = tmp_path / "speed.json"
+    seen: list[int] = []
+    real_rows = speed._rows
+
+    def rows_then_look(*args, **kwargs):  # what the file holds when the next group starts
+        seen.append(len(json.loads(out.read_text())["rows"]) if out.exists() else 0)
+        return real_rows(*args, **kwargs)
+
+    speed._rows = rows_then_look
+    try:
+        speed.main(["--run", str(tiny_run), "--sizes", "32", "--batches", "2", "1", "--out", str(out)])
+    finally:
+        speed._rows = real_rows
+    written = json.loads(out.read_text())
+    assert seen == [0, 3]  # the batch-2 rows were on disk before the batch-1 rows were measured
+    assert [row["batch"] for row in written["rows"]] == [2, 2, 2, 1, 1, 1]
+    assert written["command"].endswith(f"--out {out}") and written["date"]
