@@ -9,8 +9,8 @@ removes the per-kernel launch cost that dominates at batch 1, and so with its ne
 layout: no layout conversions around each convolution; slower eager, faster replayed, on an H200); on the CPU
 also eager with channels-last networks, as `robust-ad score` runs it there (oneDNN's layout). onnxruntime
 runs on the CUDA execution provider only where onnxruntime-gpu is installed; rows that cannot run say why.
-With --compile, CUDA also gets a torch.compile row (Inductor, which folds batch norms into the convolutions and
-fuses the elementwise scoring; its own CUDA graphs, mode reduce-overhead; channels-last), in fp16 only: each
+With --compile, CUDA also gets a torch.compile row (Inductor, which fuses the elementwise scoring into fewer
+kernels; its own CUDA graphs, mode reduce-overhead; channels-last), in fp16 only: each
 compile takes minutes of a lent GPU. With --out, the file is rewritten after every group of rows, so a run cut
 short by a time limit keeps what it measured.
 """
