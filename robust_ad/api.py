@@ -327,6 +327,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     """
     import time
 
+    import numpy as np
     import torch
     from torch.utils.data import DataLoader
 
@@ -375,8 +376,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
             if corrupt is not None:
                 given = to_images(corrupt(to_tensor(shown), torch.Generator().manual_seed(config.seed)))
             reconstructed = model.reconstruct(given)
-            write_image(run_dir / rundir.GRID, reconstruction_grid(given, reconstructed))
-            colour = colour_error(shown, reconstructed)
+            decoder_colour = colour_error(shown, reconstructed)
             memory = None
             if config.mode == "detect":
                 scorer = AnomalyScorer(model, config.scoring, config.data.image_size).to(device)
@@ -387,6 +387,9 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
                 record["train_aspect_ratio"] = train_files.aspect_ratio
                 rundir.write_calibration(run_dir, rundir.Calibration.model_validate(record))
                 memory = scorer.memory_statistics()
+                reconstructed = (reconstructed - np.float32(record["colour_offset"])).clip(0, 1)  # as scoring has it
+            write_image(run_dir / rundir.GRID, reconstruction_grid(given, reconstructed))
+            colour = colour_error(shown, reconstructed)
             held_out = dataset.val or dataset.train
             rundir.write_verification(run_dir, *_verification_images(dataset, config.data.image_size, held_out))
             rundir.save_model(run_dir, model.cpu(), memory)
@@ -404,6 +407,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
                     processes=distributed.world_size(),
                     precision=effective_precision(config.precision, device),
                     colour_error_255=colour,
+                    decoder_colour_error_255=decoder_colour if config.mode == "detect" else [],
                     **info,
                 ),
             )

@@ -70,6 +70,9 @@ class Calibration(_Record):
     image_size: int
     normal_scores: list[Finite]  # normalised scores of the held-out normal images
     train_aspect_ratio: PositiveFinite = 1.0
+    # the decoder's mean colour cast (R, G, B; pixel values in [0, 1]) on the normal training images, removed from
+    # every reconstruction in scoring; none in calibrations written before it was fitted
+    colour_offset: list[Finite] = [0.0, 0.0, 0.0]
     previous_thresholds: list[dict[str, Any]] = []  # what 'robust-ad threshold' replaced, newest last
 
 
@@ -87,8 +90,11 @@ class TrainingInfo(_Record):
     encoder_source: str
     encoder_minutes: float
     encoder_history: list[dict[str, float]] = []
-    # per-channel (R, G, B) mean colour error of held-out normal reconstructions, 8-bit grey levels
+    # per-channel (R, G, B) mean colour error of held-out normal reconstructions, 8-bit grey levels: as scoring
+    # uses them (the colour cast removed) in detection mode, the decoder's own in denoising mode
     colour_error_255: list[float] = []
+    # detection: the decoder's own colour error, before its cast (fitted on the training images) is removed
+    decoder_colour_error_255: list[float] = []
 
 
 # -- configuration -----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,7 @@ from robust_ad.data.layouts import Sample
 from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.models.folding import fold_batch_norms
 from robust_ad.scoring import metrics
+from robust_ad.scoring.calibration import calibrate
 from robust_ad.scoring.evaluate import evaluate
 from robust_ad.scoring.inference import Prediction, predict
 from robust_ad.tensors import to_tensor
@@ -337,3 +339,23 @@ def test_only_a_batch_norm_fed_by_a_convolution_is_folded() -> None:
         before = net.eval()(x)
         assert fold_batch_norms(net) == expected
         torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_calibration_fits_the_decoders_colour_cast_and_scoring_removes_it(tiny_run: Path, tmp_path: Path) -> None:
+    scorer = rundir.load_scorer(tiny_run)
+    with torch.no_grad():  # a decoder with a strong cast: redder and less blue than its inputs
+        scorer.model.decoder.body[-1].bias += torch.tensor([1.0, 0.0, -1.0])
+    train = to_tensor(_normal_images(tiny_run, "train"))
+    record = calibrate(scorer, train.split(8), _normal_images(tiny_run))
+    with torch.no_grad():
+        cast = (scorer.model(train) - train).mean((0, 2, 3))
+        left = (scorer(train)[3] - train).mean((0, 2, 3))
+    assert cast[0] > 0.05 and cast[2] < -0.05
+    torch.testing.assert_close(torch.tensor(record["colour_offset"]), cast, rtol=0, atol=1e-4)
+    assert left.abs().max() < 0.01  # what the clamp to [0, 1] leaves
+    old = tmp_path / "old-run"  # a calibration written before the cast was fitted: none removed
+    shutil.copytree(tiny_run, old)
+    calibration = json.loads((old / rundir.CALIBRATION).read_text())
+    del calibration["colour_offset"]
+    (old / rundir.CALIBRATION).write_text(json.dumps(calibration))
+    assert rundir.load_scorer(old).colour_offset.abs().max() == 0

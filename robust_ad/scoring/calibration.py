@@ -13,16 +13,21 @@ from robust_ad.tensors import to_tensor
 
 
 @torch.no_grad()
-def fit_memory(scorer: AnomalyScorer, batches: Iterable[torch.Tensor]) -> None:
-    """Per-location mean and variance of the normal training features (at the training size), streamed over
-    batches of (N, 3, S, S) images: memory does not grow with the number of images."""
+def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tensor]) -> None:
+    """From the normal training images, streamed over batches of (N, 3, S, S) images (memory does not grow with
+    their number): the per-location mean and variance of their features (at the training size), and the decoder's
+    colour cast, the mean per-channel difference between their reconstructions and them."""
     scorer.eval()
     device = scorer.score_mean.device
+    scorer.colour_offset.zero_()
     sums = {k: 0.0 for k in scorer.layers}
     squares = {k: 0.0 for k in scorer.layers}
+    cast = torch.zeros(3, dtype=torch.float64, device=device)
     n = 0
     for images in batches:
-        feats = scorer.model.features(images.to(device))
+        images = images.to(device)
+        feats = scorer.model.features(images)
+        cast += (scorer.reconstruction(feats, images.shape[-2:]) - images).mean((2, 3)).double().sum(0)
         n += len(images)
         for layer in scorer.layers:
             sums[layer] = sums[layer] + feats[layer].double().sum(0)
@@ -35,6 +40,7 @@ def fit_memory(scorer: AnomalyScorer, batches: Iterable[torch.Tensor]) -> None:
         var = var + 1e-2 * var.mean() + 1e-6
         statistics[f"memory_mean_{layer}"], statistics[f"memory_var_{layer}"] = mean.float(), var.float()
     scorer.load_memory(statistics)
+    scorer.colour_offset.copy_(cast / n)
 
 
 @torch.no_grad()
@@ -47,7 +53,7 @@ def calibrate(
     ``train_batches`` streams the normal training images; the threshold is the ``threshold_quantile`` of the
     normalised scores of the held-out normal ``val_images``.
     """
-    fit_memory(scorer, train_batches)
+    fit_training_statistics(scorer, train_batches)
     device = scorer.score_mean.device
     x_val = to_tensor(val_images)
     maps = torch.cat(
@@ -73,5 +79,6 @@ def calibrate(
         },
         "image_score": scorer.config.image_score,
         "image_size": scorer.train_size,
+        "colour_offset": [float(v) for v in scorer.colour_offset],
         "normal_scores": [float(v) for v in normalised],
     }

@@ -8,6 +8,11 @@ Components (each a per-pixel map at the input's size, smoothed):
 - ``memory``: squared distance of E_l(x) to the normal training features at that location, per channel
   scaled by their variance (a per-location diagonal Gaussian), upsampled, mean over layers.
 
+The reconstruction is the decoder's output less its colour cast: the mean per-channel difference between
+reconstructions and images over the normal training images (``colour_offset``, fitted in calibration). A cast is
+the same for every image, so removing it cannot hide a defect that changes one part's colour; left in, it
+would be a residual on every normal pixel.
+
 Each component is standardised by its mean and standard deviation over held-out normal pixels, then
 the maps are fused with the recipe weights. The image score is the max (or top-k mean) of the fused
 map, standardised by the scores of held-out normal images: the *normalised score*.
@@ -70,6 +75,7 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("map_std", torch.ones(len(self.components)))
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
+        self.register_buffer("colour_offset", torch.zeros(3))  # the decoder's colour cast (calibration.json)
         # SSIM's Gaussian window (sigma 1.5, as kornia.metrics.ssim) as the depthwise kernel along rows of the
         # SSIM_CHANNELS filtered in one go (_ssim), built once: not saved, not loaded
         window = get_gaussian_kernel1d(config.ssim_window, 1.5).view(1, 1, 1, -1).repeat(SSIM_CHANNELS, 1, 1, 1)
@@ -119,8 +125,7 @@ class AnomalyScorer(nn.Module):
         feature layer at that layer's resolution (feature, memory), each component the mean of its maps once
         resampled to the input's size; and the reconstruction."""
         feats = self._features(x)
-        dtype = self.model.decoder.body[-1].weight.dtype
-        x_hat = self.model.decoder(feats[self.model.encoder.layer].to(dtype), x.shape[-2:]).float()
+        x_hat = self.reconstruction(feats, x.shape[-2:])
         terms = {}
         for name in self.components:
             if name == "pixel":
@@ -154,6 +159,12 @@ class AnomalyScorer(nn.Module):
                 by_size[key] = by_size[key] + weighted if key in by_size else weighted
         summed = functools.reduce(torch.add, [_resize(m, x.shape[-2:]) for m in by_size.values()])
         return self._smooth(summed)[:, 0] - (scale * self.map_mean).sum(), x_hat
+
+    def reconstruction(self, feats: dict[str, torch.Tensor], size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """The decoder's image (float32) from the encoder's features, its colour cast removed."""
+        dtype = self.model.decoder.body[-1].weight.dtype
+        x_hat = self.model.decoder(feats[self.model.encoder.layer].to(dtype), size).float()
+        return (x_hat - self.colour_offset.view(1, -1, 1, 1)).clamp(0, 1)
 
     def _ssim(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """kornia.metrics.ssim's map ('same' padding, reflected borders) from the window buffer (kornia builds its
@@ -228,3 +239,4 @@ class AnomalyScorer(nn.Module):
         self.map_std.copy_(torch.tensor([components[c]["std"] for c in self.components]))
         self.score_mean.fill_(calibration["score_mean"])
         self.score_std.fill_(calibration["score_std"])
+        self.colour_offset.copy_(torch.tensor(calibration.get("colour_offset", [0.0, 0.0, 0.0])))
