@@ -81,6 +81,7 @@ class ScoringConfig(_Section):
     image_score: Literal["max", "topk"] = "max"
     topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
     threshold_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99  # of normalised scores of held-out normals
+    remove_colour_cast: bool = True  # the decoder's mean colour cast on the training images (calibration)
 
     @field_validator("weights")
     @classmethod

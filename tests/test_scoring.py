@@ -353,6 +353,8 @@ def test_calibration_fits_the_decoders_colour_cast_and_scoring_removes_it(tiny_r
     assert cast[0] > 0.05 and cast[2] < -0.05
     torch.testing.assert_close(torch.tensor(record["colour_offset"]), cast, rtol=0, atol=1e-4)
     assert left.abs().max() < 0.01  # what the clamp to [0, 1] leaves
+    scorer.config = scorer.config.model_copy(update={"remove_colour_cast": False})  # the recipe's opt-out
+    assert calibrate(scorer, train.split(8), _normal_images(tiny_run))["colour_offset"] == [0.0, 0.0, 0.0]
     old = tmp_path / "old-run"  # a calibration written before the cast was fitted: none removed
     shutil.copytree(tiny_run, old)
     calibration = json.loads((old / rundir.CALIBRATION).read_text())

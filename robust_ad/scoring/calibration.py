@@ -16,7 +16,8 @@ from robust_ad.tensors import to_tensor
 def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tensor]) -> None:
     """From the normal training images, streamed over batches of (N, 3, S, S) images (memory does not grow with
     their number): the per-location mean and variance of their features (at the training size), and the decoder's
-    colour cast, the mean per-channel difference between their reconstructions and them."""
+    colour cast, the mean per-channel difference between their reconstructions and them (removed from every
+    reconstruction unless the recipe's ``scoring.remove_colour_cast`` is false)."""
     scorer.eval()
     device = scorer.score_mean.device
     scorer.colour_offset.zero_()
@@ -40,7 +41,8 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
         var = var + 1e-2 * var.mean() + 1e-6
         statistics[f"memory_mean_{layer}"], statistics[f"memory_var_{layer}"] = mean.float(), var.float()
     scorer.load_memory(statistics)
-    scorer.colour_offset.copy_(cast / n)
+    if scorer.config.remove_colour_cast:
+        scorer.colour_offset.copy_(cast / n)
 
 
 @torch.no_grad()
