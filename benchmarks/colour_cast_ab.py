@@ -12,29 +12,17 @@ import argparse
 import json
 from pathlib import Path
 
-from robust_ad import rundir
-from robust_ad.data.loading import load_split, open_dataset
-from robust_ad.scoring.calibration import calibrate
-from robust_ad.scoring.evaluate import evaluate
-from robust_ad.scoring.inference import predict
-from robust_ad.scoring.scorer import AnomalyScorer
-from robust_ad.tensors import to_tensor
+import run as bench  # benchmarks/run.py: run this script from the repository root as above
 
 
 def measure(run: Path) -> dict:
-    config = rundir.read_config(run)
-    dataset = open_dataset(config)
-    train, val, test = (load_split(dataset, split, config) for split in ("train", "val", "test"))
+    ways = {"removed": True, "kept": False}
+    updates = [{"remove_colour_cast": remove} for remove in ways.values()]
+    results = dict(zip(ways, bench.recalibrated_detection(run, updates), strict=True))
     row: dict = {"run": run.name}
-    for remove in (True, False):
-        scoring = config.scoring.model_copy(update={"remove_colour_cast": remove})
-        scorer = AnomalyScorer(rundir.load_model(run), scoring, config.data.image_size)
-        record = calibrate(scorer, to_tensor(train.images).split(config.data.batch_size), val.images)
-        metrics = evaluate(test, predict(scorer, test.images), record["threshold"])
-        way = "removed" if remove else "kept"
-        row.update({f"{k}_{way}": round(metrics[k], 3) for k in ("image_auroc", "pixel_auroc", "aupro")})
-        if remove:
-            row["cast_255"] = [round(v * 255, 2) for v in record["colour_offset"]]
+    for way, (_, metrics) in results.items():
+        row.update({f"{k}_{way}": round(metrics[k], 3) for k in bench.DETECTION_KEYS})
+    row["cast_255"] = [round(float(v) * 255, 2) for v in results["removed"][0].colour_offset]
     return row
 
 

@@ -24,10 +24,15 @@ from robust_ad import api, export
 REPEATS = 2
 
 
+def _folding(fold: bool):
+    """The export module folding batch norms as it does (``fold``), or leaving them (a stand-in that folds none)."""
+    return mock.patch.object(export, "fold_batch_norms", export.fold_batch_norms if fold else lambda module: 0)
+
+
 def _graphs(run: Path, size: int) -> dict[bool, export.ScoringGraph]:
     graphs = {}
     for fold in (False, True):
-        with mock.patch.object(export, "fold_batch_norms", export.fold_batch_norms if fold else lambda m: 0):
+        with _folding(fold):
             graphs[fold] = speed._graph(run, size, False, "cpu")
         graphs[fold].scorer.model.to(memory_format=torch.channels_last)
     return graphs
@@ -37,7 +42,7 @@ def _onnx(run: Path, size: int, folder: Path) -> dict[bool, Path]:
     paths = {}
     for fold in (False, True):
         paths[fold] = folder / f"{fold}.onnx"
-        with mock.patch.object(export, "fold_batch_norms", export.fold_batch_norms if fold else lambda m: 0):
+        with _folding(fold):
             api.export(run, paths[fold], size=(size, size), verify=False)
     return paths
 

@@ -194,26 +194,33 @@ def component_ablation(profile: dict, root: Path, runs: Path, eps: float) -> lis
     return [row for category in profile["categories"] for row in _component_rows(runs / f"{category}-eps{eps:g}")]
 
 
+DETECTION_KEYS = ("image_auroc", "pixel_auroc", "aupro")  # what the ablations report
+
+
 def _component_rows(run: Path, subsets: list[list[str]] | None = None) -> list[dict]:
     """Detection by each score component alone, then all fused (or by each of ``subsets``, equally weighted), of
     a trained run, recalibrated each time."""
+    chosen = subsets or [*[[c] for c in COMPONENTS], list(COMPONENTS)]
+    updates = [{"weights": {c: float(c in subset) for c in COMPONENTS}} for subset in chosen]
+    category = rundir.read_config(run).category
+    return [
+        {"category": category, "components": "+".join(subset), **{k: metrics[k] for k in DETECTION_KEYS}}
+        for subset, (_, metrics) in zip(chosen, recalibrated_detection(run, updates), strict=True)
+    ]
+
+
+def recalibrated_detection(run: Path, updates: list[dict]) -> list[tuple[AnomalyScorer, dict]]:
+    """A trained run's networks with its scoring settings changed by each of ``updates``: recalibrated on its
+    training and held-out normal images, then its test metrics (``_detect``), with the scorer that gave them."""
     config = rundir.read_config(run)
     dataset = open_dataset(config)
     train, val = load_split(dataset, "train", config), load_split(dataset, "val", config)
-    rows = []
-    for chosen in subsets or [*[[c] for c in COMPONENTS], list(COMPONENTS)]:
-        scoring = config.scoring.model_copy(update={"weights": {c: float(c in chosen) for c in COMPONENTS}})
-        scorer = AnomalyScorer(rundir.load_model(run), scoring, config.data.image_size)
+    results = []
+    for update in updates:
+        scorer = AnomalyScorer(rundir.load_model(run), config.scoring.model_copy(update=update), config.data.image_size)
         threshold = calibrate(scorer, to_tensor(train.images).split(16), val.images)["threshold"]
-        metrics = _detect(scorer, dataset, config, threshold)
-        rows.append(
-            {
-                "category": config.category,
-                "components": "+".join(chosen),
-                **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
-            }
-        )
-    return rows
+        results.append((scorer, _detect(scorer, dataset, config, threshold)))
+    return results
 
 
 def loss_ablation(profile: dict, root: Path, runs: Path, eps: float) -> list[dict]:
@@ -237,7 +244,7 @@ def loss_ablation(profile: dict, root: Path, runs: Path, eps: float) -> list[dic
                 "losses": name,
                 "psnr": psnr,
                 "ssim": ssim,
-                **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
+                **{k: metrics[k] for k in DETECTION_KEYS},
             }
         )
     return rows
@@ -265,7 +272,7 @@ def resolution(profile: dict, runs: Path, eps_values: list[float]) -> list[dict]
                     "eval_size": size,
                     "psnr": psnr,
                     "ssim": ssim,
-                    **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
+                    **{k: metrics[k] for k in DETECTION_KEYS},
                 }
             )
     return rows

@@ -28,7 +28,8 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     for images in batches:
         images = images.to(device)
         feats = scorer.model.features(images)
-        cast += (scorer.reconstruction(feats, images.shape[-2:]) - images).mean((2, 3)).double().sum(0)
+        if scorer.config.remove_colour_cast:  # the decoder runs only to measure the cast
+            cast += (scorer.reconstruction(feats, images.shape[-2:]) - images).mean((2, 3)).double().sum(0)
         n += len(images)
         for layer in scorer.layers:
             sums[layer] = sums[layer] + feats[layer].double().sum(0)
