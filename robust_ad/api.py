@@ -57,7 +57,6 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
     (``labels+corruption``), on random crops of half to all of each corpus image, resized to
     ``data.image_size``. Every tenth patch of each photograph is held out ('encoder eval --corpus')."""
     from robust_ad.data.corpus import corpus_files
-    from robust_ad.data.torchdata import RandomCrops
     from robust_ad.device import resolve_device
     from robust_ad.training import distributed
     from robust_ad.training.encoder import train_encoder as _train
@@ -67,10 +66,9 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
     n_sources = len(set(files.labels))
     files = files.verify(config.data.skip_bad, f"reading the corpus ({len(files)} images, {n_sources} sources)")
     encoder = config.encoder.model_copy(update={"proxy_task": "labels+corruption"})
-    crops = RandomCrops(files, config.data.image_size)
     with distributed.process_group(resolve_device(config.device)) as device:
         return _train(
-            crops,
+            files,
             encoder,
             None,
             device,
@@ -81,6 +79,7 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
             config.precision,
             config.data.workers,
             compile=config.compile,
+            crop=config.data.image_size,
         )
 
 

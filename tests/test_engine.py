@@ -15,7 +15,7 @@ from robust_ad import rundir
 from robust_ad.cli import app
 from robust_ad.config import EncoderConfig
 from robust_ad.data.images import write_image
-from robust_ad.data.torchdata import ImageFiles
+from robust_ad.data.torchdata import ArrayImages, ImageFiles
 from robust_ad.fileio import LOCK_NAME
 from robust_ad.training import engine
 from robust_ad.training.autoencoder import fit_decoder
@@ -41,6 +41,21 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> 
     for a, b in zip(straight.classifier.state_dict().values(), resumed.classifier.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
     assert [row["loss"] for row in straight.history] == pytest.approx([row["loss"] for row in resumed.history])
+
+
+def test_crops_are_made_on_the_batch_within_each_image() -> None:
+    """Engine crops: each a square of half to all of its image's side, resized to the asked size."""
+    ramp = torch.arange(64, dtype=torch.float32)
+    coordinates = torch.stack([ramp[:, None].expand(64, 64), ramp[None, :].expand(64, 64), torch.zeros(64, 64)])
+    task = engine.Task()
+    task.modules, task.optimizers = {}, {}
+    run = engine.Engine(task, ArrayImages(np.zeros((1, 8, 8, 3), np.float32)), 1, 8, flip=False, crop=16)
+    crops = run.augment(coordinates.repeat(200, 1, 1, 1))  # each pixel: the (mean) source row and column
+    assert crops.shape == (200, 3, 16, 16) and crops.min() >= 0 and crops.max() <= 63
+    rows, cols = crops[:, 0, -1, 0] - crops[:, 0, 0, 0], crops[:, 1, 0, -1] - crops[:, 1, 0, 0]
+    torch.testing.assert_close(rows, cols)  # square
+    sides = rows * 16 / 15  # the first and last output pixels are 15/16 of a side apart
+    assert sides.min() >= 31 and sides.max() <= 64 and sides.max() - sides.min() > 24  # half to all, varied
 
 
 def test_bf16_training_runs_and_learns(tmp_path: Path) -> None:

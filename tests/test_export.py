@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from robust_ad import rundir
 from robust_ad.data.images import read_image
-from robust_ad.data.resize import resize_image
+from robust_ad.data.resize import crop_resize, resize, resize_image
 from robust_ad.errors import ModelError
 from robust_ad.export import PARITY_SCORE, export
 from robust_ad.runtime import InferenceSession
@@ -154,6 +154,15 @@ def test_resize_is_torchs_antialiased_bilinear() -> None:
             torch.from_numpy(image).permute(2, 0, 1)[None], size=size, mode="bilinear", antialias=True
         )[0].permute(1, 2, 0)
         np.testing.assert_allclose(resize_image(image, size), expected.numpy(), atol=1e-6)
+
+
+def test_batched_crops_resize_as_each_crop_alone() -> None:
+    """The pretraining's batched crop-and-resize is the product's resize of each crop (shrunk or enlarged)."""
+    images = torch.rand(4, 3, 40, 40)
+    top, left, side = torch.tensor([0, 3, 10, 20]), torch.tensor([0, 5, 2, 20]), torch.tensor([40, 30, 8, 20])
+    crops = crop_resize(images, top, left, side, 16)
+    for i, (t, x, s) in enumerate(zip(top.tolist(), left.tolist(), side.tolist(), strict=True)):
+        torch.testing.assert_close(crops[i], resize(images[i, :, t : t + s, x : x + s], (16, 16)))
 
 
 def test_runtime_warns_when_frames_have_another_aspect_ratio(onnx_file: Path, caplog) -> None:

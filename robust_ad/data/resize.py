@@ -29,11 +29,23 @@ def resize_weights(
         scale = n_in.to(dtype=dtype, device=device) / n_out
     else:  # filled on the device: torch.as_tensor(int, device=cuda) would copy from the host
         scale = torch.full((), n_in, dtype=dtype, device=device) / n_out
-    support = scale.clamp(min=1.0)  # shrinking widens the filter (antialiasing); enlarging is plain bilinear
     centres = (torch.arange(n_out, dtype=dtype, device=device) + 0.5) * scale
     positions = torch.arange(n_in, dtype=dtype, device=device) + 0.5
-    weights = torch.relu(1 - (positions[None, :] - centres[:, None]).abs() / support)
-    return weights / weights.sum(1, keepdim=True)
+    return _triangle(positions, centres, scale)
+
+
+def _triangle(
+    positions: torch.Tensor, centres: torch.Tensor, scale: torch.Tensor, inside: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Normalised triangle-filter weights (..., n_out, n_in) of input ``positions`` (n_in,) around output
+    ``centres`` (..., n_out), for a shrink factor ``scale`` broadcastable to (...); only input pixels where
+    ``inside`` (..., 1, n_in) holds get weight."""
+    support = scale.clamp(min=1.0)[..., None, None]  # shrinking widens the filter (antialiasing); enlarging is
+    # plain bilinear
+    weights = torch.relu(1 - (positions - centres[..., None]).abs() / support)
+    if inside is not None:
+        weights = weights * inside
+    return weights / weights.sum(-1, keepdim=True)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -42,6 +54,22 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     rows = resize_weights(height, size[0], x.dtype, x.device)
     cols = resize_weights(width, size[1], x.dtype, x.device)
     return rows @ x @ cols.T
+
+
+def crop_resize(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, side: torch.Tensor, size: int) -> torch.Tensor:
+    """Square crops of a batch (N, C, H, W), image i's at (``top[i]``, ``left[i]``) of side ``side[i]`` (integer
+    tensors on x's device), each resized to ``size``: the same arithmetic as :func:`resize` of each crop, batched
+    (only pixels inside a crop get weight)."""
+    out = (torch.arange(size, dtype=x.dtype, device=x.device) + 0.5)[None]
+
+    def weights(start: torch.Tensor, n_in: int) -> torch.Tensor:  # (N, size, n_in)
+        scale = side.to(x.dtype) / size
+        positions = torch.arange(n_in, dtype=x.dtype, device=x.device) + 0.5
+        inside = (positions >= start[:, None]) & (positions < (start + side)[:, None])
+        return _triangle(positions - start[:, None, None], out * scale[:, None], scale, inside[:, None])
+
+    rows, cols = weights(top, x.shape[-2]), weights(left, x.shape[-1])
+    return rows[:, None] @ x @ cols.transpose(1, 2)[:, None]
 
 
 def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

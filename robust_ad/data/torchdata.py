@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from robust_ad.data.images import SKIP_BAD_HINT, read_image
-from robust_ad.data.resize import resize, resize_image
+from robust_ad.data.resize import resize_image
 from robust_ad.errors import DataError, ImageReadError
 from robust_ad.progress import track
 
@@ -86,26 +86,3 @@ class ArrayImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
-
-
-class RandomCrops(Dataset):
-    """Random square crops of another dataset's images (a share ``scale`` of their side), resized to ``size``:
-    the pretraining augmentation. Draws from torch's global stream, which the engine seeds (per worker too)."""
-
-    def __init__(self, base: Dataset, size: int, scale: tuple[float, float] = (0.5, 1.0)) -> None:
-        self.base, self.size, self.scale = base, size, scale
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    @property
-    def labels(self):
-        return self.base.labels
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.base[index]
-        side = image.shape[-1]
-        crop = max(8, round(side * float(torch.empty(()).uniform_(*self.scale))))
-        top, left = (int(torch.randint(0, side - crop + 1, ())) for _ in range(2))
-        patch = image[:, top : top + crop, left : left + crop]
-        return resize(patch, (self.size, self.size)), label

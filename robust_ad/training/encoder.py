@@ -113,7 +113,10 @@ class EncoderTask(Task):
         lag can leave the eval-mode network (what PGD attacks and what the autoencoder uses) predicting one
         class.
         """
-        proxy_batches = (self._proxy(images, labels, engine.generator)[0] for images, labels in engine.loader())
+        proxy_batches = (
+            self._proxy(engine.augment(images.to(engine.device)), labels, engine.generator)[0]
+            for images, labels in engine.loader()
+        )
         update_bn(proxy_batches, self.classifier, engine.device)  # restores eval/train mode itself
         return {}
 
@@ -142,10 +145,12 @@ def train_encoder(
     workers: int = 0,
     initial: Encoder | None = None,
     compile: bool = False,
+    crop: int | None = None,
 ) -> EncoderRun:
     """Adversarially train an encoder on the proxy task built from ``images`` (a dataset of (image, label),
     or (N, H, W, 3) arrays in [0, 1] with optional ``labels``), from ``initial``'s weights when given (a
-    fine-tune of a pretrained encoder) or from scratch.
+    fine-tune of a pretrained encoder) or from scratch. With ``crop``, it trains on random crops of the images
+    resized to that size (the engine's augmentation).
 
     ``checkpoint_path`` is written atomically after every epoch and is the encoder file; ``resume`` continues
     from it.
@@ -159,7 +164,7 @@ def train_encoder(
     classifier = ProxyClassifier(build_encoder(config), task.n_outputs)
     if initial is not None:
         classifier.encoder.load_state_dict(initial.state_dict())
-    task = EncoderTask(classifier, config, task, _image_size(dataset), list(categories or []))
+    task = EncoderTask(classifier, config, task, crop or _image_size(dataset), list(categories or []))
     engine = Engine(
         task,
         dataset,
@@ -172,6 +177,7 @@ def train_encoder(
         workers,
         description=f"encoder epoch (eps={config.eps})",
         compile=compile,
+        crop=crop,
     )
     history = engine.fit(resume)
     return EncoderRun(classifier, config, task.proxy, task.image_size, task.categories, history)

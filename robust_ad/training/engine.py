@@ -1,12 +1,12 @@
 """The one training loop: encoder, decoder and denoiser training are tasks that it runs.
 
 The engine owns what every training needs: seeding and data order, batches through ``torch.utils.data``,
-the flip augmentation, device placement, mixed precision (bf16 autocast, or fp16 with gradient scaling),
-optional ``torch.compile``, a progress bar per epoch, timing, per-epoch history, and an atomic checkpoint
-after every epoch from which ``resume`` continues exactly (model, optimisers, scaler, history and random
-state). Under ``torchrun`` it trains with DistributedDataParallel (:mod:`robust_ad.training.distributed`):
-each process takes its share of every batch, and process 0 writes the checkpoint. Losses stay on the device
-until the end of an epoch (no host synchronisation per step).
+the flip and crop augmentations (on the device, a batch at a time), device placement, mixed precision (bf16
+autocast, or fp16 with gradient scaling), optional ``torch.compile``, a progress bar per epoch, timing,
+per-epoch history, and an atomic checkpoint after every epoch from which ``resume`` continues exactly (model,
+optimisers, scaler, history and random state). Under ``torchrun`` it trains with DistributedDataParallel
+(:mod:`robust_ad.training.distributed`): each process takes its share of every batch, and process 0 writes the
+checkpoint. Losses stay on the device until the end of an epoch (no host synchronisation per step).
 
 A task says what one optimisation step is (:meth:`Task.step`) and what to do before and after each epoch
 (:meth:`Task.begin_epoch`, e.g. a learning-rate schedule; :meth:`Task.end_epoch`, e.g. validation or batch-norm
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from robust_ad.data.resize import crop_resize
 from robust_ad.errors import ConfigError, ModelError
 from robust_ad.progress import track
 from robust_ad.tensors import load_checkpoint, save_checkpoint
@@ -36,6 +37,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Training layout on every device: the one cuDNN's tensor-core convolutions take without transposes, and oneDNN's
 # on CPUs (a default-recipe decoder epoch, 2-core Xeon, fp32: 35.0 s NCHW, 25.7 s channels-last)
 MEMORY_FORMAT = torch.channels_last
+CROP_SCALE = (0.5, 1.0)  # random crops take this share of an image's side
 RANK_SEED_STRIDE = 1_000_003  # process r of a torchrun group draws from seed + r * stride: streams that never overlap
 
 
@@ -109,6 +111,7 @@ class Engine:
         flip: bool = True,
         description: str = "epoch",
         compile: bool = False,
+        crop: int | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
@@ -117,7 +120,7 @@ class Engine:
         self.task, self.dataset, self.epochs, self.batch_size = task, dataset, epochs, batch_size
         self.device = torch.device(device)
         self.seed, self.checkpoint_path, self.workers, self.flip = seed, checkpoint_path, workers, flip
-        self.description, self.compile = description, compile
+        self.description, self.compile, self.crop = description, compile, crop
         self.precision = effective_precision(precision, self.device)
         if precision == "fp16" and self.precision != precision:
             log.warning("precision fp16 needs CUDA: training in fp32 on the CPU (bf16 runs on CPUs)")
@@ -153,6 +156,22 @@ class Engine:
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
 
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch's training augmentation, on the batch's device: random horizontal flips (with ``flip``) and,
+        with ``crop``, a random square crop of each image (a share ``CROP_SCALE`` of its side) resized to
+        ``crop`` (the product's resize). Draws from the engine's random stream."""
+        n, side = len(images), images.shape[-1]
+        if self.flip:
+            flip = (torch.rand(n, generator=self.generator) < 0.5).to(images.device)
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        if self.crop is not None:
+            low, high = CROP_SCALE
+            sides = (side * (low + (high - low) * torch.rand(n, generator=self.generator))).round().clamp(8, side)
+            tops, lefts = ((torch.rand(n, generator=self.generator) * (side - sides + 1)).floor() for _ in range(2))
+            top, left, sides = (t.long().to(images.device) for t in (tops, lefts, sides))
+            images = crop_resize(images, top, left, sides, self.crop)
+        return images.contiguous(memory_format=MEMORY_FORMAT)
+
     def loader(self, dataset: Dataset | None = None) -> DataLoader:
         """Batches of (images, labels) in order from ``dataset`` (default: the training set), for the work of
         :meth:`Task.end_epoch`; read in this process."""
@@ -179,10 +198,7 @@ class Engine:
         if self._sampler is not None:
             self._sampler.set_epoch(self.epoch)
         for images, labels in self._training_loader():
-            if self.flip:
-                flip = torch.rand(len(images), generator=self.generator) < 0.5
-                images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-            images = images.to(self.device, non_blocking=True, memory_format=MEMORY_FORMAT)
+            images = self.augment(images.to(self.device, non_blocking=True))
             yield Batch(images, labels.to(self.device, non_blocking=True), self.generator)
 
     def _state(self) -> dict:

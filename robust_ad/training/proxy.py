@@ -91,22 +91,38 @@ def _patch_boxes(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     return torch.stack([y0, x0, side], 1)
 
 
+def _shifted(source: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, C, height, width): pixel (y, x) of image i is ``source[i, :, y - top[i], x - left[i]]``, clamped to
+    the source's edges (one gather for the batch)."""
+    n, c, source_h, source_w = source.shape
+    ys = (torch.arange(height, device=source.device) - top[:, None]).clamp(0, source_h - 1)
+    xs = (torch.arange(width, device=source.device) - left[:, None]).clamp(0, source_w - 1)
+    index = (ys[:, :, None] * source_w + xs[:, None, :]).view(n, 1, -1).expand(n, c, -1)
+    return source.flatten(2).gather(2, index).view(n, c, height, width)
+
+
 def _corrupt(images: torch.Tensor, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    out = images.clone()
+    """Each image's corruption (``classes``) in one random square patch, for the whole batch at once (no
+    per-image work: on a GPU the batch stays on the device; the random draws come from ``generator``)."""
     n, _, h, w = images.shape
-    boxes = _patch_boxes(n, min(h, w), generator)
-    blurred = F.avg_pool2d(images, 5, 1, 2, count_include_pad=False)
-    for i, (cls, (y0, x0, side)) in enumerate(zip(classes.tolist(), boxes.tolist(), strict=True)):
-        region = (slice(None), slice(y0, y0 + side), slice(x0, x0 + side))
-        if cls == 1:  # cut-paste from elsewhere in the same image
-            sy, sx = (int(torch.randint(0, d - side + 1, (1,), generator=generator)) for d in (h, w))
-            out[i][region] = images[i, :, sy : sy + side, sx : sx + side]
-        elif cls == 2:
-            noise = torch.randn(3, side, side, generator=generator).to(images) * 0.15
-            out[i][region] = images[i][region] + noise
-        elif cls == 3:
-            gains = 1 + (torch.rand(3, 1, 1, generator=generator).to(images) - 0.5) * 0.8
-            out[i][region] = images[i][region] * gains
-        elif cls == 4:
-            out[i][region] = blurred[i][region]
+    y0, x0, side = _patch_boxes(n, min(h, w), generator).unbind(1)
+    source_y, source_x = ((torch.rand(n, generator=generator) * (d - side + 1)).long() for d in (h, w))
+    noise = torch.randn(n, 3, int(side.max()), int(side.max()), generator=generator) * 0.15
+    gains = 1 + (torch.rand(n, 3, 1, 1, generator=generator) - 0.5) * 0.8
+    y0, x0, side, source_y, source_x, noise, gains, classes = (
+        t.to(images.device) for t in (y0, x0, side, source_y, source_x, noise, gains, classes)
+    )
+    rows, cols = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + side)[:, None])
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + side)[:, None])
+    patch = in_rows[:, None, :, None] & in_cols[:, None, None, :]  # (N, 1, H, W)
+    variants = {
+        1: _shifted(images, y0 - source_y, x0 - source_x, h, w),  # cut-paste from elsewhere in the same image
+        2: images + _shifted(noise.to(images.dtype), y0, x0, h, w),
+        3: images * gains.to(images.dtype),
+        4: F.avg_pool2d(images, 5, 1, 2, count_include_pad=False),
+    }
+    out = images
+    for cls, variant in variants.items():
+        out = torch.where(patch & (classes == cls).view(n, 1, 1, 1), variant, out)
     return out.clamp(0, 1)
