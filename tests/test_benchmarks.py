@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from robust_ad.scoring.scorer import COMPONENTS
 from tests.conftest import make_corpus, tiny_config
@@ -111,9 +112,12 @@ def test_peers_train_and_evaluate_with_anomalib(synth_root: Path) -> None:
     assert "no network" in stfpm["error"]
 
 
-def test_speed_script_writes_its_rows_after_every_group_and_stamps_the_command(tiny_run: Path, tmp_path: Path) -> None:
+def test_speed_script_writes_its_rows_after_every_group_and_stamps_the_command(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import speed  # benchmarks/speed.py
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU rows only, on any machine
     out = tmp_path / "speed.json"
     seen: list[int] = []
     real_rows = speed._rows
