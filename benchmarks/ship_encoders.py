@@ -18,7 +18,6 @@ from collections import Counter
 from datetime import date
 from pathlib import Path
 
-from robust_ad import machine
 from robust_ad.data.corpus import corpus_files
 from robust_ad.training import pretrained
 from robust_ad.training.encoder import EncoderRun, evaluate_encoder
@@ -28,13 +27,13 @@ ATTACK = {"steps": 10, "restarts": 1}
 
 
 def _describe(path: Path, corpus: Path) -> dict:
-    run, _ = EncoderRun.load(path)
+    run, payload = EncoderRun.load(path)
     held_out = corpus_files(corpus, "val", run.image_size)
     accuracy = {}
     for attack in sorted({run.config.eps, 1.0} - {0.0}):
         result = evaluate_encoder(run, held_out, eps=attack, seed=1, **ATTACK)
         accuracy["clean"], accuracy[f"PGD L2 eps {attack:g}"] = result["clean_acc"], result["pgd_acc"]
-    return {"run": run, "accuracy": accuracy, "held_out": len(held_out)}
+    return {"run": run, "accuracy": accuracy, "held_out": len(held_out), "machine": payload.get("machine")}
 
 
 def _corpus_table(corpus: Path) -> str:
@@ -46,7 +45,7 @@ def _corpus_table(corpus: Path) -> str:
     return "\n".join(lines)
 
 
-def model_card(entries: dict[str, dict], corpus: Path, command: str) -> str:
+def model_card(entries: dict[str, dict], corpus: Path, command: str, recipe: str, machine_name: str) -> str:
     first = next(iter(entries.values()))["run"]
     cfg = first.config
     n_classes = first.proxy.n_labels
@@ -74,7 +73,7 @@ standard twin `{PREFIX}-eps0`; `--encoder scratch` trains one per category inste
 - ResNet-18 at {cfg.width:g} x channel width, stages `conv1` … `{cfg.layer}` (what the recipes' decoders invert;
   feature layers {", ".join(cfg.feature_layers)}). Inputs: RGB in [0, 1]; ImageNet mean/std normalisation is
   built into the encoder. Stored in fp16 (the classifier head is not shipped).
-- Trained here with `robust-ad encoder pretrain` (recipes/pretrain.yaml): {len(first.history)} epochs, batch
+- Trained with `robust-ad encoder pretrain` (recipes/{recipe}.yaml): the epochs in the table below, batch
   {cfg.batch_size}, Adam lr {cfg.lr:g}, PGD {cfg.pgd_steps} steps within an L2 ball of radius eps (on [0, 1]
   pixels of {first.image_size} px crops). eps 0 runs the same loop without the attack: the standard twin.
 - Proxy task (`labels+corruption`): which of {n_classes} source pictures a random crop (half to all of a corpus
@@ -99,7 +98,7 @@ Detection with these encoders, against per-category training and the anomalib pe
 (section "Pretrained encoders").
 
 ## How they were made
-`{command}`, on {date.today().isoformat()}. Machine: {machine.describe()}.
+`{command}`; shipped on {date.today().isoformat()}. Trained on: {machine_name}.
 
 ## Use and limits
 Licences: the weights are derived from the packages above (GPL-2+, CC-BY-SA-3.0 and the nexuiz-textures terms
@@ -115,16 +114,21 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--robust", type=Path, required=True, help="encoder pretrain file of the robust encoder")
     parser.add_argument("--twin", type=Path, required=True, help="encoder pretrain file of its eps 0 twin")
     parser.add_argument("--command", default="see benchmarks/RESULTS.md", help="the pretraining command, for the card")
+    parser.add_argument("--recipe", default="pretrain", help="the pretraining recipe, for the card")
+    parser.add_argument("--machine", help="where the files trained, for files that do not record it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     entries = {}
     for path in (args.robust, args.twin):
         described = _describe(path, args.corpus)
-        name = f"{PREFIX}-eps{described['run'].config.eps:g}"
-        pretrained.write_shipped(path, name)
-        entries[name] = described
+        entries[f"{PREFIX}-eps{described['run'].config.eps:g}"] = {**described, "path": path}
+    trained_on = {entry["machine"] or args.machine for entry in entries.values()}
+    if None in trained_on:
+        parser.error("an encoder file does not record where it trained: give --machine")
+    for name, entry in entries.items():
+        pretrained.write_shipped(entry["path"], name)
     card = pretrained.shipped_folder() / "MODEL_CARD.md"
-    card.write_text(model_card(entries, args.corpus, args.command))
+    card.write_text(model_card(entries, args.corpus, args.command, args.recipe, " and ".join(sorted(trained_on))))
     logging.getLogger("ship").info("wrote %s", card)
     return card
 

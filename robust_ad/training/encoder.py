@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset
 
-from robust_ad import __version__
+from robust_ad import __version__, machine
 from robust_ad.adversarial import pgd
 from robust_ad.config import EncoderConfig
 from robust_ad.data.torchdata import ArrayImages
@@ -129,6 +129,7 @@ class EncoderTask(Task):
             "n_labels": self.proxy.n_labels,
             "image_size": self.image_size,
             "categories": self.categories,
+            "machine": machine.describe(),  # where it trained (the model card's timings are this machine's)
         }
 
 
