@@ -9,15 +9,17 @@
 #   python benchmarks/pack_corpus.py --corpus CORPUS --out /tmp/packed
 #   mkdir .corpus && (cd /tmp/packed && zip -q -0 -r "$OLDPWD/.corpus/corpus.zip" .); echo /.corpus/ >> .git/info/exclude
 # Device tool: carry ['.whl', '.corpus'], command 'DEADLINE=580 PRETRAIN_S=400 bash benchmarks/gpu_pretrain.sh'.
-# Writes $OUT/enc-eps<E>.pt, $OUT/logs.tar.gz (pretraining and suite logs).
+# RESUME=FOLDER continues FOLDER/enc-eps<E>.pt (files of an earlier call; carry FOLDER too) instead of starting anew.
+# SUITE=0 skips the suite. Writes $OUT/enc-eps<E>.pt, $OUT/logs.tar.gz (pretraining and suite logs).
 OUT=${OUT:-/tmp/gpupretrain-out}; W=/tmp/gpupretrain
 source "$(dirname "$0")/gpu_setup.sh"
 L=$OUT/logs; mkdir -p $L; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}  # 16 cores: 4 trainings x (1 + 2 loaders)
 C=$W/corpus; mkdir -p $C && python3 -m zipfile -e .corpus/corpus.zip $C
 el "pretraining eps ${EPS:=0 0.5 1 3} for ${PRETRAIN_S:=400} s"
 for E in $EPS; do
+  if [ -n "$RESUME" ]; then cp $RESUME/enc-eps$E.pt $OUT/; START=--resume; else START=--force; fi
   timeout $PRETRAIN_S $RA encoder pretrain --corpus $C --recipe pretrain-gpu --eps $E --device cuda \
-    --out $OUT/enc-eps$E.pt --force >$L/pretrain-eps$E.log 2>&1 &
+    --out $OUT/enc-eps$E.pt $START >$L/pretrain-eps$E.log 2>&1 &
 done
 wait
 python3 - $OUT/enc-eps*.pt <<'PY'
@@ -31,9 +33,9 @@ for path in sys.argv[1:]:
     print(path, f"{state['epoch']} epochs, {sum(r['seconds'] for r in rows) / 60:.1f} min, last:",
           {k: round(v, 3) for k, v in rows[-1].items()})
 PY
-el "suite"
+[ "${SUITE:-1}" = 0 ] || { el "suite"
 OMP_NUM_THREADS=2 timeout $(left) python3 -m pytest -q -p no:cacheprovider -n 8 -o faulthandler_timeout=60 --durations=10 \
   >$L/suite.log 2>&1
-tail -3 $L/suite.log
+tail -3 $L/suite.log; }
 tar -czf $OUT/logs.tar.gz -C $OUT logs && rm -rf $L
 el "done"
