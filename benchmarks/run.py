@@ -74,9 +74,11 @@ PROFILES = {
             "photo_epoch_share": 0.6,
             "photo_size": 256,  # the held-out photographs are denoised at this size (the models train at 64)
         },
-        # Encoders pretrained on a photo corpus (recipes/pretrain.yaml; needs --corpus), against per-category ones.
+        # Encoders pretrained on a photo corpus (needs --corpus), against per-category ones. The files in
+        # <out>/encoders/enc-eps<E>.pt are used as they are: the shipped ones came from a GPU (benchmarks/
+        # gpu_pretrain.sh, its $OUT copied there); a missing one is pretrained here with recipes/pretrain.yaml.
         "pretrained": {
-            "eps": [0.0, 1.0, 3.0],
+            "eps": [0.0, 0.5, 1.0, 3.0],
             "categories": ["bottle", "fabric", "gravel"],
             "finetune_epochs": 5,
             "attack": {"steps": 10, "restarts": 1},
@@ -385,8 +387,8 @@ def denoising(profile: dict, root: Path, runs: Path, corpus: Path | None, out: P
 
 
 def _pretrained_encoder(corpus: Path, eps: float, folder: Path, recipe: dict) -> tuple[Path, EncoderRun]:
-    """The corpus-pretrained encoder at ``eps`` (recipes/pretrain.yaml): reused when its file is complete,
-    continued when interrupted, else trained."""
+    """The corpus-pretrained encoder at ``eps``: its file reused when complete (e.g. from benchmarks/gpu_pretrain.sh),
+    continued when interrupted, else trained here with recipes/pretrain.yaml."""
     path = folder / f"enc-eps{eps:g}.pt"
     if path.is_file():
         run, payload = EncoderRun.load(path)
