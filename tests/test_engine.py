@@ -56,6 +56,9 @@ def test_crops_are_made_on_the_batch_within_each_image() -> None:
     torch.testing.assert_close(rows, cols)  # square
     sides = rows * 16 / 15  # the first and last output pixels are 15/16 of a side apart
     assert sides.min() >= 31 and sides.max() <= 64 and sides.max() - sides.min() > 24  # half to all, varied
+    wide = run.augment(coordinates[:, :32].repeat(200, 1, 1, 1))  # 32 x 64: squares of the shorter side's share
+    spans = (wide[:, 1, 0, -1] - wide[:, 1, 0, 0]) * 16 / 15
+    assert spans.max() <= 32 and wide[:, 0].max() <= 31 and wide[:, 1].max() > 48  # anywhere across the width
 
 
 def test_bf16_training_runs_and_learns(tmp_path: Path) -> None:

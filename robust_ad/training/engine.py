@@ -158,16 +158,17 @@ class Engine:
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """A batch's training augmentation, on the batch's device: random horizontal flips (with ``flip``) and,
-        with ``crop``, a random square crop of each image (a share ``CROP_SCALE`` of its side) resized to
+        with ``crop``, a random square crop of each image (a share ``CROP_SCALE`` of its shorter side) resized to
         ``crop`` (the product's resize). Draws from the engine's random stream."""
-        n, side = len(images), images.shape[-1]
+        n, (height, width) = len(images), images.shape[-2:]
         if self.flip:
             flip = (torch.rand(n, generator=self.generator) < 0.5).to(images.device)
             images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         if self.crop is not None:
             low, high = CROP_SCALE
+            side = min(height, width)
             sides = (side * (low + (high - low) * torch.rand(n, generator=self.generator))).round().clamp(8, side)
-            tops, lefts = ((torch.rand(n, generator=self.generator) * (side - sides + 1)).floor() for _ in range(2))
+            tops, lefts = ((torch.rand(n, generator=self.generator) * (d - sides + 1)).floor() for d in (height, width))
             top, left, sides = (t.long().to(images.device) for t in (tops, lefts, sides))
             images = crop_resize(images, top, left, sides, self.crop)
         return images.contiguous(memory_format=MEMORY_FORMAT)
