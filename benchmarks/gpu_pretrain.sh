@@ -10,6 +10,8 @@
 #   mkdir .corpus && (cd /tmp/packed && zip -q -0 -r "$OLDPWD/.corpus/corpus.zip" .); echo /.corpus/ >> .git/info/exclude
 # Device tool: carry ['.whl', '.corpus'], command 'DEADLINE=580 PRETRAIN_S=400 bash benchmarks/gpu_pretrain.sh'.
 # RESUME=FOLDER continues FOLDER/enc-eps<E>.pt (files of an earlier call; carry FOLDER too) instead of starting anew.
+# Two such files (6.4 MB each, with their optimiser state) fit the 64 MiB carry only without the wheels that
+# pretraining does not import (kornia, kornia_rs, grimp, import-linter); four do not fit.
 # SUITE=0 skips the suite. Writes $OUT/enc-eps<E>.pt, $OUT/logs.tar.gz (pretraining and suite logs).
 OUT=${OUT:-/tmp/gpupretrain-out}; W=/tmp/gpupretrain
 source "$(dirname "$0")/gpu_setup.sh"
