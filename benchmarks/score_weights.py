@@ -7,8 +7,8 @@ them to use is a choice; made on the test images it would flatter whoever is com
 encoder (the eps sweep of that section: benchmarks/results/encoders/enc-eps<E>.pt) gets a decoder per
 example category on data of another seed (seed 1; the benchmark's is seed 0), every non-empty subset of the
 components, equally weighted, is scored there, and the subset with the best mean image AUROC is then measured
-on the benchmark's own runs (benchmarks/results/runs/<category>-pretrained_eps=<E>, seed 0). Run the
-pretrained section first.
+on the benchmark's own runs of every other data seed (benchmarks/results/runs/<category>-pretrained_eps=<E>
+for seed 0, ...-seed<N> for the section's other seeds). Run the pretrained section first.
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ def main(argv: list[str] | None = None) -> dict:
                 scores[row["components"]].append(row["image_auroc"])
         best = max(scores, key=lambda name: sum(scores[name]) / len(scores[name]))
         chosen[f"pretrained eps={eps:g}"] = {"components": best, "selection_image_auroc": scores[best], "all": scores}
-        for category in settings["categories"]:
-            run = args.results / "runs" / f"{category}-pretrained_eps={eps:g}"
-            (row,) = bench._component_rows(run, [best.split("+")])
-            measured.append({"encoder": f"pretrained eps={eps:g}", **row})
-            print(json.dumps(measured[-1]), flush=True)
+        for seed in [seed for seed in settings["seeds"] if seed != args.seed]:
+            for category in settings["categories"]:
+                run = args.results / "runs" / f"{category}-pretrained_eps={eps:g}{f'-seed{seed}' if seed else ''}"
+                (row,) = bench._component_rows(run, [best.split("+")])
+                measured.append({"encoder": f"pretrained eps={eps:g}", "seed": seed, **row})
+                print(json.dumps(measured[-1]), flush=True)
     command = "python benchmarks/score_weights.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {
         "date": date.today().isoformat(),
