@@ -239,4 +239,4 @@ class AnomalyScorer(nn.Module):
         self.map_std.copy_(torch.tensor([components[c]["std"] for c in self.components]))
         self.score_mean.fill_(calibration["score_mean"])
         self.score_std.fill_(calibration["score_std"])
-        self.colour_offset.copy_(torch.tensor(calibration.get("colour_offset", [0.0, 0.0, 0.0])))
+        self.colour_offset.copy_(torch.tensor(calibration["colour_offset"]))
