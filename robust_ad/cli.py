@@ -116,7 +116,7 @@ def datasets_corpus(
     out: Path = typer.Option(..., "--out", help="Folder for images/ and manifest.csv."),
     debs: Path = typer.Option(None, "--debs", help="Use the .deb files in this folder instead of apt-get download."),
     package: list[str] = typer.Option(
-        None, "--package", help="Debian package to use; repeat (default: every .deb of --debs, else all six)."
+        None, "--package", help="Debian package to use; repeat (default: every .deb of --debs, else all seven)."
     ),
     photos: list[Path] = typer.Option(None, "--photos", help="A folder of your own photographs; repeat."),
     patch: int = typer.Option(128, "--patch", help="Side of the square images written."),

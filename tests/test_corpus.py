@@ -40,7 +40,9 @@ def _deb(folder: Path, package: str, files: dict[str, np.ndarray], licence: str)
     return deb
 
 
-def test_corpus_from_deb_files_skips_maps_and_cuts_photographs(tmp_path: Path) -> None:
+def test_corpus_from_deb_files_skips_maps_and_cuts_photographs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     rng = np.random.default_rng(0)
     debs = tmp_path / "debs"
     debs.mkdir()
@@ -57,10 +59,13 @@ def test_corpus_from_deb_files_skips_maps_and_cuts_photographs(tmp_path: Path) -
     )
     photo = np.clip(rng.random((600, 900, 3)) * 0.2 + np.linspace(0, 0.8, 900)[None, :, None], 0, 1)
     _deb(debs, "fake-wallpapers", {"usr/share/backgrounds/lake.jpg": photo}, "CC-BY-SA-4.0")
+    _deb(debs, "fake-meta-wallpapers", {}, "CC0")  # no pictures of its own, as lomiri-wallpapers
     out = tmp_path / "corpus"
     args = ["datasets", "corpus", "--out", str(out), "--debs", str(debs), "--patch", "64"]
-    result = runner.invoke(app, [*args, "--package", "fake-textures", "--package", "fake-wallpapers"])
+    packages = ["--package", "fake-textures", "--package", "fake-wallpapers", "--package", "fake-meta-wallpapers"]
+    result = runner.invoke(app, [*args, *packages])
     assert result.exit_code == 0, result.output
+    assert "fake-meta-wallpapers gave no images (a metapackage?" in caplog.text
     rows = list(csv.DictReader((out / "manifest.csv").open()))
     textures = [r for r in rows if r["source"] == "fake-textures"]
     photos = [r for r in rows if r["source"] == "fake-wallpapers"]
@@ -88,7 +93,7 @@ def test_pretrain_on_a_corpus_then_train_a_category_on_that_encoder(synth_root: 
     corpus = make_corpus(tmp_path / "corpus", synth_root)
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
-        "data: {image_size: 32, batch_size: 8}\n"
+        "data: {image_size: 32, batch_size: 8, on_device: true}\n"  # the corpus and the category kept as 8-bit
         "encoder: {width: 0.125, epochs: 1, batch_size: 8, eps: 0.5}\n"
         "autoencoder: {epochs: 1, decoder_width: 0.25}\n"
     )

@@ -5,8 +5,8 @@ Sources (Debian packages; any folder of photographs can be added):
 - photo textures of games: ``ufoai-textures``, ``nexuiz-textures``, ``openarena-081-textures`` (zip/.pk3
   archives inside a package are unpacked). Normal, bump, gloss, specular and height maps are skipped (they are
   not photographs);
-- wallpapers that are photographs: ``mate-backgrounds``, ``plasma-workspace-wallpapers``, ``lomiri-wallpapers``,
-  cut into many square patches.
+- wallpapers that are photographs: ``mate-backgrounds``, ``plasma-workspace-wallpapers``,
+  ``lomiri-wallpapers-16.04`` and ``lomiri-wallpapers-20.04``, cut into many square patches.
 
 Packages are fetched with ``apt-get download`` (no root needed once the package lists exist) and unpacked
 with ``dpkg-deb -x``, or taken from a folder of ``.deb`` files. Every image written is listed in
@@ -39,7 +39,13 @@ from robust_ad.progress import track
 
 log = logging.getLogger(__name__)
 TEXTURE_PACKAGES = ("ufoai-textures", "nexuiz-textures", "openarena-081-textures")
-PHOTO_PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers", "lomiri-wallpapers")
+# lomiri-wallpapers itself holds no pictures (it depends on these); apt-get download fetches no dependencies
+PHOTO_PACKAGES = (
+    "mate-backgrounds",
+    "plasma-workspace-wallpapers",
+    "lomiri-wallpapers-16.04",
+    "lomiri-wallpapers-20.04",
+)
 DEFAULT_PACKAGES = TEXTURE_PACKAGES + PHOTO_PACKAGES
 SUFFIXES = {".jpg", ".jpeg", ".png", ".tga", ".webp", ".bmp", ".tif", ".tiff"}
 # maps that describe surfaces rather than show them; matched on the file name, case-insensitive
@@ -160,7 +166,7 @@ def assemble_corpus(
 ) -> dict:
     """Write ``out/images/<source>/*.png`` and ``out/manifest.csv``; returns counts per source.
 
-    ``packages`` default: every ``.deb`` in ``debs`` when given, else the six packages named above."""
+    ``packages`` default: every ``.deb`` in ``debs`` when given, else the seven packages named above."""
     settings = settings or CorpusSettings()
     for folder in photo_folders:
         if not Path(folder).is_dir():
@@ -214,6 +220,8 @@ def assemble_corpus(
         writer.writerows(rows)
         write_text(out / "manifest.csv", buffer.getvalue())
         counts = {source: sum(r["source"] == source for r in rows) for source, *_ in sources}
+        for source in (s for s, count in counts.items() if count == 0):
+            log.warning("%s gave no images (a metapackage? its pictures may be in packages it depends on)", source)
         write_json(out / "corpus.json", {"images": len(rows), "per_source": counts, "patch": settings.patch})
     return counts
 
