@@ -48,6 +48,7 @@ def train_encoder(config: Config, categories: list[str], out: str | Path, resume
             config.precision,
             config.data.workers,
             compile=config.compile,
+            on_device=config.data.on_device,
         )
 
 
@@ -79,6 +80,7 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
             config.precision,
             config.data.workers,
             compile=config.compile,
+            on_device=config.data.on_device,
             crop=config.data.image_size,
         )
 
@@ -242,6 +244,7 @@ def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: 
         precision=config.precision,
         workers=config.data.workers,
         compile=config.compile,
+        on_device=config.data.on_device,
         initial=initial,
     )
     model.encoder.load_state_dict(run.encoder.state_dict())
@@ -314,6 +317,7 @@ def _fit(model, config: Config, dataset, run_dir: Path, resume: bool, device):
         config.precision,
         config.data.workers,
         compile=config.compile,
+        on_device=config.data.on_device,
     )
     return train_files, val_set, corrupt, info, history
 

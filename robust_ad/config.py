@@ -39,6 +39,7 @@ class DataConfig(_Section):
     skip_bad: bool = False
     workers: Annotated[int, Field(ge=0, le=64)] = 0  # data-loading processes (0: in the training process)
     cache_mb: Annotated[int, Field(ge=0)] = 2048  # decoded training images kept in memory, at most
+    on_device: bool = False  # the training set kept on the training device as 8-bit images (no loader per epoch)
 
 
 class EncoderConfig(_Section):
@@ -56,6 +57,7 @@ class EncoderConfig(_Section):
     proxy_task: Literal["corruption", "rotation", "labels", "labels+corruption"] = "corruption"
     epochs: Annotated[int, Field(ge=0)] = 8
     lr: Positive = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # over the epochs (cosine: decay to zero)
     batch_size: Count = 32
 
 

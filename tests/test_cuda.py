@@ -13,7 +13,10 @@ from robust_ad import rundir
 from robust_ad.cli import app
 from robust_ad.data.images import read_image
 from robust_ad.data.resize import resize_image
+from robust_ad.data.torchdata import ArrayImages
+from robust_ad.errors import ConfigError
 from robust_ad.scoring.inference import predict
+from robust_ad.training import engine
 from tests.conftest import tiny_config
 
 pytestmark = [
@@ -120,3 +123,12 @@ def test_cuda_encoder_training_and_denoising(synth_root: Path, tmp_path: Path) -
         ],
     )
     assert result.exit_code == 0 and len(list(clean.glob("*.png"))) == 6, result.output
+
+
+def test_data_too_large_for_the_device_is_refused_before_it_is_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 2000))
+    task = engine.Task()
+    task.modules, task.optimizers = {}, {}
+    run = engine.Engine(task, ArrayImages(np.zeros((10, 32, 32, 3), np.float32)), 1, 4, device="cuda", on_device=True)
+    with pytest.raises(ConfigError, match=r"data.on_device: 10 training images of \(3, 32, 32\) take 0.0 GiB"):
+        run.fit()

@@ -43,6 +43,11 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> 
     assert [row["loss"] for row in straight.history] == pytest.approx([row["loss"] for row in resumed.history])
 
 
+def test_the_encoder_learning_rate_decays_over_the_epochs_with_a_cosine_schedule() -> None:
+    history = train_encoder(_images(8), EncoderConfig(**TINY, eps=0.5, epochs=3, lr=0.01, lr_schedule="cosine")).history
+    assert [row["lr"] for row in history] == pytest.approx([0.01, 0.0075, 0.0025])
+
+
 def test_crops_are_made_on_the_batch_within_each_image() -> None:
     """Engine crops: each a square of half to all of its image's side, resized to the asked size."""
     ramp = torch.arange(64, dtype=torch.float32)
@@ -59,6 +64,40 @@ def test_crops_are_made_on_the_batch_within_each_image() -> None:
     wide = run.augment(coordinates[:, :32].repeat(200, 1, 1, 1))  # 32 x 64: squares of the shorter side's share
     spans = (wide[:, 1, 0, -1] - wide[:, 1, 0, 0]) * 16 / 15
     assert spans.max() <= 32 and wide[:, 0].max() <= 31 and wide[:, 1].max() > 48  # anywhere across the width
+
+
+class _Recorder(engine.Task):
+    """Trains nothing; keeps every batch it is given."""
+
+    def __init__(self) -> None:
+        self.modules, self.optimizers, self.seen = {}, {}, []
+
+    def step(self, batch: engine.Batch, run: engine.Engine) -> dict[str, torch.Tensor]:
+        self.seen.append((batch.images.clone(), batch.labels.clone()))
+        return {}
+
+
+def test_data_kept_on_the_device_gives_every_image_once_an_epoch_exactly() -> None:
+    """on_device: the training set read once into 8-bit images; each epoch a new order of all of them."""
+    images = (np.round(_images(10) * 255) / 255).astype(np.float32)  # 8-bit values, as read from files
+    recorder = _Recorder()
+    run = engine.Engine(recorder, ArrayImages(images, np.arange(10)), 3, 4, flip=False, on_device=True)
+    run.fit()
+    assert run._resident is not None and run._resident[0].dtype == torch.uint8
+    assert len(recorder.seen) == 9  # 3 epochs of batches of 4, 4 and 2
+    orders = []
+    for epoch in range(3):
+        batches = recorder.seen[3 * epoch : 3 * epoch + 3]
+        labels = torch.cat([labels for _, labels in batches])
+        assert sorted(labels.tolist()) == list(range(10))
+        torch.testing.assert_close(
+            torch.cat([x for x, _ in batches]).permute(0, 2, 3, 1), torch.from_numpy(images)[labels]
+        )
+        orders.append(labels.tolist())
+    assert orders[0] != orders[1] != orders[2]
+    in_order = list(run.loader())  # end-of-epoch work: the same images, in order, from the device
+    assert torch.cat([labels for _, labels in in_order]).tolist() == list(range(10))
+    torch.testing.assert_close(torch.cat([x for x, _ in in_order]).permute(0, 2, 3, 1), torch.from_numpy(images))
 
 
 def test_bf16_training_runs_and_learns(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ In denoising mode the input is corrupted and the target stays clean.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from robust_ad.models.autoencoder import RobustAutoencoder
 from robust_ad.models.decoder import PatchDiscriminator
 from robust_ad.training import losses
 from robust_ad.training.encoder import as_dataset
-from robust_ad.training.engine import Batch, Engine, Task
+from robust_ad.training.engine import Batch, Engine, Task, set_learning_rate
 
 log = logging.getLogger(__name__)
 Corruption = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -49,9 +48,9 @@ class DecoderTask(Task):
     def begin_epoch(self, engine: Engine) -> None:
         """The decoder's learning rate for this epoch: constant, or a cosine decay (a function of the epoch alone,
         so a resumed training continues on the same curve)."""
-        if self.config.lr_schedule == "cosine":
-            for group in self.optimizers["opt_g"].param_groups:
-                group["lr"] = self.config.lr * 0.5 * (1 + math.cos(math.pi * engine.epoch / engine.epochs))
+        set_learning_rate(
+            self.optimizers["opt_g"], self.config.lr, self.config.lr_schedule, engine.epoch, engine.epochs
+        )
 
     def train_mode(self) -> None:
         super().train_mode()
@@ -145,6 +144,7 @@ def fit_decoder(
     precision: str = "fp32",
     workers: int = 0,
     compile: bool = False,
+    on_device: bool = False,
 ) -> list[dict[str, float]]:
     """Train the decoder (and the encoder only if ``finetune_encoder``); returns one row of losses per epoch."""
     train = as_dataset(train)
@@ -163,6 +163,7 @@ def fit_decoder(
         workers,
         description="decoder epoch",
         compile=compile,
+        on_device=on_device,
     )
     history = engine.fit(resume and checkpoint_path is not None and Path(checkpoint_path).is_file())
     model.encoder.requires_grad_(False)

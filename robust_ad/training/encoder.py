@@ -27,7 +27,7 @@ from robust_ad.progress import track
 from robust_ad.tensors import load_checkpoint
 from robust_ad.training import proxy
 from robust_ad.training.build import build_encoder
-from robust_ad.training.engine import Batch, Engine, Task
+from robust_ad.training.engine import Batch, Engine, Task, set_learning_rate
 
 log = logging.getLogger(__name__)
 FORMAT = "robust-ad-encoder"
@@ -106,8 +106,14 @@ class EncoderTask(Task):
         engine.optimize(loss, self.optimizers["optimizer"])
         return {"loss": loss.detach(), "adv_train_acc": (self.proxy.predict(logits) == y).float().mean()}
 
+    def begin_epoch(self, engine: Engine) -> None:
+        set_learning_rate(
+            self.optimizers["optimizer"], self.config.lr, self.config.lr_schedule, engine.epoch, engine.epochs
+        )
+
     def end_epoch(self, engine: Engine) -> dict[str, float]:
-        """Recompute the batch-norm statistics with the current weights over proxy batches of the images.
+        """Recompute the batch-norm statistics with the current weights over proxy batches of the images; return
+        the epoch's learning rate.
 
         The running averages lag behind weights that move fast on a small set of near-identical images; the
         lag can leave the eval-mode network (what PGD attacks and what the autoencoder uses) predicting one
@@ -118,7 +124,7 @@ class EncoderTask(Task):
             for images, labels in engine.loader()
         )
         update_bn(proxy_batches, self.classifier, engine.device)  # restores eval/train mode itself
-        return {}
+        return {"lr": self.optimizers["optimizer"].param_groups[0]["lr"]}
 
     def metadata(self) -> dict:
         return {
@@ -147,6 +153,7 @@ def train_encoder(
     initial: Encoder | None = None,
     compile: bool = False,
     crop: int | None = None,
+    on_device: bool = False,
 ) -> EncoderRun:
     """Adversarially train an encoder on the proxy task built from ``images`` (a dataset of (image, label),
     or (N, H, W, 3) arrays in [0, 1] with optional ``labels``), from ``initial``'s weights when given (a
@@ -179,6 +186,7 @@ def train_encoder(
         description=f"encoder epoch (eps={config.eps})",
         compile=compile,
         crop=crop,
+        on_device=on_device,
     )
     history = engine.fit(resume)
     return EncoderRun(classifier, config, task.proxy, task.image_size, task.categories, history)

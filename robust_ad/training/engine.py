@@ -1,12 +1,14 @@
 """The one training loop: encoder, decoder and denoiser training are tasks that it runs.
 
-The engine owns what every training needs: seeding and data order, batches through ``torch.utils.data``,
-the flip and crop augmentations (on the device, a batch at a time), device placement, mixed precision (bf16
-autocast, or fp16 with gradient scaling), optional ``torch.compile``, a progress bar per epoch, timing,
-per-epoch history, and an atomic checkpoint after every epoch from which ``resume`` continues exactly (model,
-optimisers, scaler, history and random state). Under ``torchrun`` it trains with DistributedDataParallel
-(:mod:`robust_ad.training.distributed`): each process takes its share of every batch, and process 0 writes the
-checkpoint. Losses stay on the device until the end of an epoch (no host synchronisation per step).
+The engine owns what every training needs: seeding and data order, batches through ``torch.utils.data`` (or, with
+``on_device``, the whole training set decoded once and kept on the device as 8-bit images, batches drawn there: no
+loader processes and no host copies after the first epoch), the flip and crop augmentations (on the device, a batch
+at a time), device placement, mixed precision (bf16 autocast, or fp16 with gradient scaling), optional
+``torch.compile``, a progress bar per epoch, timing, per-epoch history, and an atomic checkpoint after every epoch
+from which ``resume`` continues exactly (model, optimisers, scaler, history and random state). Under ``torchrun`` it
+trains with DistributedDataParallel (:mod:`robust_ad.training.distributed`): each process takes its share of every
+batch, and process 0 writes the checkpoint. Losses stay on the device until the end of an epoch (no host
+synchronisation per step).
 
 A task says what one optimisation step is (:meth:`Task.step`) and what to do before and after each epoch
 (:meth:`Task.begin_epoch`, e.g. a learning-rate schedule; :meth:`Task.end_epoch`, e.g. validation or batch-norm
@@ -17,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +58,14 @@ def effective_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cpu" and native_bf16_cpu() else "fp32"
     return precision if device.type == "cuda" or precision == "bf16" else "fp32"
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, base: float, schedule: str, epoch: int, epochs: int) -> None:
+    """The learning rate of the epoch after ``epoch`` done: ``base`` ('constant'), or a cosine decay from ``base`` to
+    zero over ``epochs`` ('cosine'; a function of the epoch alone, so a resumed training continues on the curve)."""
+    factor = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if schedule == "cosine" else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = base * factor
 
 
 @dataclass
@@ -112,6 +123,7 @@ class Engine:
         description: str = "epoch",
         compile: bool = False,
         crop: int | None = None,
+        on_device: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
@@ -120,7 +132,7 @@ class Engine:
         self.task, self.dataset, self.epochs, self.batch_size = task, dataset, epochs, batch_size
         self.device = torch.device(device)
         self.seed, self.checkpoint_path, self.workers, self.flip = seed, checkpoint_path, workers, flip
-        self.description, self.compile, self.crop = description, compile, crop
+        self.description, self.compile, self.crop, self.on_device = description, compile, crop, on_device
         self.precision = effective_precision(precision, self.device)
         if precision == "fp16" and self.precision != precision:
             log.warning("precision fp16 needs CUDA: training in fp32 on the CPU (bf16 runs on CPUs)")
@@ -133,6 +145,7 @@ class Engine:
         self.history: list[dict[str, float]] = []
         self.epoch = 0
         self._train_loader: DataLoader | None = None
+        self._resident: tuple[torch.Tensor, torch.Tensor] | None = None
         self._sampler = distributed.sampler(dataset, seed + 1)
         self._trained: dict[str, nn.Module] = {}
 
@@ -173,10 +186,38 @@ class Engine:
             images = crop_resize(images, top, left, sides, self.crop)
         return images.contiguous(memory_format=MEMORY_FORMAT)
 
-    def loader(self, dataset: Dataset | None = None) -> DataLoader:
+    def loader(self, dataset: Dataset | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of (images, labels) in order from ``dataset`` (default: the training set), for the work of
-        :meth:`Task.end_epoch`; read in this process."""
+        :meth:`Task.end_epoch`: read in this process, or, for the training set with ``on_device``, taken from the
+        device."""
+        if dataset is None and self.on_device:
+            images, labels = self._resident_data()
+            step = self.batch_size
+            return ((images[i : i + step].float().div_(255), labels[i : i + step]) for i in range(0, len(labels), step))
         return DataLoader(dataset if dataset is not None else self.dataset, batch_size=self.batch_size)
+
+    def _resident_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training set on the device as (N, 3, H, W) uint8 images and (N,) labels, read once (by the loader
+        processes). 8-bit: exact for images read from 8-bit files at their own size, within half a grey level
+        otherwise. Refused, before reading, where it would take more than half the device's free memory."""
+        if self._resident is None:
+            first = self.dataset[0][0]
+            need = len(self.dataset) * first.numel()  # type: ignore[arg-type]
+            if self.device.type == "cuda":
+                free = torch.cuda.mem_get_info(self.device)[0]
+                if need > free // 2:
+                    raise ConfigError(
+                        f"data.on_device: {len(self.dataset)} training images of {tuple(first.shape)} take "  # type: ignore[arg-type]
+                        f"{need / 2**30:.1f} GiB as 8-bit images, more than half the {free / 2**30:.1f} GiB free on "
+                        f"{self.device}; set data.on_device: false"
+                    )
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.workers)
+            parts = [
+                (images.mul(255).round_().to(self.device, torch.uint8), labels.to(self.device))
+                for images, labels in track(loader, "copying the training images to the device")
+            ]
+            self._resident = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        return self._resident
 
     def _training_loader(self) -> DataLoader:
         """The shuffled training batches, read by ``workers`` processes that live for the whole training (each
@@ -195,7 +236,21 @@ class Engine:
         return self._train_loader
 
     # -- the loop --------------------------------------------------------------------------------------------
-    def _batches(self) -> Iterator[Batch]:
+    def _order(self) -> torch.Tensor | None:
+        """This epoch's indices of the resident training set for this process (None: read by the loader)."""
+        if not self.on_device:
+            return None
+        if self._sampler is not None:
+            self._sampler.set_epoch(self.epoch)
+            return torch.tensor(list(self._sampler))
+        return torch.randperm(len(self.dataset), generator=self.order)  # type: ignore[arg-type]
+
+    def _batches(self, order: torch.Tensor | None) -> Iterator[Batch]:
+        if order is not None:
+            images, labels = self._resident_data()
+            for chunk in order.to(self.device).split(self.local_batch_size):
+                yield Batch(self.augment(images[chunk].float().div_(255)), labels[chunk], self.generator)
+            return
         if self._sampler is not None:
             self._sampler.set_epoch(self.epoch)
         for images, labels in self._training_loader():
@@ -255,6 +310,8 @@ class Engine:
                 raise ModelError(f"--resume: no checkpoint at {self.checkpoint_path} to resume from")
             self._restore(Path(self.checkpoint_path))
         self._to_device()
+        if self.on_device:
+            self._resident_data()  # before the first epoch's clock starts
         self._trained = {name: distributed.wrap(module, self.device) for name, module in self.task.modules.items()}
         if self.compile:
             self._trained = {name: torch.compile(module) for name, module in self._trained.items()}
@@ -264,8 +321,9 @@ class Engine:
             self.task.train_mode()
             sums: dict[str, torch.Tensor] = {}
             count = torch.zeros((), device=self.device)
-            steps = len(self._training_loader())
-            for batch in track(self._batches(), f"{self.description} {self.epoch + 1}/{self.epochs}", steps):
+            order = self._order()
+            steps = len(self._training_loader()) if order is None else math.ceil(len(order) / self.local_batch_size)
+            for batch in track(self._batches(order), f"{self.description} {self.epoch + 1}/{self.epochs}", steps):
                 for name, value in self.task.step(batch, self).items():
                     sums[name] = sums.get(name, 0.0) + value.detach().float() * len(batch.images)
                 self.scaler.update()
