@@ -24,6 +24,18 @@ SIGMAS = (2, 25, 50)  # of 255
 TEST_IMAGES, NOISE_SEED = 12, 1  # as benchmarks/run.py's denoising section
 
 
+def network_psnr(model, config, test_size: int | None = None) -> dict[int, list[float]]:
+    """(input dB, output dB) of the network alone (no guard) at each of SIGMAS, on the first TEST_IMAGES test images
+    of ``config``'s data."""
+    model.guard = False
+    test = load_split(open_dataset(config), "test", config, test_size).images[:TEST_IMAGES]
+    psnr = {}
+    for sigma in SIGMAS:
+        noisy = corrupt_images(test, "gaussian", sigma / 255, NOISE_SEED)
+        psnr[sigma] = [round(image_quality(test, images)[0], 2) for images in (noisy, model.reconstruct(noisy))]
+    return psnr
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="a denoising run folder whose settings to repeat")
@@ -43,14 +55,9 @@ def main() -> None:
         values["denoise"]["epochs"] = values["autoencoder"]["epochs"] = args.epochs
     config = config_from_dict(values)
     began = time.perf_counter()
-    model = rundir.load_model(api.train(config, args.out, force=True))
+    run_dir = api.train(config, args.out, force=True)
     minutes = (time.perf_counter() - began) / 60
-    model.guard = False
-    test = load_split(open_dataset(config), "test", config, args.test_size).images[:TEST_IMAGES]
-    psnr = {}
-    for sigma in SIGMAS:
-        noisy = corrupt_images(test, "gaussian", sigma / 255, NOISE_SEED)
-        psnr[sigma] = [round(image_quality(test, images)[0], 2) for images in (noisy, model.reconstruct(noisy))]
+    psnr = network_psnr(rundir.load_model(run_dir), config, args.test_size)
     settings = {"run": args.run, "schedule": args.schedule, "seed": args.seed, "noises": config.denoise.noises}
     settings["epochs"] = config.denoise.epochs
     print(json.dumps({**settings, "minutes": minutes, **psnr}))
