@@ -36,10 +36,13 @@ def _describe(path: Path, corpus: Path) -> dict:
     return {"run": run, "accuracy": accuracy, "held_out": len(held_out), "machine": payload.get("machine")}
 
 
+def _sources(corpus: Path) -> Counter:
+    return Counter(row["source"] for row in csv.DictReader((corpus / "manifest.csv").open()))
+
+
 def _corpus_table(corpus: Path) -> str:
-    rows = list(csv.DictReader((corpus / "manifest.csv").open()))
-    images = Counter(row["source"] for row in rows)
-    licences = {row["source"]: row["licence"] for row in rows}
+    images = _sources(corpus)
+    licences = {row["source"]: row["licence"] for row in csv.DictReader((corpus / "manifest.csv").open())}
     lines = ["| source | images | licence |", "|---|---|---|"]
     lines += [f"| {source} | {count} | {licences[source]} |" for source, count in sorted(images.items())]
     return "\n".join(lines)
@@ -74,15 +77,16 @@ standard twin `{PREFIX}-eps0`; `--encoder scratch` trains one per category inste
   feature layers {", ".join(cfg.feature_layers)}). Inputs: RGB in [0, 1]; ImageNet mean/std normalisation is
   built into the encoder. Stored in fp16 (the classifier head is not shipped).
 - Trained with `robust-ad encoder pretrain` (recipes/{recipe}.yaml): the epochs in the table below, batch
-  {cfg.batch_size}, Adam lr {cfg.lr:g}, PGD {cfg.pgd_steps} steps within an L2 ball of radius eps (on [0, 1]
-  pixels of {first.image_size} px crops). eps 0 runs the same loop without the attack: the standard twin.
+  {cfg.batch_size}, Adam lr {cfg.lr:g} ({cfg.lr_schedule} schedule), PGD {cfg.pgd_steps} steps within an L2 ball
+  of radius eps (on [0, 1] pixels of {first.image_size} px crops). eps 0 runs the same loop without the attack:
+  the standard twin.
 - Proxy task (`labels+corruption`): which of {n_classes} source pictures a random crop (half to all of a corpus
   patch) comes from, and which of 5 corruptions (none, cut-paste, noise, colour shift, blur) it carries; the PGD
   adversary attacks both heads.
 
 ## Corpus
-`robust-ad datasets corpus` from six Debian packages (downloaded with `apt-get download`, unpacked with
-`dpkg-deb -x`; normal, bump, gloss and height maps and flat patches skipped), {n_classes} source pictures
+`robust-ad datasets corpus` from {len(_sources(corpus))} Debian packages (downloaded with `apt-get download`,
+unpacked with `dpkg-deb -x`; normal, bump, gloss and height maps and flat patches skipped), {n_classes} source pictures
 (wallpapers shipped at several resolutions count once). Held out: every 10th patch of each photograph cut into
 at least four ({next(iter(entries.values()))["held_out"]} patches). No corpus file is in this repository.
 
