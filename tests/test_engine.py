@@ -16,6 +16,7 @@ from robust_ad.cli import app
 from robust_ad.config import EncoderConfig
 from robust_ad.data.images import write_image
 from robust_ad.data.torchdata import ArrayImages, ImageFiles
+from robust_ad.errors import ConfigError
 from robust_ad.fileio import LOCK_NAME
 from robust_ad.training import engine
 from robust_ad.training.autoencoder import fit_decoder
@@ -98,6 +99,16 @@ def test_data_kept_on_the_device_gives_every_image_once_an_epoch_exactly() -> No
     in_order = list(run.loader())  # end-of-epoch work: the same images, in order, from the device
     assert torch.cat([labels for _, labels in in_order]).tolist() == list(range(10))
     torch.testing.assert_close(torch.cat([x for x, _ in in_order]).permute(0, 2, 3, 1), torch.from_numpy(images))
+
+
+def test_data_too_large_for_the_host_is_refused_before_it_is_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "free_memory", lambda device: 1000)
+    run = engine.Engine(_Recorder(), ArrayImages(_images(10)), 1, 4, on_device=True)
+    with pytest.raises(
+        ConfigError, match=r"data.on_device: 10 training images of \(3, 32, 32\) take 0.0 GiB .* on cpu"
+    ):
+        run.fit()
+    assert run._resident is None
 
 
 def test_bf16_training_runs_and_learns(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from robust_ad.data.resize import crop_resize
+from robust_ad.device import free_memory
 from robust_ad.errors import ConfigError, ModelError
 from robust_ad.progress import track
 from robust_ad.tensors import load_checkpoint, save_checkpoint
@@ -199,18 +200,18 @@ class Engine:
     def _resident_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The training set on the device as (N, 3, H, W) uint8 images and (N,) labels, read once (by the loader
         processes). 8-bit: exact for images read from 8-bit files at their own size, within half a grey level
-        otherwise. Refused, before reading, where it would take more than half the device's free memory."""
+        otherwise. Refused, before reading, where it would take more than half the device's free memory (a GPU's, or
+        the host's available memory)."""
         if self._resident is None:
             first = self.dataset[0][0]
             need = len(self.dataset) * first.numel()  # type: ignore[arg-type]
-            if self.device.type == "cuda":
-                free = torch.cuda.mem_get_info(self.device)[0]
-                if need > free // 2:
-                    raise ConfigError(
-                        f"data.on_device: {len(self.dataset)} training images of {tuple(first.shape)} take "  # type: ignore[arg-type]
-                        f"{need / 2**30:.1f} GiB as 8-bit images, more than half the {free / 2**30:.1f} GiB free on "
-                        f"{self.device}; set data.on_device: false"
-                    )
+            free = free_memory(self.device)
+            if need > free // 2:
+                raise ConfigError(
+                    f"data.on_device: {len(self.dataset)} training images of {tuple(first.shape)} take "  # type: ignore[arg-type]
+                    f"{need / 2**30:.1f} GiB as 8-bit images, more than half the {free / 2**30:.1f} GiB free on "
+                    f"{self.device}; set data.on_device: false"
+                )
             loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.workers)
             parts = [
                 (images.mul(255).round_().to(self.device, torch.uint8), labels.to(self.device))
