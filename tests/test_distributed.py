@@ -73,7 +73,8 @@ def test_two_gloo_processes_train_like_one_and_only_process_0_writes(synth_root:
 
 
 def test_an_interrupted_torchrun_training_resumes(synth_root: Path, tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path, autoencoder={"epochs": 40})
+    """Also with the training set kept on the device: each process indexes its share of it."""
+    recipe = tiny_recipe(tmp_path, autoencoder={"epochs": 40}, data={"on_device": True})
     run = tmp_path / "run"
     process = _torchrun(2, recipe, synth_root, run)
     while not (run / rundir.CHECKPOINT).is_file() and process.poll() is None:
