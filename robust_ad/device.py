@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,10 +26,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device``: the GPU's free memory, or the host's available physical memory."""
+    """Bytes free on ``device``: the GPU's free memory, or the host's available physical memory (unbounded where
+    the system does not say: sysconf has no such name on macOS and Windows)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return sys.maxsize
 
 
 def seed_everything(seed: int) -> torch.Generator:
