@@ -36,13 +36,10 @@ def _describe(path: Path, corpus: Path) -> dict:
     return {"run": run, "accuracy": accuracy, "held_out": len(held_out), "machine": payload.get("machine")}
 
 
-def _sources(corpus: Path) -> Counter:
-    return Counter(row["source"] for row in csv.DictReader((corpus / "manifest.csv").open()))
-
-
-def _corpus_table(corpus: Path) -> str:
-    images = _sources(corpus)
-    licences = {row["source"]: row["licence"] for row in csv.DictReader((corpus / "manifest.csv").open())}
+def _corpus_table(rows: list[dict]) -> str:
+    """Images and licence per source package, from the corpus manifest's rows."""
+    images = Counter(row["source"] for row in rows)
+    licences = {row["source"]: row["licence"] for row in rows}
     lines = ["| source | images | licence |", "|---|---|---|"]
     lines += [f"| {source} | {count} | {licences[source]} |" for source, count in sorted(images.items())]
     return "\n".join(lines)
@@ -52,6 +49,8 @@ def model_card(entries: dict[str, dict], corpus: Path, command: str, recipe: str
     first = next(iter(entries.values()))["run"]
     cfg = first.config
     n_classes = first.proxy.n_labels
+    manifest = list(csv.DictReader((corpus / "manifest.csv").open()))
+    packages = len({row["source"] for row in manifest})
     rows = [
         "| name | eps (L2) | held-out clean acc | held-out PGD acc | epochs | minutes | fastest epoch | size "
         "| SHA-256 |"
@@ -85,12 +84,12 @@ standard twin `{PREFIX}-eps0`; `--encoder scratch` trains one per category inste
   adversary attacks both heads.
 
 ## Corpus
-`robust-ad datasets corpus` from {len(_sources(corpus))} Debian packages (downloaded with `apt-get download`,
+`robust-ad datasets corpus` from {packages} Debian packages (downloaded with `apt-get download`,
 unpacked with `dpkg-deb -x`; normal, bump, gloss and height maps and flat patches skipped), {n_classes} source pictures
 (wallpapers shipped at several resolutions count once). Held out: every 10th patch of each photograph cut into
 at least four ({next(iter(entries.values()))["held_out"]} patches). No corpus file is in this repository.
 
-{_corpus_table(corpus)}
+{_corpus_table(manifest)}
 
 ## Results (held-out corpus patches; PGD {ATTACK["steps"]} steps, {ATTACK["restarts"]} restart)
 Accuracy is of the joint task: the source picture and the corruption both right. Minutes are wall-clock on the

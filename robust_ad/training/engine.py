@@ -238,11 +238,13 @@ class Engine:
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _order(self) -> torch.Tensor | None:
-        """This epoch's indices of the resident training set for this process (None: read by the loader)."""
+        """Start this epoch's data order (the distributed sampler's epoch); returns the epoch's indices of the
+        resident training set for this process (None: read by the loader)."""
+        if self._sampler is not None:
+            self._sampler.set_epoch(self.epoch)
         if not self.on_device:
             return None
         if self._sampler is not None:
-            self._sampler.set_epoch(self.epoch)
             return torch.tensor(list(self._sampler))
         return torch.randperm(len(self.dataset), generator=self.order)  # type: ignore[arg-type]
 
@@ -252,8 +254,6 @@ class Engine:
             for chunk in order.to(self.device).split(self.local_batch_size):
                 yield Batch(self.augment(images[chunk].float().div_(255)), labels[chunk], self.generator)
             return
-        if self._sampler is not None:
-            self._sampler.set_epoch(self.epoch)
         for images, labels in self._training_loader():
             images = self.augment(images.to(self.device, non_blocking=True))
             yield Batch(images, labels.to(self.device, non_blocking=True), self.generator)
