@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from robust_ad.errors import ConfigError
 
-COMPONENTS = ("pixel", "ssim", "feature", "memory")
+COMPONENTS = ("pixel", "ssim", "feature", "memory", "nearest")
 NOISES = ("gaussian", "poisson", "salt_pepper", "jpeg", "sensor")
 
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -77,13 +77,15 @@ class AutoencoderConfig(_Section):
 
 
 class ScoringConfig(_Section):
-    weights: dict[str, NonNegative] = {"pixel": 1.0, "ssim": 1.0, "feature": 1.0, "memory": 1.0}
+    weights: dict[str, NonNegative] = {"pixel": 1.0, "ssim": 1.0, "feature": 1.0, "memory": 1.0, "nearest": 1.0}
     smoothing_sigma: NonNegative = 4.0  # pixels at the model's image size
     ssim_window: Annotated[int, Field(ge=3, le=63)] = 11
     image_score: Literal["max", "topk"] = "max"
     topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
     threshold_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99  # of normalised scores of held-out normals
     remove_colour_cast: bool = True  # the decoder's mean colour cast on the training images (calibration)
+    # feature vectors the 'nearest' component searches: a greedy coreset of the training images' finest-layer ones
+    nearest_bank: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
 
     @field_validator("weights")
     @classmethod

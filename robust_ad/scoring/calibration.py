@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from robust_ad.device import full_float32
+from robust_ad.scoring.coreset import ReservoirSample, greedy_coreset
 from robust_ad.scoring.scorer import AnomalyScorer
 from robust_ad.tensors import to_tensor
 
@@ -17,7 +18,9 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     """From the normal training images, streamed over batches of (N, 3, S, S) images (memory does not grow with
     their number): the per-location mean and variance of their features (at the training size), and the decoder's
     colour cast, the mean per-channel difference between their reconstructions and them (removed from every
-    reconstruction unless the recipe's ``scoring.remove_colour_cast`` is false)."""
+    reconstruction unless the recipe's ``scoring.remove_colour_cast`` is false); and, where the ``nearest``
+    component is used, its bank: a coreset of ``nearest_bank`` of the finest layer's feature vectors, chosen from a
+    uniform sample of ten times as many."""
     scorer.eval()
     device = scorer.score_mean.device
     scorer.colour_offset.zero_()
@@ -25,6 +28,8 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     squares = {k: 0.0 for k in scorer.layers}
     cast = torch.zeros(3, dtype=torch.float64, device=device)
     n = 0
+    finest = scorer.layers[0]
+    pool = ReservoirSample(10 * scorer.config.nearest_bank) if "nearest" in scorer.components else None
     for images in batches:
         images = images.to(device)
         feats = scorer.model.features(images)
@@ -34,6 +39,8 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
         for layer in scorer.layers:
             sums[layer] = sums[layer] + feats[layer].double().sum(0)
             squares[layer] = squares[layer] + feats[layer].double().pow(2).sum(0)
+        if pool is not None:
+            pool.add(feats[finest].flatten(2).transpose(1, 2).flatten(0, 1))
     statistics = {}
     for layer in scorer.layers:
         mean = sums[layer] / n
@@ -41,6 +48,8 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
         # a floor keeps near-constant channels from dominating the distance
         var = var + 1e-2 * var.mean() + 1e-6
         statistics[f"memory_mean_{layer}"], statistics[f"memory_var_{layer}"] = mean.float(), var.float()
+    if pool is not None:
+        statistics["memory_bank"] = greedy_coreset(pool.rows, scorer.config.nearest_bank)
     scorer.load_memory(statistics)
     if scorer.config.remove_colour_cast:
         scorer.colour_offset.copy_(cast / n)

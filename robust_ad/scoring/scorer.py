@@ -7,6 +7,10 @@ Components (each a per-pixel map at the input's size, smoothed):
 - ``feature``: squared robust-feature residual ||E_l(x) - E_l(x̂)||² / C, upsampled, mean over layers;
 - ``memory``: squared distance of E_l(x) to the normal training features at that location, per channel
   scaled by their variance (a per-location diagonal Gaussian), upsampled, mean over layers.
+- ``nearest``: squared distance of each feature vector of the finest feature layer to the nearest normal one at
+  any location (a coreset of the training images' vectors, as PatchCore), per channel, upsampled. Unlike
+  ``memory`` it needs no alignment: a texture shifted or rotated still finds its match, and a patch whose
+  texture is missing (features near the mean, which a Gaussian scores as typical) finds none.
 
 The reconstruction is the decoder's output less its colour cast: the mean per-channel difference between
 reconstructions and images over the normal training images (``colour_offset``, fitted in calibration). A cast is
@@ -84,6 +88,8 @@ class AnomalyScorer(nn.Module):
         for layer in self.layers:
             self.register_buffer(f"memory_mean_{layer}", torch.zeros(shapes[layer]))
             self.register_buffer(f"memory_var_{layer}", torch.ones(shapes[layer]))
+        if "nearest" in self.components:  # (vectors, channels); its length is set by calibration
+            self.register_buffer("memory_bank", torch.zeros(0, shapes[self.layers[0]][0]))
 
     def _feature_shapes(self, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
         with torch.no_grad():
@@ -135,6 +141,8 @@ class AnomalyScorer(nn.Module):
             elif name == "feature":
                 feats_hat = self._features(x_hat)
                 terms[name] = [(feats[k] - feats_hat[k]).square().mean(1, keepdim=True) for k in self.layers]
+            elif name == "nearest":
+                terms[name] = [self._nearest_distance(feats[self.layers[0]])]
             else:
                 terms[name] = [self._memory_distance(feats[k], k) for k in self.layers]
         return terms, x_hat
@@ -197,6 +205,16 @@ class AnomalyScorer(nn.Module):
         mean, var = self._memory_at(layer, feat.shape[-2:])
         return ((feat - mean).square() / var).mean(1, keepdim=True)
 
+    def _nearest_distance(self, feat: torch.Tensor) -> torch.Tensor:
+        """(N, 1, h, w): squared distance of each vector of ``feat`` (N, C, h, w) to its nearest in the bank, over
+        C. As |q|² - 2 q·b + |b|², minimised over the bank a slice at a time (at most 2^25 distances at once)."""
+        n, c, h, w = (int(v) for v in feat.shape)
+        queries = feat.flatten(2).transpose(1, 2)  # (N, hw, C)
+        step = max(1024, 2**25 // (n * h * w))
+        nearest = [(part.square().sum(1) - 2 * queries @ part.T).amin(2) for part in self.memory_bank.split(step)]
+        closest = functools.reduce(torch.minimum, nearest) + queries.square().sum(2)
+        return (closest.clamp_min(0) / c).view(-1, 1, h, w)  # -1: exported graphs keep the batch free
+
     def fuse(self, maps: torch.Tensor) -> torch.Tensor:
         """Standardise each component on normal statistics and take their weighted mean: (N, H, W)."""
         standardised = (maps - self.map_mean.view(1, -1, 1, 1)) / self.map_std.view(1, -1, 1, 1)
@@ -226,7 +244,10 @@ class AnomalyScorer(nn.Module):
         if set(statistics) != names:
             raise KeyError(f"memory statistics {sorted(statistics)} instead of {sorted(names)}")
         for name, value in statistics.items():
-            getattr(self, name).copy_(value)
+            if name == "memory_bank":  # its length is the calibration's
+                self.register_buffer(name, value.to(self.memory_bank))
+            else:
+                getattr(self, name).copy_(value)
         for name in [n for n, _ in self.named_buffers(recurse=False) if n.startswith("resampled_")]:
             delattr(self, name)
 
