@@ -89,7 +89,7 @@ class AnomalyScorer(nn.Module):
             self.register_buffer(f"memory_mean_{layer}", torch.zeros(shapes[layer]))
             self.register_buffer(f"memory_var_{layer}", torch.ones(shapes[layer]))
         if "nearest" in self.components:  # (vectors, channels); its length is set by calibration
-            self.register_buffer("memory_bank", torch.zeros(0, shapes[self.layers[0]][0]))
+            self._set_bank(torch.zeros(0, shapes[self.layers[0]][0]))
 
     def _feature_shapes(self, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
         with torch.no_grad():
@@ -205,13 +205,23 @@ class AnomalyScorer(nn.Module):
         mean, var = self._memory_at(layer, feat.shape[-2:])
         return ((feat - mean).square() / var).mean(1, keepdim=True)
 
+    def _set_bank(self, bank: torch.Tensor) -> None:
+        """The ``nearest`` bank (K, C), stored, and the (C + 1, K) matrix that gives |b|² - 2 q·b for every bank
+        vector b as one product with [q, 1]: one matrix product per query instead of a product, a broadcast
+        addition and their traffic through memory (half the time in onnxruntime on this CPU). Not saved: rebuilt
+        from the bank."""
+        self.register_buffer("memory_bank", bank)
+        weights = torch.cat([-2 * bank, bank.square().sum(1, keepdim=True)], 1).T.contiguous()
+        self.register_buffer("nearest_weights", weights, persistent=False)
+
     def _nearest_distance(self, feat: torch.Tensor) -> torch.Tensor:
-        """(N, 1, h, w): squared distance of each vector of ``feat`` (N, C, h, w) to its nearest in the bank, over
-        C. As |q|² - 2 q·b + |b|², minimised over the bank a slice at a time (at most 2^25 distances at once)."""
+        """(N, 1, h, w): squared distance of each vector q of ``feat`` (N, C, h, w) to its nearest in the bank, over
+        C: |q|² + min_b (|b|² - 2 q·b), the bank taken a slice at a time (at most 2^25 distances at once)."""
         n, c, h, w = (int(v) for v in feat.shape)
         queries = feat.flatten(2).transpose(1, 2)  # (N, hw, C)
-        step = max(1024, 2**25 // (n * h * w))
-        nearest = [(part.square().sum(1) - 2 * queries @ part.T).amin(2) for part in self.memory_bank.split(step)]
+        augmented = torch.cat([queries, torch.ones_like(queries[..., :1])], 2)
+        step = max(256, 2**25 // (n * h * w))
+        nearest = [(augmented @ part).amin(2) for part in self.nearest_weights.split(step, 1)]
         closest = functools.reduce(torch.minimum, nearest) + queries.square().sum(2)
         return (closest.clamp_min(0) / c).view(-1, 1, h, w)  # -1: exported graphs keep the batch free
 
@@ -245,7 +255,7 @@ class AnomalyScorer(nn.Module):
             raise KeyError(f"memory statistics {sorted(statistics)} instead of {sorted(names)}")
         for name, value in statistics.items():
             if name == "memory_bank":  # its length is the calibration's
-                self.register_buffer(name, value.to(self.memory_bank))
+                self._set_bank(value.to(self.memory_bank))
             else:
                 getattr(self, name).copy_(value)
         for name in [n for n, _ in self.named_buffers(recurse=False) if n.startswith("resampled_")]:
