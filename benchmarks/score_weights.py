@@ -2,7 +2,7 @@
 
     python benchmarks/score_weights.py --out benchmarks/score_weights.json
 
-The pretrained section of benchmarks/run.py fuses the four score components with equal weights. Which of
+The pretrained section of benchmarks/run.py fuses the five score components with equal weights. Which of
 them to use is a choice; made on the test images it would flatter whoever is compared. Here each pretrained
 encoder (the eps sweep of that section: benchmarks/results/encoders/enc-eps<E>.pt) gets a decoder per
 example category on data of another seed (seed 1; the benchmark's is seed 0), every non-empty subset of the
