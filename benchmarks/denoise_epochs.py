@@ -30,13 +30,14 @@ def main() -> None:
     parser.add_argument("--eps", type=float, required=True)
     parser.add_argument("--epochs", type=int, nargs="+", required=True)
     parser.add_argument("--encoders", type=Path, required=True, help="folder of enc-eps<E>.pt files")
+    parser.add_argument("--depth", type=int, default=0, help="denoise.depth: residual blocks at half resolution")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=Path("/tmp/denoise-epochs"), help="data and runs (replaced)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines file to append to")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # each epoch's line: the pace
     profile = PROFILES["full"]
-    work = args.work / f"{args.category}-eps{args.eps:g}"  # one folder per process: they run side by side
+    work = args.work / f"{args.category}-eps{args.eps:g}-depth{args.depth}"  # one per process: they run side by side
     root = work / "data"
     synthesize(root, args.category, seed=0, force=True, **profile["synth"])  # the section's images (deterministic)
     path = args.encoders / f"enc-eps{args.eps:g}.pt"
@@ -50,11 +51,11 @@ def main() -> None:
             device=args.device,
             mode="denoise",
             encoder=encoder,
-            denoise={"architecture": "skip", "epochs": epochs},
+            denoise={"architecture": "skip", "epochs": epochs, "depth": args.depth},
         )
         began = time.perf_counter()
         run = api.train(config, work / f"run-{epochs}", force=True)
-        row = {"category": args.category, "eps": args.eps, "epochs": epochs, "encoder": str(path)}
+        row = {"category": args.category, "eps": args.eps, "epochs": epochs, "depth": args.depth, "encoder": str(path)}
         row |= {"minutes": round((time.perf_counter() - began) / 60, 2), "machine": machine.describe()}
         row |= {f"sigma{sigma}": psnr for sigma, psnr in network_psnr(rundir.load_model(run), config).items()}
         with args.out.open("a") as handle:

@@ -113,6 +113,7 @@ class DenoiseConfig(_Section):
     # the bottleneck decoder, and PSNR is best served by the pixel loss alone ('all': pixel + feature + GAN)
     epochs: Count = 200
     decoder_width: Annotated[float, Field(gt=0, le=4)] = 2.0
+    depth: Annotated[int, Field(ge=0, le=32)] = 0  # skip: residual blocks at half resolution before the output
     losses: Literal["pixel", "all"] = "pixel"
     # cosine (decay to zero) stopped the 200-epoch example denoisers while they still improved: 3 dB worse
     lr_schedule: Literal["constant", "cosine"] = "constant"

@@ -31,7 +31,7 @@ def denoiser(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     config = tiny_config(
         synth_root,
         mode="denoise",
-        denoise={"noises": ["gaussian"], "gaussian_sigma": [0.15, 0.3], "epochs": 8, "decoder_width": 0.5},
+        denoise={"noises": ["gaussian"], "gaussian_sigma": [0.15, 0.3], "epochs": 8, "decoder_width": 0.5, "depth": 1},
     )
     return train(config, tmp_path_factory.mktemp("runs") / "bottle-denoise")
 
@@ -189,9 +189,11 @@ def test_denoiser_exports_in_half_precision(denoiser: Path, tmp_path: Path) -> N
     assert image_quality(_smooth(count=2), session.denoise(noisy))[0] > image_quality(_smooth(count=2), noisy)[0]
 
 
-def test_the_skip_denoiser_starts_as_the_identity_and_leaves_noise_free_images_alone() -> None:
+@pytest.mark.parametrize("depth", [0, 2])
+def test_the_skip_denoiser_starts_as_the_identity_and_leaves_noise_free_images_alone(depth: int) -> None:
     torch.manual_seed(0)
-    model = SkipDenoiser(width=0.125, decoder_width=0.25).eval()
+    model = SkipDenoiser(width=0.125, decoder_width=0.25, depth=depth).eval()
+    assert len(model.decoder.trunk) == depth
     model.decoder.init_output()
     x = torch.rand(2, 3, 37, 50)  # sides the strides do not divide: padded by mirroring, then cropped
     assert torch.allclose(model(x), x, atol=1e-6)  # a zero correction of exact Haar bands
@@ -218,11 +220,13 @@ def test_the_noise_estimate_is_not_fooled_by_brightness_texture_and_reads_grey_i
     assert abs(float(estimate_sigma(grey)) - 0.05) < 0.01
 
 
-def test_the_skip_denoiser_starts_learning_at_once() -> None:
+@pytest.mark.parametrize("depth", [0, 2])
+def test_the_skip_denoiser_starts_learning_at_once(depth: int) -> None:
     """The input's wavelet bands reach the decoder normalised: in 60 steps the error falls well below the noise's
-    (with the raw bands, drowned by the features beside them, it stayed within 10 % of it)."""
+    (with the raw bands, drowned by the features beside them, it stayed within 10 % of it); residual blocks at
+    half resolution, starting as the identity, do not hold it back."""
     torch.manual_seed(0)
-    model = SkipDenoiser(width=0.125, decoder_width=0.25)
+    model = SkipDenoiser(width=0.125, decoder_width=0.25, depth=depth)
     model.decoder.init_output()
     model.encoder.requires_grad_(False)
     model.train()

@@ -136,11 +136,24 @@ def _skip_stages(encoder: Encoder) -> dict[int, str]:
     return dict(sorted(stages.items()))
 
 
-class HaarSkipDecoder(nn.Module):
-    """From the deepest robust features up to half resolution, taking a skip at each stride, then a correction
-    of the input's Haar coefficients."""
+class ResidualBlock(nn.Module):
+    """x + (3x3 convolution, batch norm, LeakyReLU, 3x3 convolution, batch norm)(x); starts as the identity (the
+    last batch norm's scale zero), so added blocks never make the starting network worse."""
 
-    def __init__(self, encoder: Encoder, width: float = 1.0) -> None:
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*conv_block(channels, channels), *conv_block(channels, channels)[:2])
+        nn.init.zeros_(self.body[-1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class HaarSkipDecoder(nn.Module):
+    """From the deepest robust features up to half resolution, taking a skip at each stride, then ``depth``
+    residual blocks there and a correction of the input's Haar coefficients."""
+
+    def __init__(self, encoder: Encoder, width: float = 1.0, depth: int = 0) -> None:
         super().__init__()
         probe = encoder.probe()
         self.skips = _skip_stages(encoder)
@@ -163,6 +176,7 @@ class HaarSkipDecoder(nn.Module):
         # The input's Haar bands enter normalised: raw, their noise (a few hundredths) was drowned by the robust
         # features beside them, and training sat for hundreds of steps at the identity before it found the noise.
         self.band_norm = nn.BatchNorm2d(12)
+        self.trunk = nn.Sequential(*[ResidualBlock(width_of[2]) for _ in range(depth)])
         self.head = nn.Conv2d(width_of[2], 12, 3, padding=1)
         self.strides = strides
 
@@ -185,7 +199,7 @@ class HaarSkipDecoder(nn.Module):
                 normalised = self.band_norm(bands)
                 parts += [F.interpolate(normalised, size=skip.shape[-2:], mode="nearest"), level * SIGMA_SCALE]
             h = up(torch.cat(parts, 1))
-        correction = self.head(h)
+        correction = self.head(self.trunk(h))
         return F.interpolate(correction, size=bands.shape[-2:], mode="nearest")
 
 
@@ -201,10 +215,11 @@ class SkipDenoiser(Reconstructor):
         decoder_width: float = 1.0,
         min_sigma: float = 1 / 255,
         guard: bool = True,
+        depth: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = Encoder(backbone, layer, feature_layers, width)
-        self.decoder = HaarSkipDecoder(self.encoder, decoder_width)
+        self.decoder = HaarSkipDecoder(self.encoder, decoder_width, depth)
         self.min_sigma = min_sigma
         self.guard = guard
         signs = torch.randint(0, 2, (3, PROBE_SIZE, PROBE_SIZE), generator=torch.Generator().manual_seed(0)) * 2 - 1

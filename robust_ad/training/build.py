@@ -17,5 +17,7 @@ def build_autoencoder(config: Config) -> Reconstructor:
     enc, width = config.encoder, config.autoencoder.decoder_width
     if config.mode == "denoise" and config.denoise.architecture == "skip":
         d = config.denoise
-        return SkipDenoiser(enc.backbone, enc.layer, enc.feature_layers, enc.width, width, d.min_sigma, d.guard)
+        return SkipDenoiser(
+            enc.backbone, enc.layer, enc.feature_layers, enc.width, width, d.min_sigma, d.guard, d.depth
+        )
     return RobustAutoencoder(enc.backbone, enc.layer, enc.feature_layers, enc.width, width)
