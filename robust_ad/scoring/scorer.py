@@ -9,7 +9,7 @@ Components (each a per-pixel map at the input's size, smoothed):
   scaled by their variance (a per-location diagonal Gaussian), upsampled, mean over layers.
 - ``nearest``: squared distance of each feature vector of the finest feature layer to the nearest normal one at
   any location (a coreset of the training images' vectors, as PatchCore), per channel, upsampled. Unlike
-  ``memory`` it needs no alignment: a texture shifted or rotated still finds its match, and a patch whose
+  ``memory`` it needs no alignment: a texture or part that has moved still finds its match, and a patch whose
   texture is missing (features near the mean, which a Gaussian scores as typical) finds none.
 
 The reconstruction is the decoder's output less its colour cast: the mean per-channel difference between
