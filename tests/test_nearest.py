@@ -73,3 +73,16 @@ def test_nearest_follows_its_vectors_wherever_they_are(tiny_run: Path) -> None:
     distance = scorer._nearest_distance(feat)
     assert distance[1, 0, 4, 3] < 1e-5 < distance[0, 0, 4, 3]
     torch.testing.assert_close(scorer._nearest_distance(feat.roll((2, 1), (2, 3))), distance.roll((2, 1), (2, 3)))
+
+
+@torch.no_grad()
+def test_a_scorer_without_nearest_keeps_no_bank_as_runs_trained_before_it(tiny_run: Path) -> None:
+    config = rundir.read_config(tiny_run)
+    train = to_tensor(load_split(open_dataset(config), "train", config).images)
+    weights = {**config.scoring.weights, "nearest": 0.0}
+    scorer = AnomalyScorer(rundir.load_model(tiny_run), config.scoring.model_copy(update={"weights": weights}), 32)
+    assert "nearest" not in scorer.components and not hasattr(scorer, "memory_bank")
+    fit_training_statistics(scorer, train.split(8))
+    assert "memory_bank" not in scorer.memory_statistics()
+    fused, _, _, _ = scorer(train[:2])
+    assert torch.isfinite(fused).all()
