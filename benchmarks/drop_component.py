@@ -2,20 +2,17 @@
 graph costs without it. Its scores are not calibrated: the fused score's normalisation and threshold are the
 original's.
 
-    python benchmarks/drop_component.py benchmarks/results/runs/bottle-pretrained_eps=1 nearest /tmp/four
+    python benchmarks/drop_component.py benchmarks/results/runs/bottle-pretrained_eps=1 nearest /tmp/four [--force]
     python benchmarks/speed.py --run /tmp/four --sizes 256 --batches 1
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-import torch
-import yaml
-
+from robust_ad import rundir
 from robust_ad.config import COMPONENTS
 
 
@@ -23,20 +20,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("component", choices=COMPONENTS)
-    parser.add_argument("out", type=Path, help="the copy (replaced)")
+    parser.add_argument("out", type=Path, help="the copy")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args()
+    if args.out.exists() and not args.force:
+        parser.error(f"{args.out} exists: give --force to replace it")
+    scorer = rundir.load_scorer(args.run)
+    config, calibration = rundir.read_config(args.run), rundir.read_calibration(args.run)
     shutil.rmtree(args.out, ignore_errors=True)
     shutil.copytree(args.run, args.out)
-    config = yaml.safe_load((args.out / "config.yaml").read_text())
-    config["scoring"]["weights"][args.component] = 0.0
-    (args.out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    calibration = json.loads((args.out / "calibration.json").read_text())
-    calibration["components"].pop(args.component)
-    (args.out / "calibration.json").write_text(json.dumps(calibration))
+    weights = {**config.scoring.weights, args.component: 0.0}
+    scoring = config.scoring.model_copy(update={"weights": weights})
+    rundir.write_config(args.out, config.model_copy(update={"scoring": scoring}))
+    components = {k: v for k, v in calibration.components.items() if k != args.component}
+    rundir.write_calibration(args.out, calibration.model_copy(update={"components": components}))
+    memory = scorer.memory_statistics()
     if args.component == "nearest":  # the only component with statistics of its own
-        payload = torch.load(args.out / "model.pt", weights_only=True)
-        payload["memory"].pop("memory_bank")
-        torch.save(payload, args.out / "model.pt")
+        del memory["memory_bank"]
+    rundir.save_model(args.out, scorer.model, memory)
 
 
 if __name__ == "__main__":

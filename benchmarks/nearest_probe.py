@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from run import recalibrated_detection  # benchmarks/ is no package: the modules sit side by side
+from run import _component_rows, recalibrated_detection  # benchmarks/ is no package: the modules sit side by side
 
 from robust_ad.config import COMPONENTS
 
@@ -24,18 +24,19 @@ def main() -> None:
     parser.add_argument("--subsets", nargs="+", default=SUBSETS, help="components joined by '+'")
     parser.add_argument("--banks", type=int, nargs="+", help="instead: 'nearest' alone at each bank size")
     args = parser.parse_args()
-    banks = [("nearest", bank) for bank in args.banks or []]
-    settings = banks or [(subset, None) for subset in args.subsets]
+    alone = {"weights": {c: float(c == "nearest") for c in COMPONENTS}}
     for run in args.runs:
-        updates = []
-        for subset, bank in settings:
-            update: dict = {"weights": {c: float(c in subset.split("+")) for c in COMPONENTS}}
-            if bank:
-                update["nearest_bank"] = bank
-            updates.append(update)
-        for (subset, bank), (_, metrics) in zip(settings, recalibrated_detection(run, updates), strict=True):
-            row = {"run": run.name, "components": subset, "nearest_bank": bank, "image_auroc": metrics["image_auroc"]}
-            print(json.dumps(row), flush=True)
+        if args.banks:
+            updates = [{**alone, "nearest_bank": bank} for bank in args.banks]
+            rows = [
+                {"components": "nearest", "nearest_bank": bank, "image_auroc": metrics["image_auroc"]}
+                for bank, (_, metrics) in zip(args.banks, recalibrated_detection(run, updates), strict=True)
+            ]
+        else:
+            rows = _component_rows(run, [subset.split("+") for subset in args.subsets])
+        for row in rows:
+            keys = ("components", "nearest_bank", "image_auroc")
+            print(json.dumps({"run": run.name, **{k: row[k] for k in keys if k in row}}), flush=True)
 
 
 if __name__ == "__main__":

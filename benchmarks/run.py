@@ -452,12 +452,16 @@ def _other_seeds(profile: dict, root: Path, runs: Path, out: Path, variants: dic
     return rows
 
 
+def _decoder_epochs(profile: dict) -> int:
+    """The pretrained section's decoder epochs (the profile's, unless the section sets its own)."""
+    return profile["pretrained"].get("decoder_epochs", profile["autoencoder"]["epochs"])
+
+
 def _variant(profile: dict, root: Path, category: str, name: str, encoder: dict, eps: float, run: Path) -> dict:
     """The row of one encoder variant ``name`` (a pretrained file in ``encoder``, or none: per-category), trained
     and measured on ``root``."""
     width = {"width": EncoderRun.load(encoder["weights"])[0].config.width} if encoder else {}
-    epochs = profile["pretrained"].get("decoder_epochs", profile["autoencoder"]["epochs"])
-    autoencoder = {**profile["autoencoder"], "epochs": epochs}
+    autoencoder = {**profile["autoencoder"], "epochs": _decoder_epochs(profile)}
     config = _config(
         profile, root, category, eps, encoder={**profile["encoder"], **encoder, **width}, autoencoder=autoencoder
     )
@@ -638,8 +642,7 @@ def _pretrained_report(results: dict) -> list[str]:
         "(source picture and corruption both right) on held-out corpus patches (every 10th patch of each "
         "photograph), PGD L2 with the steps and restarts of the settings.",
         _table(encoders, ["eps", "n_classes", "clean_acc", *attacks, "epochs", "minutes"]),
-        "Detection (decoder trained per category on each encoder for "
-        f"{results['profile']['pretrained'].get('decoder_epochs', results['profile']['autoencoder']['epochs'])} "
+        f"Detection (decoder trained per category on each encoder for {_decoder_epochs(results['profile'])} "
         f"epochs; otherwise the settings of the sections above; score: {', '.join(COMPONENTS)} fused with equal "
         "weights):",
         _table(rows, ["category", "encoder", "eps", *DETECTION_COLUMNS]),

@@ -50,16 +50,17 @@ def test_calibration_banks_training_vectors_that_match_the_training_images(tiny_
     train = to_tensor(load_split(open_dataset(config), "train", config).images)
     scorer = AnomalyScorer(rundir.load_model(tiny_run), config.scoring.model_copy(update={"nearest_bank": 100}), 32)
     fit_training_statistics(scorer, train.split(8))
-    finest = scorer.model.features(train)[scorer.layers[0]].flatten(2).transpose(1, 2).flatten(0, 1)
+    finest = scorer.model.features(train)[scorer.nearest_layer].flatten(2).transpose(1, 2).flatten(0, 1)
     assert scorer.memory_bank.shape == (100, finest.shape[1])
     exact = torch.cdist(scorer.memory_bank, finest, compute_mode="donot_use_mm_for_euclid_dist")
     assert (exact.amin(1) < 1e-5).all()  # every banked vector is a training one
     # with room for every vector, each training image finds itself: distance 0 everywhere
     scorer.config = config.scoring.model_copy(update={"nearest_bank": len(finest)})
     fit_training_statistics(scorer, train.split(8))
-    own = scorer._nearest_distance(scorer.model.features(train[:4])[scorer.layers[0]])
+    own = scorer._nearest_distance(scorer.model.features(train[:4])[scorer.nearest_layer])
     assert (
-        own.max() < 1e-3 * scorer._nearest_distance(scorer.model.features(train[:4].flip(3))[scorer.layers[0]]).mean()
+        own.max()
+        < 1e-3 * scorer._nearest_distance(scorer.model.features(train[:4].flip(3))[scorer.nearest_layer]).mean()
     )
 
 

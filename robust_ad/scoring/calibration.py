@@ -28,7 +28,6 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     squares = {k: 0.0 for k in scorer.layers}
     cast = torch.zeros(3, dtype=torch.float64, device=device)
     n = 0
-    finest = scorer.layers[0]
     pool = ReservoirSample(10 * scorer.config.nearest_bank) if "nearest" in scorer.components else None
     for images in batches:
         images = images.to(device)
@@ -40,7 +39,7 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
             sums[layer] = sums[layer] + feats[layer].double().sum(0)
             squares[layer] = squares[layer] + feats[layer].double().pow(2).sum(0)
         if pool is not None:
-            pool.add(feats[finest].flatten(2).transpose(1, 2).flatten(0, 1))
+            pool.add(feats[scorer.nearest_layer].flatten(2).transpose(1, 2).flatten(0, 1))
     statistics = {}
     for layer in scorer.layers:
         mean = sums[layer] / n

@@ -73,6 +73,7 @@ class AnomalyScorer(nn.Module):
         self.components = [c for c in COMPONENTS if config.weights.get(c, 0) > 0]
         self.model, self.config, self.train_size = model, config, train_size
         self.layers = list(model.encoder.feature_layers)
+        self.nearest_layer = self.layers[0]  # the finest: the one the nearest component searches
         weights = torch.tensor([float(config.weights[c]) for c in self.components])
         self.register_buffer("weights", weights / weights.sum())
         self.register_buffer("map_mean", torch.zeros(len(self.components)))
@@ -89,7 +90,7 @@ class AnomalyScorer(nn.Module):
             self.register_buffer(f"memory_mean_{layer}", torch.zeros(shapes[layer]))
             self.register_buffer(f"memory_var_{layer}", torch.ones(shapes[layer]))
         if "nearest" in self.components:  # (vectors, channels); its length is set by calibration
-            self._set_bank(torch.zeros(0, shapes[self.layers[0]][0]))
+            self._set_bank(torch.zeros(0, shapes[self.nearest_layer][0]))
 
     def _feature_shapes(self, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
         with torch.no_grad():
@@ -142,7 +143,7 @@ class AnomalyScorer(nn.Module):
                 feats_hat = self._features(x_hat)
                 terms[name] = [(feats[k] - feats_hat[k]).square().mean(1, keepdim=True) for k in self.layers]
             elif name == "nearest":
-                terms[name] = [self._nearest_distance(feats[self.layers[0]])]
+                terms[name] = [self._nearest_distance(feats[self.nearest_layer])]
             else:
                 terms[name] = [self._memory_distance(feats[k], k) for k in self.layers]
         return terms, x_hat
