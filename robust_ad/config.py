@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robust_ad.errors import ConfigError
 
@@ -87,6 +87,11 @@ class ScoringConfig(_Section):
     remove_colour_cast: bool = True  # the decoder's mean colour cast on the training images (calibration)
     # feature vectors the 'nearest' component searches: a greedy coreset of the training images' finest-layer ones
     nearest_bank: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    # the encoder layers whose vectors 'nearest' compares, joined at the finest one's resolution (each of
+    # encoder.feature_layers; empty: the finest feature layer alone), each vector first averaged over its
+    # nearest_pool x nearest_pool neighbourhood (1: none; PatchCore's locally aware patch features use 3)
+    nearest_layers: list[str] = []
+    nearest_pool: Annotated[int, Field(ge=1, le=15)] = 1
 
     @field_validator("weights")
     @classmethod
@@ -98,7 +103,7 @@ class ScoringConfig(_Section):
             raise ValueError("every score component has weight 0: give at least one a positive weight")
         return weights
 
-    @field_validator("ssim_window")
+    @field_validator("ssim_window", "nearest_pool")
     @classmethod
     def _odd(cls, window: int) -> int:
         if window % 2 == 0:
@@ -150,6 +155,15 @@ class Config(_Section):
     # Per-category overrides inside a recipe: {category: {section: {key: value}}}
     categories: dict[str, dict[str, Any]] = {}
 
+    @model_validator(mode="after")
+    def _nearest_layers_are_features(self) -> Config:
+        unknown = [layer for layer in self.scoring.nearest_layers if layer not in self.encoder.feature_layers]
+        if unknown:
+            raise ValueError(
+                f"scoring.nearest_layers {unknown} are not among encoder.feature_layers {self.encoder.feature_layers}"
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude={"categories"})
 
@@ -157,8 +171,10 @@ class Config(_Section):
 def _one_line(exc: ValidationError, where: str) -> ConfigError:
     """The first problem of a validation error as one line: key, bad value, what is allowed."""
     first = exc.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across sections names its keys itself
+        return ConfigError(f"{where}: {message}")
+    key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         return ConfigError(f"{where}: unknown key '{key}'")
     more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""

@@ -15,12 +15,14 @@ import torch
 from typer.testing import CliRunner
 
 from robust_ad import rundir
+from robust_ad.api import train
 from robust_ad.data.images import read_image
 from robust_ad.data.resize import crop_resize, resize, resize_image
 from robust_ad.errors import ModelError
 from robust_ad.export import PARITY_SCORE, export
 from robust_ad.runtime import InferenceSession
 from robust_ad.scoring.inference import predict
+from tests.conftest import tiny_config
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -280,3 +282,15 @@ def test_example_script_scores_a_folder(onnx_file: Path, synth_root: Path, tmp_p
         np.stack([read_image(Path(line.split("\t")[0])) for line in lines])
     )[1]
     np.testing.assert_allclose([float(line.split("\t")[1]) for line in lines], scores, atol=1e-3)
+
+
+def test_export_follows_nearest_vectors_joined_over_layers_and_pooled(synth_root: Path, tmp_path: Path) -> None:
+    """PatchCore-style nearest vectors (two layers joined, 3 x 3 means) export and pass the parity check."""
+    config = tiny_config(synth_root, scoring={"nearest_layers": ["layer1", "layer2"], "nearest_pool": 3})
+    run = train(config, tmp_path / "run")
+    meta = export(run, tmp_path / "model.onnx")  # export verifies against torch on the run's own images
+    assert meta["parity_verdicts_identical"]
+    scorer = rundir.load_scorer(run)
+    assert scorer.memory_bank.shape[1] == sum(
+        scorer.model.features(torch.zeros(1, 3, 32, 32))[k].shape[1] for k in ("layer1", "layer2")
+    )

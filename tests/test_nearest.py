@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from robust_ad import rundir
 from robust_ad.data.loading import load_split, open_dataset
@@ -44,23 +46,43 @@ def test_nearest_distance_is_the_brute_force_minimum_over_the_bank(tiny_run: Pat
     torch.testing.assert_close(scorer._nearest_distance(feat), expected.view(2, 1, 80, 70), atol=1e-4, rtol=1e-4)
 
 
+JOINED = {"nearest_layers": ["layer1", "layer2"], "nearest_pool": 3}  # PatchCore-style vectors
+
+
 @torch.no_grad()
-def test_calibration_banks_training_vectors_that_match_the_training_images(tiny_run: Path) -> None:
+def test_nearest_features_join_layers_and_average_neighbourhoods(tiny_run: Path) -> None:
+    config = rundir.read_config(tiny_run)
+    scorer = AnomalyScorer(rundir.load_model(tiny_run), config.scoring.model_copy(update=JOINED), 32)
+    feats = scorer.model.features(torch.rand(2, 3, 32, 32))
+    fine, coarse = feats["layer1"], feats["layer2"]
+    joined = torch.cat([fine, F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear")], 1)
+    vectors = scorer.nearest_features(feats)
+    assert vectors.shape == (2, fine.shape[1] + coarse.shape[1], *fine.shape[-2:])
+    torch.testing.assert_close(vectors[:, :, 1:-1, 1:-1], F.avg_pool2d(joined, 3, stride=1))  # inside: 3 x 3 means
+    torch.testing.assert_close(vectors[:, :, 0, 0], joined[:, :, :2, :2].mean((2, 3)))  # corner: its 4 in the map
+    default = AnomalyScorer(rundir.load_model(tiny_run), config.scoring, 32)
+    assert torch.equal(default.nearest_features(feats), fine)  # default: the finest layer as it is
+
+
+@pytest.mark.parametrize("update", [{}, JOINED], ids=["finest", "joined"])
+@torch.no_grad()
+def test_calibration_banks_training_vectors_that_match_the_training_images(tiny_run: Path, update: dict) -> None:
     config = rundir.read_config(tiny_run)
     train = to_tensor(load_split(open_dataset(config), "train", config).images)
-    scorer = AnomalyScorer(rundir.load_model(tiny_run), config.scoring.model_copy(update={"nearest_bank": 100}), 32)
+    settings = config.scoring.model_copy(update={"nearest_bank": 100, **update})
+    scorer = AnomalyScorer(rundir.load_model(tiny_run), settings, 32)
     fit_training_statistics(scorer, train.split(8))
-    finest = scorer.model.features(train)[scorer.nearest_layer].flatten(2).transpose(1, 2).flatten(0, 1)
+    finest = scorer.nearest_features(scorer.model.features(train)).flatten(2).transpose(1, 2).flatten(0, 1)
     assert scorer.memory_bank.shape == (100, finest.shape[1])
     exact = torch.cdist(scorer.memory_bank, finest, compute_mode="donot_use_mm_for_euclid_dist")
     assert (exact.amin(1) < 1e-5).all()  # every banked vector is a training one
     # with room for every vector, each training image finds itself: distance 0 everywhere
-    scorer.config = config.scoring.model_copy(update={"nearest_bank": len(finest)})
+    scorer.config = settings.model_copy(update={"nearest_bank": len(finest)})
     fit_training_statistics(scorer, train.split(8))
-    own = scorer._nearest_distance(scorer.model.features(train[:4])[scorer.nearest_layer])
+    own = scorer._nearest_distance(scorer.nearest_features(scorer.model.features(train[:4])))
     assert (
         own.max()
-        < 1e-3 * scorer._nearest_distance(scorer.model.features(train[:4].flip(3))[scorer.nearest_layer]).mean()
+        < 1e-3 * scorer._nearest_distance(scorer.nearest_features(scorer.model.features(train[:4].flip(3)))).mean()
     )
 
 

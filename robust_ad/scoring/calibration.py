@@ -19,8 +19,8 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     their number): the per-location mean and variance of their features (at the training size), and the decoder's
     colour cast, the mean per-channel difference between their reconstructions and them (removed from every
     reconstruction unless the recipe's ``scoring.remove_colour_cast`` is false); and, where the ``nearest``
-    component is used, its bank: a coreset of ``nearest_bank`` of the finest layer's feature vectors, chosen from a
-    uniform sample of ten times as many."""
+    component is used, its bank: a coreset of ``nearest_bank`` of the vectors it compares
+    (:meth:`AnomalyScorer.nearest_features`), chosen from a uniform sample of ten times as many."""
     scorer.eval()
     device = scorer.score_mean.device
     scorer.colour_offset.zero_()
@@ -39,7 +39,7 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
             sums[layer] = sums[layer] + feats[layer].double().sum(0)
             squares[layer] = squares[layer] + feats[layer].double().pow(2).sum(0)
         if pool is not None:
-            pool.add(feats[scorer.nearest_layer].flatten(2).transpose(1, 2).flatten(0, 1))
+            pool.add(scorer.nearest_features(feats).flatten(2).transpose(1, 2).flatten(0, 1))
     statistics = {}
     for layer in scorer.layers:
         mean = sums[layer] / n

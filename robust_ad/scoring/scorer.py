@@ -7,10 +7,12 @@ Components (each a per-pixel map at the input's size, smoothed):
 - ``feature``: squared robust-feature residual ||E_l(x) - E_l(x̂)||² / C, upsampled, mean over layers;
 - ``memory``: squared distance of E_l(x) to the normal training features at that location, per channel
   scaled by their variance (a per-location diagonal Gaussian), upsampled, mean over layers.
-- ``nearest``: squared distance of each feature vector of the finest feature layer to the nearest normal one at
-  any location (a coreset of the training images' vectors, as PatchCore), per channel, upsampled. Unlike
-  ``memory`` it needs no alignment: a texture or part that has moved still finds its match, and a patch whose
-  texture is missing (features near the mean, which a Gaussian scores as typical) finds none.
+- ``nearest``: squared distance of each feature vector to the nearest normal one at any location (a coreset of
+  the training images' vectors, as PatchCore), per channel, upsampled. The vectors are those of
+  ``scoring.nearest_layers`` (default the finest feature layer) joined at the finest one's resolution, each
+  averaged over its ``nearest_pool`` neighbourhood (:meth:`AnomalyScorer.nearest_features`). Unlike ``memory`` it
+  needs no alignment: a texture or part that has moved still finds its match, and a patch whose texture is
+  missing (features near the mean, which a Gaussian scores as typical) finds none.
 
 The reconstruction is the decoder's output less its colour cast: the mean per-channel difference between
 reconstructions and images over the normal training images (``colour_offset``, fitted in calibration). A cast is
@@ -73,7 +75,8 @@ class AnomalyScorer(nn.Module):
         self.components = [c for c in COMPONENTS if config.weights.get(c, 0) > 0]
         self.model, self.config, self.train_size = model, config, train_size
         self.layers = list(model.encoder.feature_layers)
-        self.nearest_layer = self.layers[0]  # the finest: the one the nearest component searches
+        # the layers whose vectors the nearest component compares, finest first (default: the finest alone)
+        self.nearest_layers = [k for k in self.layers if k in config.nearest_layers] or self.layers[:1]
         weights = torch.tensor([float(config.weights[c]) for c in self.components])
         self.register_buffer("weights", weights / weights.sum())
         self.register_buffer("map_mean", torch.zeros(len(self.components)))
@@ -90,7 +93,7 @@ class AnomalyScorer(nn.Module):
             self.register_buffer(f"memory_mean_{layer}", torch.zeros(shapes[layer]))
             self.register_buffer(f"memory_var_{layer}", torch.ones(shapes[layer]))
         if "nearest" in self.components:  # (vectors, channels); its length is set by calibration
-            self._set_bank(torch.zeros(0, shapes[self.nearest_layer][0]))
+            self._set_bank(torch.zeros(0, sum(shapes[k][0] for k in self.nearest_layers)))
 
     def _feature_shapes(self, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
         with torch.no_grad():
@@ -143,7 +146,7 @@ class AnomalyScorer(nn.Module):
                 feats_hat = self._features(x_hat)
                 terms[name] = [(feats[k] - feats_hat[k]).square().mean(1, keepdim=True) for k in self.layers]
             elif name == "nearest":
-                terms[name] = [self._nearest_distance(feats[self.nearest_layer])]
+                terms[name] = [self._nearest_distance(self.nearest_features(feats))]
             else:
                 terms[name] = [self._memory_distance(feats[k], k) for k in self.layers]
         return terms, x_hat
@@ -205,6 +208,17 @@ class AnomalyScorer(nn.Module):
     def _memory_distance(self, feat: torch.Tensor, layer: str) -> torch.Tensor:
         mean, var = self._memory_at(layer, feat.shape[-2:])
         return ((feat - mean).square() / var).mean(1, keepdim=True)
+
+    def nearest_features(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N, C, h, w): the vectors the nearest component compares, those of ``nearest_layers`` resampled to the
+        first's (finest) resolution and joined over channels, each averaged over its ``nearest_pool`` square
+        neighbourhood (borders: the mean of the neighbours inside the map)."""
+        size = feats[self.nearest_layers[0]].shape[-2:]
+        joined = torch.cat([_resize(feats[k], size) for k in self.nearest_layers], 1)
+        pool = self.config.nearest_pool
+        if pool == 1:
+            return joined
+        return F.avg_pool2d(joined, pool, stride=1, padding=pool // 2, count_include_pad=False)
 
     def _set_bank(self, bank: torch.Tensor) -> None:
         """The ``nearest`` bank (K, C), stored, and the (C + 1, K) matrix that gives |b|² - 2 q·b for every bank
