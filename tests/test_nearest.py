@@ -41,7 +41,7 @@ def test_nearest_distance_is_the_brute_force_minimum_over_the_bank(tiny_run: Pat
     generator = torch.Generator().manual_seed(0)
     channels = scorer.memory_bank.shape[1]
     scorer.load_memory({**scorer.memory_statistics(), "memory_bank": torch.randn(3000, channels, generator=generator)})
-    feat = torch.randn(2, channels, 80, 70, generator=generator)  # 11,200 queries: the bank is searched in 2 slices
+    feat = torch.randn(2, channels, 80, 70, generator=generator)  # 11,200 queries: the bank is searched in slices
     expected = torch.cdist(feat.flatten(2).transpose(1, 2), scorer.memory_bank).amin(2).square() / channels
     torch.testing.assert_close(scorer._nearest_distance(feat), expected.view(2, 1, 80, 70), atol=1e-4, rtol=1e-4)
 
