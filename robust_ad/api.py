@@ -174,19 +174,20 @@ def evaluate_encoder(
 
 def encoder_at_eps(config: Config, eps: float) -> Config:
     """``config`` for an explicitly asked ``eps``: its named encoder when robust at that eps (eps 0: its standard
-    twin), else an encoder trained on the category at ``eps`` (the recipe's named one is robust at another)."""
-    from robust_ad.training.pretrained import lookup
+    twin), else the one of its family robust at ``eps`` (e.g. another shipped one), else an encoder trained on
+    the category at ``eps``."""
+    from robust_ad.training.pretrained import at_eps, lookup
 
     name = config.encoder.pretrained
-    if name and eps != 0 and lookup(name).eps != eps:
-        log.info(
-            "--eps %g: %s is robust at eps %g; training the encoder on the category instead",
-            eps,
-            name,
-            lookup(name).eps,
-        )
-        return from_scratch(config)
-    return config
+    if not name or eps == 0 or lookup(name).eps == eps:
+        return config
+    sibling = at_eps(name, eps)
+    if sibling is not None:
+        log.info("--eps %g: using %s instead of %s", eps, sibling.name, name)
+        return config.model_copy(update={"encoder": config.encoder.model_copy(update={"pretrained": sibling.name})})
+    robust_at = lookup(name).eps
+    log.info("--eps %g: %s is robust at eps %g; training the encoder on the category instead", eps, name, robust_at)
+    return from_scratch(config)
 
 
 def with_published_encoder(config: Config) -> Config:

@@ -224,13 +224,14 @@ SHIPPED = "robust-ad-test-l2-eps0.5"
 
 @pytest.fixture
 def shipped(monkeypatch, tmp_path: Path) -> Path:
-    """A robust encoder and its eps 0 twin shipped as the package ships its own (fp16, indexed, hashed)."""
+    """A robust encoder, its eps 0 twin and a sibling robust at eps 2 shipped as the package ships its own (fp16,
+    indexed, hashed)."""
     from robust_ad.config import EncoderConfig
     from robust_ad.training.encoder import train_encoder
 
     folder = tmp_path / "shipped"
     images = np.random.default_rng(0).random((16, 32, 32, 3), dtype=np.float32)
-    for eps in (0.5, 0.0):
+    for eps in (0.5, 0.0, 2.0):
         config = EncoderConfig(width=0.125, epochs=1, eps=eps, batch_size=8)
         train_encoder(images, config, checkpoint_path=tmp_path / f"enc{eps}.pt")
         pretrained.write_shipped(tmp_path / f"enc{eps}.pt", SHIPPED.replace("eps0.5", f"eps{eps:g}"), folder)
@@ -275,6 +276,7 @@ def test_a_recipes_shipped_encoder_is_the_default_eps0_its_twin_and_scratch_opts
         (): (SHIPPED, 0.5, SHIPPED),
         ("--eps", "0"): ("robust-ad-test-l2-eps0", 0.0, "robust-ad-test-l2-eps0"),
         ("--encoder", "scratch"): (None, 1.0, "trained"),
+        ("--eps", "2"): ("robust-ad-test-l2-eps2", 2.0, "robust-ad-test-l2-eps2"),  # the family's one at eps 2
         ("--eps", "0.25"): (None, 0.25, "trained"),  # no named encoder at that eps: one trained on the category
     }
     for extra, (name, eps, source) in expected.items():

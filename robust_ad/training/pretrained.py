@@ -139,6 +139,13 @@ def lookup(name: str) -> Published:
     return REGISTRY[name]
 
 
+def at_eps(name: str, eps: float) -> Published | None:
+    """The encoder of ``name``'s family (the same name up to its eps: architecture, threat model, shipped or
+    published) that is robust at ``eps``, if the registry has one."""
+    family = lookup(name).name.rsplit("eps", 1)[0]
+    return next((e for e in REGISTRY.values() if e.name.rsplit("eps", 1)[0] == family and e.eps == eps), None)
+
+
 def cache_dir() -> Path:
     """Where downloaded encoders live: $ROBUST_AD_HOME/encoders, else the user cache folder."""
     home = os.environ.get(HOME_ENV)
