@@ -261,6 +261,11 @@ def test_a_shipped_encoder_is_fp16_hash_checked_and_loads(shipped: Path, tmp_pat
         fetch(SHIPPED)
 
 
+def test_shipping_an_encoder_again_gives_the_same_file(shipped: Path, tmp_path: Path) -> None:
+    again = pretrained.write_shipped(tmp_path / "enc0.5.pt", SHIPPED, tmp_path / "again")
+    assert again.read_bytes() == (shipped / f"{SHIPPED}.pt").read_bytes()
+
+
 def test_a_recipes_shipped_encoder_is_the_default_eps0_its_twin_and_scratch_opts_out(
     shipped: Path, synth_root: Path, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ every later use is checked against it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -101,7 +102,9 @@ def write_shipped(source: str | Path, name: str, folder: str | Path | None = Non
         for key, value in run.encoder.stages.state_dict().items()
     }
     path = folder / f"{name}.pt"
-    write_atomic(path, lambda handle: torch.save({"model": state}, handle))
+    buffer = io.BytesIO()  # saved to a path, torch names the archive inside after it: a temporary name, new bytes
+    torch.save({"model": state}, buffer)  # each time; from a buffer the same weights give the same file and hash
+    write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
     index = folder / SHIPPED_INDEX
     rows = json.loads(index.read_text()) if index.is_file() else {}
     cfg = run.config
