@@ -1,6 +1,9 @@
 """Ship corpus-pretrained encoders inside the package: fp16 weights, index and model card.
 
-    python benchmarks/ship_encoders.py --corpus CORPUS --robust enc-eps1.pt --twin enc-eps0.pt
+    python benchmarks/ship_encoders.py --corpus CORPUS --robust enc-eps3.pt enc-eps1.pt --twin enc-eps0.pt
+
+The first --robust file is the one every recipe names; the others ship beside it (``train --eps E`` picks the
+one robust at E).
 
 The two files come from ``robust-ad encoder pretrain --corpus CORPUS --recipe pretrain --eps E`` (the
 benchmark's pretrained section makes them under benchmarks/results/encoders/). Writes
@@ -46,7 +49,8 @@ def _corpus_table(rows: list[dict]) -> str:
 
 
 def model_card(entries: dict[str, dict], corpus: Path, command: str, recipe: str, machine_name: str) -> str:
-    first = next(iter(entries.values()))["run"]
+    """The card of the shipped ``entries`` (the recipes' default first, the twin last)."""
+    default, first = next(iter(entries)), next(iter(entries.values()))["run"]
     cfg = first.config
     n_classes = first.proxy.n_labels
     manifest = list(csv.DictReader((corpus / "manifest.csv").open()))
@@ -68,8 +72,9 @@ def model_card(entries: dict[str, dict], corpus: Path, command: str, recipe: str
         )
     return f"""# Model card: robust-ad's shipped encoders
 
-Encoders that `robust-ad train` uses by default (every recipe names `{PREFIX}-eps1`; `--eps 0` takes its
-standard twin `{PREFIX}-eps0`; `--encoder scratch` trains one per category instead).
+Encoders that `robust-ad train` uses by default (every recipe names `{default}`; `--eps 0` takes its
+standard twin `{PREFIX}-eps0`, `--eps E` the one robust at E where one ships; `--encoder scratch` trains
+one per category instead).
 
 ## What they are
 - ResNet-18 at {cfg.width:g} x channel width, stages `conv1` … `{cfg.layer}` (what the recipes' decoders invert;
@@ -114,7 +119,9 @@ models; they saw no industrial images. Where a GPU and internet are available, t
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True)
-    parser.add_argument("--robust", type=Path, required=True, help="encoder pretrain file of the robust encoder")
+    parser.add_argument(
+        "--robust", type=Path, nargs="+", required=True, help="robust encoder pretrain files (first: default)"
+    )
     parser.add_argument("--twin", type=Path, required=True, help="encoder pretrain file of its eps 0 twin")
     parser.add_argument("--command", default="see benchmarks/RESULTS.md", help="the pretraining command, for the card")
     parser.add_argument("--recipe", default="pretrain", help="the pretraining recipe, for the card")
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     entries = {}
-    for path in (args.robust, args.twin):
+    for path in (*args.robust, args.twin):
         described = _describe(path, args.corpus)
         entries[f"{PREFIX}-eps{described['run'].config.eps:g}"] = {**described, "path": path}
     trained_on = {entry["machine"] or args.machine for entry in entries.values()}
