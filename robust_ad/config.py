@@ -92,6 +92,10 @@ class ScoringConfig(_Section):
     # nearest_pool x nearest_pool neighbourhood (1: none; PatchCore's locally aware patch features use 3)
     nearest_layers: list[str] = []
     nearest_pool: Annotated[int, Field(ge=1, le=15)] = 1
+    # the networks see each image enlarged this many times (bilinear), its maps brought back to the image size:
+    # finer feature grids for small images (PatchCore-class models resize to 224 px or more), at the square of
+    # the cost. The decoder, trained at the image size, reconstructs the larger image without retraining.
+    upsample: Annotated[int, Field(ge=1, le=4)] = 1
 
     @field_validator("weights")
     @classmethod

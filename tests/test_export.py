@@ -284,13 +284,15 @@ def test_example_script_scores_a_folder(onnx_file: Path, synth_root: Path, tmp_p
     np.testing.assert_allclose([float(line.split("\t")[1]) for line in lines], scores, atol=1e-3)
 
 
-def test_export_follows_nearest_vectors_joined_over_layers_and_pooled(synth_root: Path, tmp_path: Path) -> None:
-    """PatchCore-style nearest vectors (two layers joined, 3 x 3 means) export and pass the parity check."""
-    config = tiny_config(synth_root, scoring={"nearest_layers": ["layer1", "layer2"], "nearest_pool": 3})
+def test_export_follows_joined_pooled_nearest_vectors_and_enlarged_images(synth_root: Path, tmp_path: Path) -> None:
+    """PatchCore-style nearest vectors (two layers joined, 3 x 3 means) of images enlarged twice export and pass the
+    parity check."""
+    scoring = {"nearest_layers": ["layer1", "layer2"], "nearest_pool": 3, "upsample": 2}
+    config = tiny_config(synth_root, scoring=scoring)
     run = train(config, tmp_path / "run")
     meta = export(run, tmp_path / "model.onnx")  # export verifies against torch on the run's own images
     assert meta["parity_verdicts_identical"]
     scorer = rundir.load_scorer(run)
     assert scorer.memory_bank.shape[1] == sum(
-        scorer.model.features(torch.zeros(1, 3, 32, 32))[k].shape[1] for k in ("layer1", "layer2")
+        scorer.model.features(torch.zeros(1, 3, 64, 64))[k].shape[1] for k in ("layer1", "layer2")
     )

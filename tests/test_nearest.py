@@ -64,7 +64,7 @@ def test_nearest_features_join_layers_and_average_neighbourhoods(tiny_run: Path)
     assert torch.equal(default.nearest_features(feats), fine)  # default: the finest layer as it is
 
 
-@pytest.mark.parametrize("update", [{}, JOINED], ids=["finest", "joined"])
+@pytest.mark.parametrize("update", [{}, JOINED, {"upsample": 2}], ids=["finest", "joined", "upsampled"])
 @torch.no_grad()
 def test_calibration_banks_training_vectors_that_match_the_training_images(tiny_run: Path, update: dict) -> None:
     config = rundir.read_config(tiny_run)
@@ -72,18 +72,19 @@ def test_calibration_banks_training_vectors_that_match_the_training_images(tiny_
     settings = config.scoring.model_copy(update={"nearest_bank": 100, **update})
     scorer = AnomalyScorer(rundir.load_model(tiny_run), settings, 32)
     fit_training_statistics(scorer, train.split(8))
-    finest = scorer.nearest_features(scorer.model.features(train)).flatten(2).transpose(1, 2).flatten(0, 1)
+    seen = scorer.enlarge(train)  # as the networks see them
+    finest = scorer.nearest_features(scorer.model.features(seen)).flatten(2).transpose(1, 2).flatten(0, 1)
     assert scorer.memory_bank.shape == (100, finest.shape[1])
     exact = torch.cdist(scorer.memory_bank, finest, compute_mode="donot_use_mm_for_euclid_dist")
     assert (exact.amin(1) < 1e-5).all()  # every banked vector is a training one
     # with room for every vector, each training image finds itself: distance 0 everywhere
     scorer.config = settings.model_copy(update={"nearest_bank": len(finest)})
     fit_training_statistics(scorer, train.split(8))
-    own = scorer._nearest_distance(scorer.nearest_features(scorer.model.features(train[:4])))
-    assert (
-        own.max()
-        < 1e-3 * scorer._nearest_distance(scorer.nearest_features(scorer.model.features(train[:4].flip(3)))).mean()
+    own, flipped = (
+        scorer._nearest_distance(scorer.nearest_features(scorer.model.features(x)))
+        for x in (seen[:4], seen[:4].flip(3))
     )
+    assert own.max() < 1e-3 * flipped.mean()
 
 
 def test_nearest_follows_its_vectors_wherever_they_are(tiny_run: Path) -> None:
@@ -109,3 +110,24 @@ def test_a_scorer_without_nearest_keeps_no_bank_as_runs_trained_before_it(tiny_r
     assert "memory_bank" not in scorer.memory_statistics()
     fused, _, _, _ = scorer(train[:2])
     assert torch.isfinite(fused).all()
+
+
+@torch.no_grad()
+def test_upsample_scores_enlarged_images_and_maps_them_at_the_input_size(tiny_run: Path) -> None:
+    config = rundir.read_config(tiny_run)
+    train = to_tensor(load_split(open_dataset(config), "train", config).images)
+    scorer = AnomalyScorer(rundir.load_model(tiny_run), config.scoring.model_copy(update={"upsample": 2}), 32)
+    fit_training_statistics(scorer, train.split(8))
+    features = scorer.model.features(torch.zeros(1, 3, 64, 64))  # the statistics are of 64 px images
+    assert scorer.memory_mean_layer1.shape == features["layer1"].shape[1:]
+    fused, _, _, x_hat = scorer(train[:3])
+    assert fused.shape == (3, 32, 32) and x_hat.shape == (3, 3, 32, 32)
+    # the same terms as a scorer of 64 px images with those statistics, given the enlarged images
+    plain = AnomalyScorer(rundir.load_model(tiny_run), config.scoring, 64)
+    plain.load_memory(scorer.memory_statistics())
+    plain.colour_offset.copy_(scorer.colour_offset)
+    terms, _ = scorer._terms(train[:3])
+    expected, _ = plain._terms(scorer.enlarge(train[:3]))
+    for name in scorer.components:
+        for got, want in zip(terms[name], expected[name], strict=True):
+            torch.testing.assert_close(got, want)

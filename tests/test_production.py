@@ -45,6 +45,7 @@ def _copy_run(run: Path, to: Path) -> Path:
         ("scoring", "threshold_quantile", 7, "scoring.threshold_quantile = 7 is not valid"),
         ("data", "image_size", "32", "data.image_size = '32' is not valid: Input should be a valid integer"),
         ("scoring", "nearest_pool", 2, "scoring.nearest_pool = 2 is not valid: must be odd, got 2"),
+        ("scoring", "upsample", 0, "scoring.upsample = 0 is not valid: Input should be greater than or equal to 1"),
         ("scoring", "nearest_layers", ["layer4"], "scoring.nearest_layers ['layer4'] are not among encoder.feature"),
     ],
 )

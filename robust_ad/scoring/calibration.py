@@ -30,7 +30,7 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     n = 0
     pool = ReservoirSample(10 * scorer.config.nearest_bank) if "nearest" in scorer.components else None
     for images in batches:
-        images = images.to(device)
+        images = scorer.enlarge(images.to(device))  # as the networks see them
         feats = scorer.model.features(images)
         if scorer.config.remove_colour_cast:  # the decoder runs only to measure the cast
             cast += (scorer.reconstruction(feats, images.shape[-2:]) - images).mean((2, 3)).double().sum(0)

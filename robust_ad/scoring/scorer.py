@@ -14,6 +14,10 @@ Components (each a per-pixel map at the input's size, smoothed):
   needs no alignment: a texture or part that has moved still finds its match, and a patch whose texture is
   missing (features near the mean, which a Gaussian scores as typical) finds none.
 
+With ``scoring.upsample`` k > 1 the networks see each image enlarged k times (bilinear) and every map is brought
+back to the image's size: a finer grid of feature vectors for small images (the feature statistics and the bank are
+of the enlarged training images).
+
 The reconstruction is the decoder's output less its colour cast: the mean per-channel difference between
 reconstructions and images over the normal training images (``colour_offset``, fitted in calibration). A cast is
 the same for every image, so removing it cannot hide a defect that changes one part's colour; left in, it
@@ -92,7 +96,7 @@ class AnomalyScorer(nn.Module):
         # SSIM_CHANNELS filtered in one go (_ssim), built once: not saved, not loaded
         window = get_gaussian_kernel1d(config.ssim_window, 1.5).view(1, 1, 1, -1).repeat(SSIM_CHANNELS, 1, 1, 1)
         self.register_buffer("ssim_window", window, persistent=False)
-        shapes = self._feature_shapes((train_size, train_size))
+        shapes = self._feature_shapes((train_size, train_size))  # of the enlarged images (upsample)
         for layer in self.layers:
             self.register_buffer(f"memory_mean_{layer}", torch.zeros(shapes[layer]))
             self.register_buffer(f"memory_var_{layer}", torch.ones(shapes[layer]))
@@ -100,10 +104,19 @@ class AnomalyScorer(nn.Module):
             self._set_bank(torch.zeros(0, sum(shapes[k][0] for k in self.nearest_layers)))
 
     def _feature_shapes(self, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        """The feature shapes of images of ``size`` (before :meth:`enlarge`)."""
         with torch.no_grad():
             device = next(self.model.parameters()).device
-            feats = self.model.eval().features(torch.zeros(1, 3, *size, device=device))
+            feats = self.model.eval().features(self.enlarge(torch.zeros(1, 3, *size, device=device)))
         return {layer: tuple(feats[layer].shape[1:]) for layer in self.layers}
+
+    def enlarge(self, x: torch.Tensor) -> torch.Tensor:
+        """The images as the networks see them: enlarged ``upsample`` times (bilinear), or as they are."""
+        factor = self.config.upsample
+        if factor == 1:
+            return x
+        size = (int(x.shape[-2]) * factor, int(x.shape[-1]) * factor)  # ints: fixed sizes in exported graphs
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def resample_memory(self, size: tuple[int, int]) -> None:
         """Resample the memory statistics to the feature maps of ``size`` inputs once, as every call would (a
@@ -135,9 +148,11 @@ class AnomalyScorer(nn.Module):
         return rows.T @ maps @ cols
 
     def _terms(self, x: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
-        """Per active component, its raw maps (N, 1, h, w): one at the input's size (pixel, ssim) or one per
-        feature layer at that layer's resolution (feature, memory), each component the mean of its maps once
-        resampled to the input's size; and the reconstruction."""
+        """Per active component, its raw maps (N, 1, h, w): one at the (enlarged) input's size (pixel, ssim) or one
+        per feature layer at that layer's resolution (feature, memory, nearest), each component the mean of its maps
+        once resampled to the input's size; and the reconstruction, at the input's size."""
+        size = x.shape[-2:]
+        x = self.enlarge(x)
         feats = self._features(x)
         x_hat = self.reconstruction(feats, x.shape[-2:])
         terms = {}
@@ -153,7 +168,7 @@ class AnomalyScorer(nn.Module):
                 terms[name] = [self._nearest_distance(self.nearest_features(feats))]
             else:
                 terms[name] = [self._memory_distance(feats[k], k) for k in self.layers]
-        return terms, x_hat
+        return terms, _resize(x_hat, size)
 
     def component_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (unstandardised) smoothed maps (N, K, H, W) of the active components, and the reconstruction."""
