@@ -5,7 +5,8 @@
 The pretrained section of benchmarks/run.py fuses the five score components with equal weights. Which of
 them to use is a choice; made on the test images it would flatter whoever is compared. Here each pretrained
 encoder (the eps sweep of that section: benchmarks/results/encoders/enc-eps<E>.pt) gets a decoder per
-example category on data of another seed (seed 1; the benchmark's is seed 0), every non-empty subset of the
+example category (trained as long as that section's) on data of another seed (seed 1; the benchmark's is
+seed 0), every non-empty subset of the
 components, equally weighted, is scored there, and the subset with the best mean image AUROC is then measured
 on the benchmark's own runs of every other data seed (benchmarks/results/runs/<category>-pretrained_eps=<E>
 for seed 0, ...-seed<N> for the section's other seeds). Run the pretrained section first.
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
         encoder = {**profile["encoder"], "weights": str(weights), "width": EncoderRun.load(weights)[0].config.width}
         scores = {"+".join(subset): [] for subset in SUBSETS}
         for category in settings["categories"]:
-            config = bench._config(profile, args.work / "data", category, eps, encoder=encoder)
+            autoencoder = {**profile["autoencoder"], "epochs": bench._decoder_epochs(profile)}  # the section's
+            config = bench._config(profile, args.work / "data", category, eps, encoder=encoder, autoencoder=autoencoder)
             run = api.train(config, args.work / "runs" / f"{category}-eps{eps:g}", force=True)
             for row in bench._component_rows(run, SUBSETS):
                 scores[row["components"]].append(row["image_auroc"])
