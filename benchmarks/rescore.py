@@ -2,6 +2,10 @@
 and per encoder and category the mean over data seeds against the leading anomalib peers' (results.json).
 
     python benchmarks/rescore.py benchmarks/results/runs/*-pretrained_eps=[0-9]* --set upsample=2
+    python benchmarks/rescore.py RUNS --base 'weights={pixel: 1, ssim: 1, feature: 1, memory: 1, nearest: 1}' \
+        --set upsample=2
+
+--base changes both rows (e.g. runs trained before a component existed); --set only the second.
 
 A run named CATEGORY-VARIANT[-seedN] counts towards VARIANT's mean for CATEGORY. Prints one JSON line per run,
 then one per (variant, category) mean, then the verdicts.
@@ -28,17 +32,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--set", dest="settings", type=_setting, action="append", required=True, help="KEY=VALUE")
+    parser.add_argument("--base", type=_setting, action="append", default=[], help="KEY=VALUE, in both rows")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results.json"), help="for the peers")
     args = parser.parse_args()
-    update = dict(args.settings)
+    base, update = dict(args.base), dict(args.settings)
     label = ", ".join(f"{k}={v}" for k, v in update.items())
     means: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in args.runs:
         category, variant = re.sub(r"-seed\d+$", "", run.name).split("-", 1)
-        (_, before), (_, after) = recalibrated_detection(run, [{}, update])
-        row = {"run": run.name, "as trained": before["image_auroc"], label: after["image_auroc"]}
+        (_, before), (_, after) = recalibrated_detection(run, [base, {**base, **update}])
+        row = {"run": run.name, "before": before["image_auroc"], label: after["image_auroc"]}
         print(json.dumps(row), flush=True)
-        for key in ("as trained", label):
+        for key in ("before", label):
             means[(variant, category)][key].append(row[key])
     results = json.loads(args.results.read_text())
     seed0 = [row for row in results["peers"]["rows"] if "error" not in row]
