@@ -6,6 +6,7 @@ for a GPU (benchmarks/gpu_denoise.sh runs it there).
 
     python benchmarks/denoise_epochs.py --category bottle --eps 1 --epochs 200 2000 --device cuda \
         --encoders benchmarks/results/encoders --out /tmp/denoise_epochs.jsonl
+    python benchmarks/denoise_epochs.py ... --noise gaussian      # one noise type instead of the blind five
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs="+", required=True)
     parser.add_argument("--encoders", type=Path, required=True, help="folder of enc-eps<E>.pt files")
     parser.add_argument("--depth", type=int, default=0, help="denoise.depth: residual blocks at half resolution")
+    parser.add_argument("--noise", nargs="+", help="denoise.noises to train on (default: the recipe's, all five)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=Path("/tmp/denoise-epochs"), help="data and runs (replaced)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines file to append to")
@@ -51,11 +53,17 @@ def main() -> None:
             device=args.device,
             mode="denoise",
             encoder=encoder,
-            denoise={"architecture": "skip", "epochs": epochs, "depth": args.depth},
+            denoise={
+                "architecture": "skip",
+                "epochs": epochs,
+                "depth": args.depth,
+                **({"noises": args.noise} if args.noise else {}),
+            },
         )
         began = time.perf_counter()
         run = api.train(config, work / f"run-{epochs}", force=True)
         row = {"category": args.category, "eps": args.eps, "epochs": epochs, "depth": args.depth, "encoder": str(path)}
+        row |= {"noises": config.denoise.noises}
         row |= {"minutes": round((time.perf_counter() - began) / 60, 2), "machine": machine.describe()}
         row |= {f"sigma{sigma}": psnr for sigma, psnr in network_psnr(rundir.load_model(run), config).items()}
         with args.out.open("a") as handle:
