@@ -72,6 +72,9 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
     else:  # with the bench extra, the quick profile's peers ran and sit in the table beside robust-ad
         assert {row["model"] for row in results["peers"]["rows"]} == {"Padim", "Ganomaly"}
         assert "| Padim | bottle |" in text
+        # the leading peers on the other data seeds, against the pretrained encoders' means over seeds
+        assert {(row["model"], row["seed"]) for row in results["peer_seeds"]["rows"]} == {("Padim", 1)}
+        assert "On the mean over 2 seeds, against the best of these peers: pretrained eps=0: beats" in text
 
 
 def test_peer_predictions_are_scored_like_robust_ad(synth_root: Path) -> None:
