@@ -8,7 +8,7 @@ and per encoder and category the mean over data seeds against the leading anomal
 --base changes both rows (e.g. runs trained before a component existed); --set only the second.
 
 A run named CATEGORY-VARIANT[-seedN] counts towards VARIANT's mean for CATEGORY. Prints one JSON line per run,
-then one per (variant, category) mean, then the verdicts.
+then one per (variant, category): its means before and after, and the best peer's mean over seeds.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Ship corpus-pretrained encoders inside the package: fp16 weights, index and model card.
 
-    python benchmarks/ship_encoders.py --corpus CORPUS --robust enc-eps3.pt enc-eps1.pt --twin enc-eps0.pt
+    python benchmarks/ship_encoders.py --corpus CORPUS --robust enc-eps1.pt enc-eps3.pt --twin enc-eps0.pt
 
 The first --robust file is the one every recipe names; the others ship beside it (``train --eps E`` picks the
 one robust at E).
 
-The two files come from ``robust-ad encoder pretrain --corpus CORPUS --recipe pretrain --eps E`` (the
+The files come from ``robust-ad encoder pretrain --corpus CORPUS --recipe pretrain --eps E`` (the
 benchmark's pretrained section makes them under benchmarks/results/encoders/). Writes
 robust_ad/encoders/<name>.pt, index.json and MODEL_CARD.md (corpus and licences, eps, held-out clean and PGD
 accuracy, command, time and machine). Maintainers run this; users get the result with the package.
