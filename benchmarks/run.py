@@ -88,8 +88,8 @@ PROFILES = {
             "categories": ["bottle", "fabric", "gravel"],
             "finetune_epochs": 5,
             "attack": {"steps": 10, "restarts": 1},
-            # Example data of other seeds too, pretrained encoders only: robust against its twin is within the
-            # spread between data seeds at this scale (benchmarks/score_weights.py), so it is judged on the mean.
+            # Example data of other seeds too, pretrained encoders only (and fine-tuned): robust against its twin is
+            # within the spread between data seeds at this scale (benchmarks/score_weights.py): judged on the mean.
             "seeds": [0, 1, 2],
             # Decoder epochs here (the sections above: 15). At 15 the decoders were still learning the pretrained
             # features (benchmarks/decoder_probe.py: colour error and AUROC both better at 45); the example
@@ -439,8 +439,16 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
             rows.append({**_variant(profile, root, category, name, encoder, eps, run), "eps": eps})
             if name in pretrained:  # where robustness helps, component by component
                 components += [{"encoder": name, **row} for row in _component_rows(run)]
-    seeds = _other_seeds(profile, root, runs, out, pretrained)
-    return {"corpus": str(corpus), "encoders": encoders, "detection": rows, "components": components, "seeds": seeds}
+    seeds = _other_seeds(profile, root, runs, out, {k: v for k, v in variants.items() if k != "scratch"})
+    fusion = load_config("synthetic").scoring.score_fusion
+    return {
+        "corpus": str(corpus),
+        "encoders": encoders,
+        "detection": rows,
+        "components": components,
+        "seeds": seeds,
+        "score_fusion": fusion,
+    }
 
 
 def _seed_data(profile: dict, root: Path, out: Path) -> list[tuple[int, str, Path]]:
@@ -457,7 +465,8 @@ def _seed_data(profile: dict, root: Path, out: Path) -> list[tuple[int, str, Pat
 
 
 def _other_seeds(profile: dict, root: Path, runs: Path, out: Path, variants: dict) -> list[dict]:
-    """The pretrained ``variants`` on example data of the settings' other seeds (none on a user's own data)."""
+    """The pretrained ``variants`` (fine-tuned too) on example data of the settings' other seeds (none on a user's
+    own data)."""
     rows = []
     for seed, category, data in _seed_data(profile, root, out):
         for name, (encoder, eps) in variants.items():
@@ -675,8 +684,8 @@ def _pretrained_report(results: dict) -> list[str]:
         "photograph), PGD L2 with the steps and restarts of the settings.",
         _table(encoders, ["eps", "n_classes", "clean_acc", *attacks, "epochs", "minutes"]),
         f"Detection (decoder trained per category on each encoder for {_decoder_epochs(results['profile'])} "
-        f"epochs; otherwise the settings of the sections above; score: {', '.join(COMPONENTS)} fused with equal "
-        "weights):",
+        f"epochs; otherwise the settings of the sections above; score: {', '.join(COMPONENTS)} with equal "
+        f"weights, score_fusion {section.get('score_fusion', 'map')}):",
         _table(rows, ["category", "encoder", "eps", *DETECTION_COLUMNS]),
         f"Goals (image AUROC): {robust} beats per-category from scratch on {wins('scratch')}; beats its "
         f"standard twin on {wins(TWIN)}; worst colour error {colour:.2f}/255 as scoring has it (goal 2; the "

@@ -81,7 +81,11 @@ class ScoringConfig(_Section):
     weights: dict[str, NonNegative] = {"pixel": 1.0, "ssim": 1.0, "feature": 1.0, "memory": 1.0, "nearest": 1.0}
     smoothing_sigma: NonNegative = 4.0  # pixels at the model's image size
     ssim_window: Annotated[int, Field(ge=3, le=63)] = 11
-    image_score: Literal["max", "topk"] = "max"
+    image_score: Literal["max", "topk"] = "max"  # how a map becomes an image score: its maximum, or top-k mean
+    # how the image score comes from the components: "components", each component's own image score standardised
+    # on the held-out normal images and the largest (weighted) taken: an alarm from whichever component sees
+    # the defect, each on its own normal spread; "map": the score of the fused map (the heat map either way)
+    score_fusion: Literal["components", "map"] = "components"
     topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
     threshold_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99  # of normalised scores of held-out normals
     remove_colour_cast: bool = True  # the decoder's mean colour cast on the training images (calibration)

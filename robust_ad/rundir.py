@@ -55,6 +55,9 @@ class Component(_Record):
     weight: Finite
     mean: Finite
     std: PositiveFinite
+    # its image scores over the held-out normal images (score_fusion "components"); none before they were fitted
+    score_mean: Finite | None = None
+    score_std: PositiveFinite | None = None
 
 
 class Calibration(_Record):
@@ -67,6 +70,7 @@ class Calibration(_Record):
     map_vmax: PositiveFinite  # heat-map colour scale (normal std units)
     components: dict[str, Component]
     image_score: str
+    score_fusion: str = "map"  # calibrations written before score_fusion existed scored the fused map
     image_size: int
     normal_scores: list[Finite]  # normalised scores of the held-out normal images
     train_aspect_ratio: PositiveFinite = 1.0
@@ -109,7 +113,11 @@ def read_config(run_dir: str | Path) -> Config:
     if not path.is_file():
         raise ModelError(f"{run_dir} is not a robust-ad run folder (no {CONFIG})")
     try:
-        return config_from_dict(yaml.safe_load(path.read_text()), str(path))
+        values = yaml.safe_load(path.read_text())
+        if isinstance(values, dict) and isinstance(values.get("scoring"), dict):
+            # runs written before score_fusion existed were calibrated on the fused map, and score as they did
+            values["scoring"].setdefault("score_fusion", "map")
+        return config_from_dict(values, str(path))
     except yaml.YAMLError as exc:
         raise ModelError(f"{path}: unreadable run configuration ({str(exc).splitlines()[0]})") from exc
     except ConfigError as exc:

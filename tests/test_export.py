@@ -284,10 +284,10 @@ def test_example_script_scores_a_folder(onnx_file: Path, synth_root: Path, tmp_p
     np.testing.assert_allclose([float(line.split("\t")[1]) for line in lines], scores, atol=1e-3)
 
 
-def test_export_follows_joined_pooled_nearest_vectors_and_enlarged_images(synth_root: Path, tmp_path: Path) -> None:
-    """PatchCore-style nearest vectors (two layers joined, 3 x 3 means) of images enlarged twice export and pass the
-    parity check."""
-    scoring = {"nearest_layers": ["layer1", "layer2"], "nearest_pool": 3, "upsample": 2}
+def test_export_follows_nearest_vectors_enlarged_images_and_map_fusion(synth_root: Path, tmp_path: Path) -> None:
+    """PatchCore-style nearest vectors (two layers joined, 3 x 3 means) of images enlarged twice, scored on the fused
+    map, export and pass the parity check."""
+    scoring = {"nearest_layers": ["layer1", "layer2"], "nearest_pool": 3, "upsample": 2, "score_fusion": "map"}
     config = tiny_config(synth_root, scoring=scoring)
     run = train(config, tmp_path / "run")
     meta = export(run, tmp_path / "model.onnx")  # export verifies against torch on the run's own images

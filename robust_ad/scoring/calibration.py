@@ -54,6 +54,21 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
         scorer.colour_offset.copy_(cast / n)
 
 
+def fit_normalisation(scorer: AnomalyScorer, maps: torch.Tensor) -> torch.Tensor:
+    """From the component maps (N, K, H, W) of held-out normal images, on the scorer's device: each component's
+    pixel mean and std (the fused map), the mean and std of each component's image scores (score_fusion
+    'components'), and of the raw image scores. Returns their fused maps (N, H, W) and normalised scores (N,)."""
+    scorer.map_mean.copy_(maps.mean((0, 2, 3)))
+    scorer.map_std.copy_(maps.std((0, 2, 3)).clamp_min(1e-8))
+    component_scores = scorer.component_scores(maps)
+    scorer.component_score_mean.copy_(component_scores.mean(0))
+    scorer.component_score_std.copy_(component_scores.std(0, correction=0).clamp_min(1e-6))
+    raw = scorer.image_raw(maps)
+    scorer.score_mean.fill_(float(raw.mean()))
+    scorer.score_std.fill_(float(raw.std(correction=0).clamp_min(1e-6)))
+    return scorer.fuse(maps), (raw - scorer.score_mean) / scorer.score_std
+
+
 @torch.no_grad()
 @full_float32()
 def calibrate(
@@ -70,25 +85,27 @@ def calibrate(
     maps = torch.cat(
         [scorer.component_maps(x_val[s : s + batch_size].to(device))[0].cpu() for s in range(0, len(x_val), batch_size)]
     )
-    scorer.map_mean.copy_(maps.mean((0, 2, 3)))
-    scorer.map_std.copy_(maps.std((0, 2, 3)).clamp_min(1e-8))
-    fused = scorer.fuse(maps.to(device)).cpu()
-    raw = scorer.raw_score(fused)
-    scorer.score_mean.fill_(float(raw.mean()))
-    scorer.score_std.fill_(float(raw.std(correction=0).clamp_min(1e-6)))
-    normalised = ((raw - scorer.score_mean.cpu()) / scorer.score_std.cpu()).numpy()
+    fused, normalised = (t.cpu() for t in fit_normalisation(scorer, maps.to(device)))
     quantile = scorer.config.threshold_quantile
+    statistics = {
+        "weight": scorer.weights,
+        "mean": scorer.map_mean,
+        "std": scorer.map_std,
+        "score_mean": scorer.component_score_mean,
+        "score_std": scorer.component_score_std,
+    }
     return {
-        "threshold": float(np.quantile(normalised, quantile)),
+        "threshold": float(np.quantile(normalised.numpy(), quantile)),
         "threshold_rule": f"quantile {quantile} of the normalised scores of {len(val_images)} held-out normal images",
         "score_mean": float(scorer.score_mean),
         "score_std": float(scorer.score_std),
         "map_vmax": float(torch.quantile(fused.flatten()[:: max(1, fused.numel() // 1_000_000)], 0.999)) * 2,
         "components": {
-            name: {"weight": float(w), "mean": float(m), "std": float(s)}
-            for name, w, m, s in zip(scorer.components, scorer.weights, scorer.map_mean, scorer.map_std, strict=True)
+            name: {key: float(values[k]) for key, values in statistics.items()}
+            for k, name in enumerate(scorer.components)
         },
         "image_score": scorer.config.image_score,
+        "score_fusion": scorer.config.score_fusion,
         "image_size": scorer.train_size,
         "colour_offset": [float(v) for v in scorer.colour_offset],
         "normal_scores": [float(v) for v in normalised],

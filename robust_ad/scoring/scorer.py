@@ -24,12 +24,19 @@ the same for every image, so removing it cannot hide a defect that changes one p
 would be a residual on every normal pixel.
 
 Each component is standardised by its mean and standard deviation over held-out normal pixels, then
-the maps are fused with the recipe weights. The image score is the max (or top-k mean) of the fused
-map, standardised by the scores of held-out normal images: the *normalised score*.
+the maps are fused with the recipe weights: the heat map. The image score (``scoring.score_fusion``):
 
-Scoring (``forward``) computes that fused map in fewer operations than calibration, which needs each smoothed
-component (``component_maps``): standardising and weighting are affine, resampling and smoothing linear and
-constant-preserving, so the terms are weighted and summed at each resolution first, then resampled and
+- ``components`` (default): each component's own image score (the max, or top-k mean, of its map), standardised
+  by its mean and standard deviation over the held-out normal images, the largest (times its weight) taken. A
+  component whose maxima spread widely over normal images (SSIM on a texture) then cannot drown the one that
+  sees the defect, which the fused map lets it do (``benchmarks/rescore.py``, README).
+- ``map``: the max (or top-k mean) of the fused map.
+
+Either is then standardised by the scores of held-out normal images: the *normalised score*.
+
+With ``map``, scoring (``forward``) computes the fused map in fewer operations than calibration, which needs each
+smoothed component (``component_maps``): standardising and weighting are affine, resampling and smoothing linear
+and constant-preserving, so the terms are weighted and summed at each resolution first, then resampled and
 smoothed once (one channel instead of one per component; the same map up to rounding).
 """
 
@@ -89,6 +96,9 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("weights", weights / weights.sum())
         self.register_buffer("map_mean", torch.zeros(len(self.components)))
         self.register_buffer("map_std", torch.ones(len(self.components)))
+        # each component's image score over the held-out normal images (score_fusion "components")
+        self.register_buffer("component_score_mean", torch.zeros(len(self.components)))
+        self.register_buffer("component_score_std", torch.ones(len(self.components)))
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
         self.register_buffer("colour_offset", torch.zeros(3))  # the decoder's colour cast (calibration.json)
@@ -271,10 +281,27 @@ class AnomalyScorer(nn.Module):
         k = max(1, int(flat.shape[1] * self.config.topk_fraction))
         return flat.topk(k, dim=1).values.mean(1)
 
+    def component_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """Each component's image score (N, K) from ``component_maps``: ``raw_score`` of its map (standardising the
+        map first would not change it after :meth:`image_raw` standardises the scores)."""
+        n, k = maps.shape[:2]
+        return self.raw_score(maps.flatten(0, 1)).view(n, k)
+
+    def image_raw(self, maps: torch.Tensor) -> torch.Tensor:
+        """The raw image score (N,) from ``component_maps`` (``scoring.score_fusion``)."""
+        if self.config.score_fusion == "map":
+            return self.raw_score(self.fuse(maps))
+        standardised = (self.component_scores(maps) - self.component_score_mean) / self.component_score_std
+        return (standardised * self.weights).amax(1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(anomaly map, normalised score, raw score, reconstruction)."""
-        fused, x_hat = self.fused_map(x)
-        raw = self.raw_score(fused)
+        if self.config.score_fusion == "map":
+            fused, x_hat = self.fused_map(x)
+            raw = self.raw_score(fused)
+        else:
+            maps, x_hat = self.component_maps(x)
+            fused, raw = self.fuse(maps), self.image_raw(maps)
         return fused, (raw - self.score_mean) / self.score_std, raw, x_hat
 
     def memory_statistics(self) -> dict[str, torch.Tensor]:
@@ -302,6 +329,11 @@ class AnomalyScorer(nn.Module):
             raise KeyError(f"calibrated components {list(components)} instead of {self.components}")
         self.map_mean.copy_(torch.tensor([components[c]["mean"] for c in self.components]))
         self.map_std.copy_(torch.tensor([components[c]["std"] for c in self.components]))
+        if self.config.score_fusion == "components":
+            if any(components[c].get("score_mean") is None for c in self.components):
+                raise KeyError("no component score statistics in the calibration (score_fusion 'map' only)")
+            self.component_score_mean.copy_(torch.tensor([components[c]["score_mean"] for c in self.components]))
+            self.component_score_std.copy_(torch.tensor([components[c]["score_std"] for c in self.components]))
         self.score_mean.fill_(calibration["score_mean"])
         self.score_std.fill_(calibration["score_std"])
         self.colour_offset.copy_(torch.tensor(calibration["colour_offset"]))
