@@ -77,7 +77,8 @@ class AutoencoderConfig(_Section):
 
 
 class ScoringConfig(_Section):
-    # each component's weight in the fused map (what each measures: robust_ad/scoring/scorer.py); 0 or absent: unused
+    # each component's weight in the fused map and on its standardised image score (what each measures:
+    # robust_ad/scoring/scorer.py); 0 or absent: unused
     weights: dict[str, NonNegative] = {"pixel": 1.0, "ssim": 1.0, "feature": 1.0, "memory": 1.0, "nearest": 1.0}
     smoothing_sigma: NonNegative = 4.0  # pixels at the model's image size
     ssim_window: Annotated[int, Field(ge=3, le=63)] = 11

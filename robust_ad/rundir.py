@@ -16,7 +16,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -69,8 +69,8 @@ class Calibration(_Record):
     score_std: PositiveFinite
     map_vmax: PositiveFinite  # heat-map colour scale (normal std units)
     components: dict[str, Component]
-    image_score: str
-    score_fusion: str = "map"  # calibrations written before score_fusion existed scored the fused map
+    image_score: Literal["max", "topk"]
+    score_fusion: Literal["components", "map"] = "map"  # calibrations written before it existed scored the fused map
     image_size: int
     normal_scores: list[Finite]  # normalised scores of the held-out normal images
     train_aspect_ratio: PositiveFinite = 1.0

@@ -154,8 +154,14 @@ def test_runs_calibrated_before_score_fusion_existed_score_as_they_did(tiny_run:
     torch.testing.assert_close(raw, fused.flatten(1).amax(1))
     config["scoring"]["score_fusion"] = "components"  # asked for, yet not calibrated for: refused in one line
     (old / rundir.CONFIG).write_text(yaml.safe_dump(config))
-    with pytest.raises(ModelError, match="no component score statistics"):
+    with pytest.raises(ModelError, match="calibrated with score_fusion 'map', configured 'components'"):
         rundir.load_scorer(old)
+    new = tmp_path / "new"  # and the other way round: the score statistics are of the other score
+    shutil.copytree(tiny_run, new)
+    config["scoring"]["score_fusion"] = "map"
+    (new / rundir.CONFIG).write_text(yaml.safe_dump(config))
+    with pytest.raises(ModelError, match="calibrated with score_fusion 'components', configured 'map'"):
+        rundir.load_scorer(new)
 
 
 def test_smoothing_is_the_gaussian_blur_with_reflected_borders() -> None:

@@ -324,14 +324,16 @@ class AnomalyScorer(nn.Module):
 
     def load_normalisation(self, calibration: dict) -> None:
         """Component and score normalisation from a calibration record (calibration.json)."""
+        for key in ("image_score", "score_fusion"):  # the score statistics below are of the calibration's scores
+            calibrated, configured = calibration[key], getattr(self.config, key)
+            if calibrated != configured:
+                raise KeyError(f"calibrated with {key} {calibrated!r}, configured {configured!r}")
         components = calibration["components"]
         if list(components) != self.components:
             raise KeyError(f"calibrated components {list(components)} instead of {self.components}")
         self.map_mean.copy_(torch.tensor([components[c]["mean"] for c in self.components]))
         self.map_std.copy_(torch.tensor([components[c]["std"] for c in self.components]))
         if self.config.score_fusion == "components":
-            if any(components[c].get("score_mean") is None for c in self.components):
-                raise KeyError("no component score statistics in the calibration (score_fusion 'map' only)")
             self.component_score_mean.copy_(torch.tensor([components[c]["score_mean"] for c in self.components]))
             self.component_score_std.copy_(torch.tensor([components[c]["score_std"] for c in self.components]))
         self.score_mean.fill_(calibration["score_mean"])
