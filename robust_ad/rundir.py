@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from robust_ad import __version__
 from robust_ad.config import Config, config_from_dict
@@ -78,6 +78,13 @@ class Calibration(_Record):
     # every reconstruction in scoring; none in calibrations written before it was fitted
     colour_offset: list[Finite] = [0.0, 0.0, 0.0]
     previous_thresholds: list[dict[str, Any]] = []  # what 'robust-ad threshold' replaced, newest last
+
+    @model_validator(mode="after")
+    def _component_scores_fitted(self) -> Calibration:
+        missing = [k for k, c in self.components.items() if c.score_mean is None or c.score_std is None]
+        if self.score_fusion == "components" and missing:
+            raise ValueError(f"score_fusion 'components' without the score statistics of {', '.join(missing)}")
+        return self
 
 
 class TrainingInfo(_Record):
@@ -171,6 +178,8 @@ def _record(cls: type[BaseModel], path: Path) -> Any:
         return cls.model_validate(_read_json(path))
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a rule across keys (a model validator)
+            raise ModelError(f"{path}: {first['msg'].removeprefix('Value error, ')}") from None
         key = ".".join(str(part) for part in first["loc"])
         raise ModelError(f"{path}: '{key}' is {first.get('input')!r}: {first['msg']}") from None
 

@@ -162,6 +162,11 @@ def test_runs_calibrated_before_score_fusion_existed_score_as_they_did(tiny_run:
     (new / rundir.CONFIG).write_text(yaml.safe_dump(config))
     with pytest.raises(ModelError, match="calibrated with score_fusion 'components', configured 'map'"):
         rundir.load_scorer(new)
+    calibration["score_fusion"] = "components"  # a hand-edited file: said, yet without the statistics
+    (old / rundir.CALIBRATION).write_text(json.dumps(calibration))
+    message = r"calibration.json: score_fusion 'components' without the score statistics of pixel, ssim, feature, m"
+    with pytest.raises(ModelError, match=message):
+        rundir.read_calibration(old)
 
 
 def test_smoothing_is_the_gaussian_blur_with_reflected_borders() -> None:

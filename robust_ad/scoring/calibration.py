@@ -54,7 +54,7 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
         scorer.colour_offset.copy_(cast / n)
 
 
-def fit_normalisation(scorer: AnomalyScorer, maps: torch.Tensor) -> torch.Tensor:
+def fit_normalisation(scorer: AnomalyScorer, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """From the component maps (N, K, H, W) of held-out normal images, on the scorer's device: each component's
     pixel mean and std (the fused map), the mean and std of each component's image scores (score_fusion
     'components'), and of the raw image scores. Returns their fused maps (N, H, W) and normalised scores (N,)."""
