@@ -425,7 +425,8 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
             result = evaluate_encoder(run, held_out, eps=attack, seed=1, **settings["attack"])
             row["clean_acc"], row[f"pgd_acc@{attack:g}"] = result["clean_acc"], result["pgd_acc"]
         encoders.append(row)
-    recipe_eps = load_config("synthetic").encoder.eps
+    recipe = load_config("synthetic")  # the example recipe every variant starts from (_config)
+    recipe_eps = recipe.encoder.eps
     variants = {"scratch": ({}, recipe_eps)}
     for eps, path in paths.items():
         variants[f"pretrained eps={eps:g}"] = ({"weights": str(path)}, eps)
@@ -440,14 +441,13 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
             if name in pretrained:  # where robustness helps, component by component
                 components += [{"encoder": name, **row} for row in _component_rows(run)]
     seeds = _other_seeds(profile, root, runs, out, {k: v for k, v in variants.items() if k != "scratch"})
-    fusion = load_config("synthetic").scoring.score_fusion
     return {
         "corpus": str(corpus),
         "encoders": encoders,
         "detection": rows,
         "components": components,
         "seeds": seeds,
-        "score_fusion": fusion,
+        "score_fusion": recipe.scoring.score_fusion,
     }
 
 
