@@ -348,6 +348,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad.training.autoencoder import colour_error
     from robust_ad.training.build import build_autoencoder
     from robust_ad.training.engine import effective_precision
+    from robust_ad.training.weights import load_encoder_weights
     from robust_ad.viz import reconstruction_grid
 
     run_dir = Path(out)
@@ -358,6 +359,8 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     device = resolve_device(config.device)
     seed_everything(config.seed)  # the initial weights too: the same config trains the same model in any process
     model = build_autoencoder(config)  # checks the backbone's layer names before any work
+    if config.encoder.weights:  # a file that does not fit the recipe's encoder: refused before the run folder is made
+        load_encoder_weights(model.encoder, config.encoder.weights)
     dataset = open_dataset(config)
     config = config.model_copy(update={"data_root": str(dataset.root)})
     read = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]

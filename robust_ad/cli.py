@@ -169,6 +169,7 @@ RECIPE = typer.Option(None, "--recipe", help="Recipe YAML path or name from reci
 DATA_ROOT = typer.Option(None, "--data-root", help="Dataset root (MVTec AD, VisA or folder layout).")
 EPS = typer.Option(None, "--eps", help="PGD radius of robust training on [0, 1] images; 0 = standard baseline.")
 BACKBONE = typer.Option(None, "--backbone", help="resnet18, resnet50, wide_resnet50_2, vgg16 or alexnet.")
+WIDTH = typer.Option(None, "--width", help="Channel multiplier of the backbone (1: torchvision's widths).")
 EPOCHS = typer.Option(None, "--epochs", help="Training epochs.")
 IMAGE_SIZE = typer.Option(None, "--image-size", help="Side of the square images the model is trained at.")
 BATCH_SIZE = typer.Option(None, "--batch-size", help="Training batch size.")
@@ -208,6 +209,7 @@ def encoder_train(
     eps: float = EPS,
     norm: str = NORM,
     backbone: str = BACKBONE,
+    width: float = WIDTH,
     task: str = typer.Option(None, "--task", help="Proxy task: corruption, rotation or labels (categories)."),
     epochs: int = EPOCHS,
     image_size: int = IMAGE_SIZE,
@@ -226,6 +228,7 @@ def encoder_train(
         "eps": eps,
         "norm": norm,
         "backbone": backbone,
+        "width": width,
         "proxy_task": task,
         "epochs": epochs,
         "batch_size": batch_size,
@@ -262,6 +265,7 @@ def encoder_pretrain(
     eps: float = EPS,
     norm: str = NORM,
     backbone: str = BACKBONE,
+    width: float = WIDTH,
     epochs: int = EPOCHS,
     image_size: int = IMAGE_SIZE,
     batch_size: int = BATCH_SIZE,
@@ -275,7 +279,14 @@ def encoder_pretrain(
     """Robust (PGD) pretraining of an encoder on a photo corpus: which source image does a patch come from?"""
     from robust_ad.api import pretrain_encoder
 
-    encoder = {"eps": eps, "norm": norm, "backbone": backbone, "epochs": epochs, "batch_size": batch_size}
+    encoder = {
+        "eps": eps,
+        "norm": norm,
+        "backbone": backbone,
+        "width": width,
+        "epochs": epochs,
+        "batch_size": batch_size,
+    }
     data = {"image_size": image_size}
     config = _config(
         recipe, seed=seed, device=device, precision=precision, compile=compile_, data=data, encoder=encoder

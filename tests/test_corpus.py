@@ -94,15 +94,15 @@ def test_pretrain_on_a_corpus_then_train_a_category_on_that_encoder(synth_root: 
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         "data: {image_size: 32, batch_size: 8, on_device: true}\n"  # the corpus and the category kept as 8-bit
-        "encoder: {width: 0.125, epochs: 1, batch_size: 8, eps: 0.5}\n"
+        "encoder: {width: 0.25, epochs: 1, batch_size: 8, eps: 0.5}\n"
         "autoencoder: {epochs: 1, decoder_width: 0.25}\n"
     )
     encoder = tmp_path / "enc.pt"
-    result = runner.invoke(
-        app, ["encoder", "pretrain", "--corpus", str(corpus), "--out", str(encoder), "--recipe", str(recipe)]
-    )
+    args = ["encoder", "pretrain", "--corpus", str(corpus), "--out", str(encoder), "--recipe", str(recipe)]
+    result = runner.invoke(app, [*args, "--width", "0.125"])
     assert result.exit_code == 0, result.output
     run, _ = EncoderRun.load(encoder)
+    assert run.config.width == 0.125  # --width over the recipe's
     # one class per photograph (not per resolution), and which corruption it carries
     assert run.config.proxy_task == "labels+corruption" and run.proxy.n_labels == 2
     assert run.classifier.head[-1].out_features == 2 + 5
@@ -115,7 +115,11 @@ def test_pretrain_on_a_corpus_then_train_a_category_on_that_encoder(synth_root: 
     assert result.exit_code == 2 and "either categories or a corpus" in result.output
     args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe)]
     run_dir = tmp_path / "run"
-    result = runner.invoke(app, [*args, "--encoder-weights", str(encoder), "--out", str(run_dir), "--device", "cpu"])
+    args += ["--encoder-weights", str(encoder), "--out", str(run_dir), "--device", "cpu"]
+    result = runner.invoke(app, args)  # the recipe's width is not the encoder's
+    assert result.exit_code == 2 and "does not fit a resnet18 encoder" in result.output
+    recipe.write_text(recipe.read_text().replace("{width: 0.25", "{width: 0.125"))
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert rundir.read_training(run_dir).encoder_source == str(encoder)
 
