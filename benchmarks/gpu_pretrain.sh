@@ -10,7 +10,9 @@
 #   python benchmarks/pack_corpus.py --corpus CORPUS --out /tmp/packed
 #   mkdir .corpus && (cd /tmp/packed && zip -q -0 -r "$OLDPWD/.corpus/corpus.zip" .); echo /.corpus/ >> .git/info/exclude
 # Device tool: carry ['.whl', '.corpus'], command 'DEADLINE=580 PRETRAIN_S=400 bash benchmarks/gpu_pretrain.sh'.
-# RESUME=FOLDER EPOCHS=N continues FOLDER/enc-eps<E>.pt (files of an earlier call; carry FOLDER too) to N epochs.
+# RESUME=FOLDER EPOCHS=N continues FOLDER/enc-eps<E>.pt (files of an earlier call; carry FOLDER too) to N epochs;
+# EPOCHS=N alone trains from scratch on a schedule of N epochs (e.g. 104, the shipped encoders' schedule), not on the
+# pace of a first epoch. An entry E@W of EPS trains at width W (--width) into enc-eps<E>-w<W>.pt.
 # Two such files (6.4 MB each, with their optimiser state) fit the 64 MiB carry only without the wheels that
 # pretraining does not import (kornia, kornia_rs, grimp, import-linter); four do not fit.
 # SUITE=0 skips the suite. Writes $OUT/enc-eps<E>.pt, $OUT/logs.tar.gz (pretraining and suite logs).
@@ -19,16 +21,20 @@ source "$(dirname "$0")/gpu_setup.sh"
 L=$OUT/logs; mkdir -p $L; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}  # 16 cores: 4 trainings x (1 + 2 loaders)
 C=$W/corpus; mkdir -p $C && python3 -m zipfile -e .corpus/corpus.zip $C
 el "pretraining eps ${EPS:=0 0.5 1 3} for ${PRETRAIN_S:=400} s"
+name() { case $1 in *@*) echo "eps${1%@*}-w${1#*@}";; *) echo "eps$1";; esac; }  # 1@1 -> eps1-w1
 pretrain() {  # the runs side by side, each to $1 epochs (or stopped at $2 seconds), from scratch or (--resume) on
-  for E in $EPS; do
-    timeout $2 $RA encoder pretrain --corpus $C --recipe pretrain-gpu --eps $E --device cuda --epochs $1 \
-      --out $OUT/enc-eps$E.pt $3 >>$L/pretrain-eps$E.log 2>&1 &
+  for R in $EPS; do
+    case $R in *@*) width="--width ${R#*@}";; *) width=;; esac
+    timeout $2 $RA encoder pretrain --corpus $C --recipe pretrain-gpu --eps ${R%@*} $width --device cuda \
+      --epochs $1 --out $OUT/enc-$(name $R).pt $3 >>$L/pretrain-$(name $R).log 2>&1 &
   done
   wait
 }
 if [ -n "$RESUME" ]; then
-  for E in $EPS; do cp $RESUME/enc-eps$E.pt $OUT/; done
+  for R in $EPS; do cp $RESUME/enc-$(name $R).pt $OUT/; done
   pretrain ${EPOCHS:?RESUME needs EPOCHS: the length of the schedule the files are on} $PRETRAIN_S --resume
+elif [ -n "$EPOCHS" ]; then
+  pretrain $EPOCHS $PRETRAIN_S --force
 else
   # One epoch side by side measures the pace; the cosine schedule then runs over the epochs that fit the rest of the
   # time (the first epoch is on that curve too: the schedule is a function of the epoch alone).

@@ -47,8 +47,8 @@ el "test suite (GPU present)"
 OMP_NUM_THREADS=2 timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} --durations=10 \
   -o faulthandler_timeout=60 >$L/pytest.log 2>&1
 tail -4 $L/pytest.log
-el "profile (benchmarks/profile_gpu.py)"
-timeout 90 python3 benchmarks/profile_gpu.py --run $R --out $L/profile.txt 2>$L/profile.err || tail -3 $L/profile.err
+[ "${PROFILE:-1}" = 0 ] || { el "profile (benchmarks/profile_gpu.py)"  # PROFILE=0 skips it
+timeout 90 python3 benchmarks/profile_gpu.py --run $R --out $L/profile.txt 2>$L/profile.err || tail -3 $L/profile.err; }
 el "speed (benchmarks/speed.py $SPEED_ARGS)"  # last but THEN: its file is rewritten after every group of rows
 timeout $(( ${SPEED_S:-150} < $(left) ? ${SPEED_S:-150} : $(left) )) python3 benchmarks/speed.py --run $R --sizes 256 \
   --out $OUT/speed_gpu.json $SPEED_ARGS 2>$L/speed.err | cut -c1-220 || tail -3 $L/speed.err

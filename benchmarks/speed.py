@@ -150,11 +150,14 @@ def measure(
     batches: tuple[int, ...] = (1, 32),
     compile_fp16: bool = False,
     partial: Callable[[dict], None] = lambda result: None,
+    cpu: bool = True,
 ) -> dict:
-    """Every speed row for ``run`` at ``sizes``, with the peaks they are compared with; ``partial`` receives the
-    result so far after each group of rows."""
-    peaks = {"cpu_fp32": cpu_peak_gflops()}
+    """Every speed row for ``run`` at ``sizes``, with the peaks they are compared with (``cpu`` False: the GPU rows
+    alone); ``partial`` receives the result so far after each group of rows."""
     cuda = torch.cuda.is_available()
+    if not (cpu or cuda):
+        raise SystemExit("error: no CUDA device: nothing to time without the CPU rows")
+    peaks = {"cpu_fp32": cpu_peak_gflops()} if cpu else {}
     if cuda:
         peaks.update({"gpu_fp32": gpu_peak_gflops(torch.float32), "gpu_fp16": gpu_peak_gflops(torch.float16)})
     rows: list[dict] = []
@@ -168,8 +171,9 @@ def measure(
                 api.export(run, onnx[precision], fp16=precision == "fp16", size=(size, size), verify=False)
             for batch in batches:
                 images = np.random.default_rng(0).integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
-                rows += _rows(run, "cpu", "fp32", images, flops, peaks["cpu_fp32"], onnx["fp32"])
-                partial(result)
+                if cpu:
+                    rows += _rows(run, "cpu", "fp32", images, flops, peaks["cpu_fp32"], onnx["fp32"])
+                    partial(result)
                 for precision in ("fp32", "fp16") if cuda else ():
                     compiled = compile_fp16 and precision == "fp16"
                     peak = peaks[f"gpu_{precision}"]
@@ -237,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="in this order")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--compile", action="store_true", help="on CUDA, also time torch.compile (fp16)")
+    parser.add_argument("--gpu-only", action="store_true", help="the GPU rows alone (no CPU rows, no CPU peak)")
     args = parser.parse_args(argv)
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     printed = 0
@@ -250,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.out:
             fileio.write_json(args.out, result)  # atomic: a run killed while writing keeps the last file
 
-    result = measure(args.run, args.sizes, tuple(args.batches), args.compile, partial)
+    result = measure(args.run, args.sizes, tuple(args.batches), args.compile, partial, cpu=not args.gpu_only)
     partial(result)
     return result
 

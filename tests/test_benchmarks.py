@@ -138,3 +138,5 @@ def test_speed_script_writes_its_rows_after_every_group_and_stamps_the_command(
     assert seen == [0, 3]  # the batch-2 rows were on disk before the batch-1 rows were measured
     assert [row["batch"] for row in written["rows"]] == [2, 2, 2, 1, 1, 1]
     assert written["command"].endswith(f"--out {out}") and written["date"]
+    with pytest.raises(SystemExit, match="no CUDA device"):  # --gpu-only: the GPU rows alone, and there are none
+        speed.main(["--run", str(tiny_run), "--gpu-only"])
