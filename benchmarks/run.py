@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from robust_ad import api, machine, rundir
-from robust_ad.config import from_scratch, load_config, merge
+from robust_ad.config import for_mode, from_scratch, load_config, merge
 from robust_ad.data.corpus import corpus_files
 from robust_ad.data.loading import labelled_images, load_split, open_dataset
 from robust_ad.data.synth import synthesize
@@ -84,7 +84,10 @@ PROFILES = {
         # <out>/encoders/enc-eps<E>.pt are used as they are: the shipped ones came from a GPU (benchmarks/
         # gpu_pretrain.sh, its $OUT copied there); a missing one is pretrained here with recipes/pretrain.yaml.
         "pretrained": {
-            "eps": [0.0, 0.5, 1.0, 3.0],
+            "eps": [0.0, 0.5, 1.0, 3.0, 5.0],
+            # the recipe's eps at torchvision's width (the shipped encoders: 0.5; 4x the products): does capacity help?
+            # (benchmarks/gpu_pretrain.sh with EPS='1@1' writes enc-eps1-w1.pt)
+            "wider": [{"eps": 1.0, "width": 1.0}],
             "categories": ["bottle", "fabric", "gravel"],
             "finetune_epochs": 5,
             "attack": {"steps": 10, "restarts": 1},
@@ -117,6 +120,7 @@ PROFILES = {
         },
         "pretrained": {
             "eps": [0.0, 1.0],
+            "wider": [{"eps": 1.0, "width": 0.25}],
             "categories": ["bottle"],
             "finetune_epochs": 1,
             "attack": {"steps": 2, "restarts": 1},
@@ -171,13 +175,32 @@ def encoder_sweep(profile: dict, root: Path) -> list[dict]:
     return rows
 
 
-def _train_and_measure(config, run_dir: Path) -> dict:
-    """Train a run, then its detection metrics, the PSNR / SSIM of its normal reconstructions, its training
-    minutes and its colour error (worst channel of held-out normal images, 8-bit levels): as scoring has it, the
-    cast fitted in calibration removed, and the decoder's own."""
-    began = time.perf_counter()
-    run = api.train(config, run_dir, force=True)
-    minutes = (time.perf_counter() - began) / 60
+def _finished_as(config, run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``config`` (as ``train`` writes it), trained after its encoder file
+    was written: what ``--reuse-runs`` measures again instead of training it again."""
+    if not rundir.is_finished(run_dir):
+        return False
+    wanted, saved = for_mode(api.with_published_encoder(config)), rundir.read_config(run_dir)
+    weights, trained = wanted.encoder.weights, (run_dir / rundir.TRAINING).stat().st_mtime
+    return (
+        Path(saved.data_root).resolve() == Path(wanted.data_root).resolve()
+        and saved.model_dump(exclude={"data_root"}) == wanted.model_dump(exclude={"data_root"})
+        and (not weights or Path(weights).stat().st_mtime < trained)
+    )
+
+
+def _train_and_measure(config, run_dir: Path, reuse: bool = False) -> dict:
+    """Train a run (``reuse``: unless it holds a finished run of the same config, :func:`_finished_as`), then its
+    detection metrics, the PSNR / SSIM of its normal reconstructions, its training minutes and its colour error
+    (worst channel of held-out normal images, 8-bit levels): as scoring has it, the cast fitted in calibration
+    removed, and the decoder's own."""
+    if reuse and _finished_as(config, run_dir):
+        run, minutes = run_dir, rundir.read_training(run_dir).minutes
+        log.info("reusing the finished run %s", run)
+    else:
+        began = time.perf_counter()
+        run = api.train(config, run_dir, force=True)
+        minutes = (time.perf_counter() - began) / 60
     dataset = open_dataset(config)
     metrics = _detect(rundir.load_scorer(run), dataset, config, rundir.read_calibration(run).threshold)
     psnr, ssim = _reconstruction(run, dataset, config)
@@ -197,7 +220,7 @@ def detection_sweep(profile: dict, root: Path, runs: Path) -> list[dict]:
     for category in profile["categories"]:
         for eps in profile["eps"]:
             config = _config(profile, root, category, eps)
-            measured = _train_and_measure(config, runs / f"{category}-eps{eps:g}")
+            measured = _train_and_measure(config, runs / f"{category}-eps{eps:g}", profile.get("reuse_runs", False))
             rows.append({"category": category, "eps": eps, **measured})
     return rows
 
@@ -396,15 +419,18 @@ def denoising(profile: dict, root: Path, runs: Path, corpus: Path | None, out: P
     return rows
 
 
-def _pretrained_encoder(corpus: Path, eps: float, folder: Path, recipe: dict) -> tuple[Path, EncoderRun]:
-    """The corpus-pretrained encoder at ``eps``: its file reused when complete (e.g. from benchmarks/gpu_pretrain.sh),
-    continued when interrupted, else trained here with recipes/pretrain.yaml."""
-    path = folder / f"enc-eps{eps:g}.pt"
+def _pretrained_encoder(
+    corpus: Path, eps: float, folder: Path, recipe: dict, width: float | None = None
+) -> tuple[Path, EncoderRun]:
+    """The corpus-pretrained encoder at ``eps`` (and ``width``, else the recipe's): its file reused when complete
+    (e.g. from benchmarks/gpu_pretrain.sh), continued when interrupted, else trained here with recipes/pretrain.yaml."""
+    path = folder / (f"enc-eps{eps:g}.pt" if width is None else f"enc-eps{eps:g}-w{width:g}.pt")
     if path.is_file():
         run, payload = EncoderRun.load(path)
         if payload.get("epoch") == run.config.epochs and run.config.eps == eps:
             return path, run
-    config = load_config("pretrain", merge(recipe, {"device": "cpu", "encoder": {"eps": eps}}))
+    encoder = {"eps": eps, **({} if width is None else {"width": width})}
+    config = load_config("pretrain", merge(recipe, {"device": "cpu", "encoder": encoder}))
     return path, api.pretrain_encoder(config, corpus, path, resume=path.is_file(), force=True)
 
 
@@ -415,12 +441,16 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
     if corpus is None:
         return {"skipped": "no --corpus given (robust-ad datasets corpus --out DIR)"}
     settings = profile["pretrained"]
-    encoders, paths = [], {}
-    for eps in settings["eps"]:
-        path, run = _pretrained_encoder(corpus, eps, out / "encoders", settings.get("recipe", {}))
-        paths[eps] = path
+    encoders, paths, wider = [], {}, {}
+    for eps, width in [(eps, None) for eps in settings["eps"]] + [(w["eps"], w["width"]) for w in settings["wider"]]:
+        path, run = _pretrained_encoder(corpus, eps, out / "encoders", settings.get("recipe", {}), width)
+        if width is None:
+            paths[eps] = path
+        else:
+            wider[f"pretrained eps={eps:g} width {width:g}"] = ({"weights": str(path)}, eps)
         held_out = corpus_files(corpus, "val", run.image_size)
-        row = {"eps": eps, "minutes": run.minutes, "epochs": len(run.history), "n_classes": run.proxy.n_labels}
+        row = {"eps": eps, "width": run.config.width, "minutes": run.minutes, "epochs": len(run.history)}
+        row["n_classes"] = run.proxy.n_labels
         for attack in sorted({1.0, eps} - {0.0}):
             result = evaluate_encoder(run, held_out, eps=attack, seed=1, **settings["attack"])
             row["clean_acc"], row[f"pgd_acc@{attack:g}"] = result["clean_acc"], result["pgd_acc"]
@@ -432,6 +462,7 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
         variants[f"pretrained eps={eps:g}"] = ({"weights": str(path)}, eps)
     finetune = {"weights": str(paths[recipe_eps]), "finetune_epochs": settings["finetune_epochs"]}
     variants[f"pretrained eps={recipe_eps:g} + fine-tune"] = (finetune, recipe_eps)
+    variants.update(wider)
     pretrained = {f"pretrained eps={eps:g}": variants[f"pretrained eps={eps:g}"] for eps in paths}
     rows, components = [], []
     for category in settings["categories"]:
@@ -488,7 +519,7 @@ def _variant(profile: dict, root: Path, category: str, name: str, encoder: dict,
     config = _config(
         profile, root, category, eps, encoder={**profile["encoder"], **encoder, **width}, autoencoder=autoencoder
     )
-    return {"category": category, "encoder": name, **_train_and_measure(config, run)}
+    return {"category": category, "encoder": name, **_train_and_measure(config, run, profile.get("reuse_runs", False))}
 
 
 def _peer_rows(profile: dict, data: dict[str, Path], eps: float, settings: dict) -> list[dict]:
@@ -682,7 +713,7 @@ def _pretrained_report(results: dict) -> list[str]:
         "robust_ad/encoders/MODEL_CARD.md). Encoders: recipes/pretrain.yaml at each eps; accuracy of the joint task "
         "(source picture and corruption both right) on held-out corpus patches (every 10th patch of each "
         "photograph), PGD L2 with the steps and restarts of the settings.",
-        _table(encoders, ["eps", "n_classes", "clean_acc", *attacks, "epochs", "minutes"]),
+        _table(encoders, ["eps", "width", "n_classes", "clean_acc", *attacks, "epochs", "minutes"]),
         f"Detection (decoder trained per category on each encoder for {_decoder_epochs(results['profile'])} "
         f"epochs; otherwise the settings of the sections above; score: {', '.join(COMPONENTS)} with equal "
         f"weights, score_fusion {section.get('score_fusion', 'map')}):",
@@ -917,6 +948,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--replot", type=Path, help="only rewrite the report and plots from a results.json")
     parser.add_argument("--corpus", type=Path, help="a 'robust-ad datasets corpus' folder: pretrained-encoder section")
     parser.add_argument(
+        "--reuse-runs",
+        action="store_true",
+        help="measure again, without training again, the runs of --out that finished with the same config after "
+        "their encoder file was written (a rerun that adds variants trains only those)",
+    )
+    parser.add_argument(
         "--sections",
         nargs="+",
         help="rerun only these sections, keeping the others from the "
@@ -932,6 +969,7 @@ def main(argv: list[str] | None = None) -> Path:
     profile = json.loads(json.dumps(PROFILES["quick" if args.quick else "full"]))
     if args.categories:
         profile["categories"] = args.categories
+    profile["reuse_runs"] = args.reuse_runs
     root = args.data_root or args.out / "data"
     previous = args.report.with_name("results.json")
     kept = json.loads(previous.read_text()) if args.sections and previous.exists() else {}

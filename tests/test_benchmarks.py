@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,9 +47,10 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
         assert section in text, section
     results = json.loads((tmp_path / "results.json").read_text())
     pretrained = results["pretrained"]
-    assert [row["eps"] for row in pretrained["encoders"]] == [0.0, 1.0]
+    assert [(row["eps"], row["width"]) for row in pretrained["encoders"]] == [(0.0, 0.125), (1.0, 0.125), (1.0, 0.25)]
     assert all(row["n_classes"] == 2 and 0 <= row["clean_acc"] <= 1 for row in pretrained["encoders"])
     encoders = ["scratch", "pretrained eps=0", "pretrained eps=1", "pretrained eps=1 + fine-tune"]
+    encoders.append("pretrained eps=1 width 0.25")  # the profile's wider encoder
     assert [row["encoder"] for row in pretrained["detection"]] == encoders
     assert "beats per-category from scratch on" in text
     parts = [(row["encoder"], row["components"]) for row in pretrained["components"]]  # each alone, then fused
@@ -75,6 +77,18 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
         # the leading peers on the other data seeds, against the pretrained encoders' means over seeds
         assert {(row["model"], row["seed"]) for row in results["peer_seeds"]["rows"]} == {("Padim", 1)}
         assert "On the mean over 2 seeds, against the best of these peers: pretrained eps=0: beats" in text
+
+    # --reuse-runs measures the finished runs of the same config again, and trains only those that changed: here
+    # the runs on the wider encoder, whose file is now newer than they are
+    models = {path.parent.name: path.stat().st_mtime_ns for path in (tmp_path / "runs").glob("*/model.pt")}
+    os.utime(tmp_path / "encoders" / "enc-eps1-w0.25.pt")
+    _run_module().main([*args, "--sections", "pretrained", "--reuse-runs"])
+    again = json.loads((tmp_path / "results.json").read_text())["pretrained"]
+    trained = {path.parent.name for path in (tmp_path / "runs").glob("*/model.pt")}
+    trained = {name for name in trained if (tmp_path / "runs" / name / "model.pt").stat().st_mtime_ns != models[name]}
+    assert trained == {"bottle-pretrained_eps=1_width_0.25", "bottle-pretrained_eps=1_width_0.25-seed1"}
+    rows = zip(pretrained["detection"], again["detection"], strict=True)
+    assert all(a["image_auroc"] == b["image_auroc"] for a, b in list(rows)[:-1])  # the same models, measured again
 
 
 def test_peer_predictions_are_scored_like_robust_ad(synth_root: Path) -> None:
