@@ -3,6 +3,10 @@ graph, in both memory formats, then the top CUDA kernels (torch.profiler) with c
 
     python benchmarks/profile_gpu.py --run runs/bottle --size 256 --batch 32 --out profile.txt
 
+With --parts, also what each part of the scoring costs: the replayed channels-last rate with one part changed at a
+time (the nearest search in one block instead of NEAREST_BLOCK-sized ones, the image score of the fused map instead
+of per component, no nearest search, no smoothing); the outputs of the last two are wrong, their rates are not.
+
 Diagnostic only (run by hand on a GPU machine); benchmarks/speed.py writes the rows RESULTS.md reports.
 """
 
@@ -18,6 +22,8 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # benchmarks/ is no package
 
+from robust_ad.scoring import scorer as scorer_module
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,12 +31,40 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 1])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--parts", action="store_true", help="also the rate with each part of the scoring changed")
     args = parser.parse_args()
     lines = [torch.cuda.get_device_name(0)]
     for batch in args.batch:
         lines += _profile(args.run, args.size, batch)
         print(lines[-1], flush=True)
+        if args.parts:
+            lines.append(_parts(args.run, args.size, batch))
+            print(lines[-1], flush=True)
     args.out.write_text("\n".join(lines) + "\n")
+
+
+def _parts(run: Path, size: int, batch: int) -> str:
+    """The replayed channels-last rate (fp16 networks) as it is, then with one part of the scoring changed."""
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device="cuda")
+    rates = {}
+    for part in ("as it is", "nearest in one block", "fused-map image score", "no nearest", "no smoothing"):
+        graph = speed._graph(run, size, True, "cuda")
+        graph.scorer.model.to(memory_format=torch.channels_last)
+        scorer = graph.scorer
+        block = scorer_module.NEAREST_BLOCK
+        if part == "nearest in one block":
+            scorer_module.NEAREST_BLOCK = 2**40
+        elif part == "fused-map image score":
+            scorer.config = scorer.config.model_copy(update={"score_fusion": "map"})
+        elif part == "no nearest":
+            scorer._nearest_distance = lambda feat: feat[:, :1] * 0
+        elif part == "no smoothing":
+            scorer._smooth = lambda maps: maps
+        try:  # captured while the part is changed
+            rates[part] = _try(lambda g=graph: speed._rate(speed._cuda_graph(g, images), batch, torch.cuda.synchronize))
+        finally:
+            scorer_module.NEAREST_BLOCK = block
+    return f"batch {batch} channels-last CUDA graph images/s: " + ", ".join(f"{k} {v}" for k, v in rates.items())
 
 
 def _profile(run: Path, size: int, batch: int) -> list[str]:
