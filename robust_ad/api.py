@@ -214,6 +214,24 @@ def with_published_encoder(config: Config) -> Config:
     return config.model_copy(update={"encoder": encoder})
 
 
+def with_encoder_file(config: Config) -> Config:
+    """``config`` with the backbone and width recorded in its ``encoder.weights`` file where that is a robust-ad
+    encoder file: the file, not the recipe, decides the architecture its weights fit."""
+    from robust_ad.training.encoder import file_architecture
+
+    recorded = file_architecture(config.encoder.weights) if config.encoder.weights else None
+    if recorded is None or all(getattr(config.encoder, k) == v for k, v in recorded.items()):
+        return config
+    log.info("%s: a %s encoder of width %g: using that architecture", config.encoder.weights, *recorded.values())
+    return config.model_copy(update={"encoder": config.encoder.model_copy(update=recorded)})
+
+
+def resolve_encoder(config: Config) -> Config:
+    """``config`` with the architecture (and, for a published name, the eps) of the encoder it loads:
+    :func:`with_published_encoder`, then :func:`with_encoder_file`."""
+    return with_encoder_file(with_published_encoder(config))
+
+
 def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: bool, device) -> dict:
     """Load published or the user's robust weights (and fine-tune them when ``encoder.finetune_epochs``), or
     adversarially train the encoder from scratch; resumable, in the run folder."""
@@ -355,7 +373,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     _refuse_resume_or_overwrite(run_dir, resume, force)
     if resume:
         config = rundir.read_config(run_dir)
-    config = for_mode(with_published_encoder(config))
+    config = for_mode(resolve_encoder(config))
     device = resolve_device(config.device)
     seed_everything(config.seed)  # the initial weights too: the same config trains the same model in any process
     model = build_autoencoder(config)  # checks the backbone's layer names before any work

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from robust_ad.cli import app
 from robust_ad.data.corpus import corpus_files, picture_of
 from robust_ad.data.images import read_image, write_image
 from robust_ad.errors import DataError
+from robust_ad.models.encoder import Encoder
 from robust_ad.training.encoder import EncoderRun
 from tests.conftest import make_corpus
 
@@ -116,11 +118,15 @@ def test_pretrain_on_a_corpus_then_train_a_category_on_that_encoder(synth_root: 
     args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe)]
     run_dir = tmp_path / "run"
     args += ["--encoder-weights", str(encoder), "--out", str(run_dir), "--device", "cpu"]
-    result = runner.invoke(app, args)  # the recipe's width is not the encoder's
-    assert result.exit_code == 2 and "does not fit a resnet18 encoder" in result.output
-    recipe.write_text(recipe.read_text().replace("{width: 0.25", "{width: 0.125"))
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, args)  # the recipe says width 0.25: the file's own architecture wins
     assert result.exit_code == 0, result.output
+    assert rundir.read_config(run_dir).encoder.width == 0.125
+    plain = tmp_path / "plain.pt"  # stage weights alone, as torchvision's: nothing says their width
+    torch.save(Encoder(width=0.5).stages.state_dict(), plain)
+    refused = tmp_path / "refused"
+    result = runner.invoke(app, [*args[:-5], str(plain), "--out", str(refused), "--device", "cpu"])
+    assert result.exit_code == 2 and "does not fit a resnet18 encoder" in result.output
+    assert not refused.exists()  # refused before the run folder is made
     assert rundir.read_training(run_dir).encoder_source == str(encoder)
 
 

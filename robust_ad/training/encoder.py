@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,6 +76,19 @@ class EncoderRun:
         classifier.load_state_dict(payload["modules"]["classifier"])
         categories, history = list(payload["categories"]), list(payload["history"])
         return cls(classifier, config, run_proxy, payload["image_size"], categories, history), payload
+
+
+def file_architecture(path: str | Path) -> dict[str, Any] | None:
+    """The backbone and width that a robust-ad encoder file (``encoder train`` / ``encoder pretrain``) records, or
+    None for other weights files (torchvision's, the ``robustness`` library's), which do not say."""
+    try:
+        payload = load_checkpoint(path)
+    except ModelError:
+        return None
+    if payload.get("format") != FORMAT or not isinstance(payload.get("config"), dict):
+        return None
+    config = EncoderConfig(**payload["config"])
+    return {"backbone": config.backbone, "width": config.width}
 
 
 class EncoderTask(Task):
