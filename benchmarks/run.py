@@ -180,7 +180,7 @@ def _finished_as(config, run_dir: Path) -> bool:
     was written: what ``--reuse-runs`` measures again instead of training it again."""
     if not rundir.is_finished(run_dir):
         return False
-    wanted, saved = for_mode(api.with_published_encoder(config)), rundir.read_config(run_dir)
+    wanted, saved = for_mode(api.resolve_encoder(config)), rundir.read_config(run_dir)
     weights, trained = wanted.encoder.weights, (run_dir / rundir.TRAINING).stat().st_mtime
     return (
         Path(saved.data_root).resolve() == Path(wanted.data_root).resolve()
@@ -514,11 +514,8 @@ def _decoder_epochs(profile: dict) -> int:
 def _variant(profile: dict, root: Path, category: str, name: str, encoder: dict, eps: float, run: Path) -> dict:
     """The row of one encoder variant ``name`` (a pretrained file in ``encoder``, or none: per-category), trained
     and measured on ``root``."""
-    width = {"width": EncoderRun.load(encoder["weights"])[0].config.width} if encoder else {}
     autoencoder = {**profile["autoencoder"], "epochs": _decoder_epochs(profile)}
-    config = _config(
-        profile, root, category, eps, encoder={**profile["encoder"], **encoder, **width}, autoencoder=autoencoder
-    )
+    config = _config(profile, root, category, eps, encoder={**profile["encoder"], **encoder}, autoencoder=autoencoder)
     return {"category": category, "encoder": name, **_train_and_measure(config, run, profile.get("reuse_runs", False))}
 
 
@@ -555,9 +552,15 @@ def peer_seeds(profile: dict, root: Path, out: Path, eps: float) -> dict:
     return {"anomalib": version, "rows": rows}
 
 
-def speed_section(profile: dict, runs: Path, eps: float) -> dict:
-    """CPU speed rows of the recipe-eps run (benchmarks/speed.py), and GPU rows when a GPU is present."""
-    return speed.measure(runs / f"{profile['categories'][0]}-eps{eps:g}", profile["speed_sizes"])
+def speed_section(profile: dict, runs: Path, eps: float, pretrained: dict) -> dict:
+    """CPU speed rows (benchmarks/speed.py), and GPU rows when a GPU is present, of the model a user gets by default:
+    the pretrained section's run on the pretrained encoder of the recipe's eps where that section ran, else the
+    detection section's run of the recipe's eps."""
+    if "detection" in pretrained:
+        run = runs / f"{profile['pretrained']['categories'][0]}-pretrained_eps={eps:g}"
+    else:
+        run = runs / f"{profile['categories'][0]}-eps{eps:g}"
+    return {**speed.measure(run, profile["speed_sizes"]), "run": str(run)}
 
 
 # What a trained run is reported with (_train_and_measure), in table order.
@@ -895,6 +898,7 @@ def _speed_report(r: dict) -> list[str]:
             continue
         peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in section["peaks_gflops"].items())
         note = f" by `{section['command']}` on {section['date']}" if "command" in section else ""
+        note += f", timing the run {section['run']}" if "run" in section else ""
         parts.append(f"{where}: {section['machine']}{note}. Measured peaks: {peaks}. {section.get('note', '')}")
         rows = [{**row, "ms_per_image": row.get("ms_per_image"), "error": row.get("error")} for row in section["rows"]]
         parts.append(_table(rows, [*SPEED_COLUMNS, "fraction_of_peak", "error"]))
@@ -1012,7 +1016,7 @@ def main(argv: list[str] | None = None) -> Path:
     if kept and "speed" not in args.sections:
         results["speed"] = kept["speed"]
     else:
-        results["speed"] = speed_section(profile, runs, recipe_eps)
+        results["speed"] = speed_section(profile, runs, recipe_eps, results["pretrained"])
     if kept:
         results["commands"] = [*kept.get("commands", [kept.get("command", "python benchmarks/run.py")])]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
     assert {row["eps"] for row in results["detection"]} == {0.0, 1.0}
     assert all(0 <= row["image_auroc"] <= 1 and row["ms_per_image"] > 0 for row in results["detection"])
     assert {row["eval_size"] for row in results["resolution"]} == {32, 64}
+    assert results["speed"]["run"].endswith("bottle-pretrained_eps=1")  # the model a user gets by default
     speed = [row for row in results["speed"]["rows"] if row["processor"] == "cpu"]
     pairs = {(engine, batch) for engine in ("torch", "torch, channels-last", "onnxruntime") for batch in (1, 32)}
     assert {(row["engine"], row["batch"]) for row in speed} == pairs
