@@ -181,7 +181,7 @@ def _finished_as(config, run_dir: Path) -> bool:
     if not rundir.is_finished(run_dir):
         return False
     wanted, saved = for_mode(api.resolve_encoder(config)), rundir.read_config(run_dir)
-    weights, trained = wanted.encoder.weights, (run_dir / rundir.TRAINING).stat().st_mtime
+    weights, trained = wanted.encoder.weights, (run_dir / rundir.MODEL).stat().st_mtime
     return (
         Path(saved.data_root).resolve() == Path(wanted.data_root).resolve()
         and saved.model_dump(exclude={"data_root"}) == wanted.model_dump(exclude={"data_root"})
@@ -988,7 +988,7 @@ def main(argv: list[str] | None = None) -> Path:
     results = {
         "date": date.today().isoformat(),
         "machine": machine.describe(),
-        "profile": profile,
+        "profile": {k: v for k, v in profile.items() if k != "reuse_runs"},  # the settings, not how the run went
         "recipe_eps": recipe_eps,
     }
     steps = [
