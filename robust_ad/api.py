@@ -349,7 +349,6 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     """
     import time
 
-    import numpy as np
     import torch
     from torch.utils.data import DataLoader
 
@@ -360,7 +359,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad.device import resolve_device, seed_everything
     from robust_ad.fileio import output_folder
     from robust_ad.scoring.calibration import calibrate
-    from robust_ad.scoring.scorer import AnomalyScorer
+    from robust_ad.scoring.scorer import AnomalyScorer, correct_colour
     from robust_ad.tensors import to_images, to_tensor
     from robust_ad.training import distributed
     from robust_ad.training.autoencoder import colour_error
@@ -412,7 +411,9 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
                 record["train_aspect_ratio"] = train_files.aspect_ratio
                 rundir.write_calibration(run_dir, rundir.Calibration.model_validate(record))
                 memory = scorer.memory_statistics()
-                reconstructed = (reconstructed - np.float32(record["colour_offset"])).clip(0, 1)  # as scoring has it
+                reconstructed = to_images(  # as scoring has it
+                    correct_colour(to_tensor(reconstructed), scorer.colour_gain.cpu(), scorer.colour_offset.cpu())
+                )
             write_image(run_dir / rundir.GRID, reconstruction_grid(given, reconstructed))
             colour = colour_error(shown, reconstructed)
             held_out = dataset.val or dataset.train

@@ -77,6 +77,8 @@ class Calibration(_Record):
     # the decoder's mean colour cast (R, G, B; pixel values in [0, 1]) on the normal training images, removed from
     # every reconstruction in scoring; none in calibrations written before it was fitted
     colour_offset: list[Finite] = [0.0, 0.0, 0.0]
+    # its response to an image's mean colour (scorer.correct_colour); 1 in calibrations written before it was fitted
+    colour_gain: list[PositiveFinite] = [1.0, 1.0, 1.0]
     previous_thresholds: list[dict[str, Any]] = []  # what 'robust-ad threshold' replaced, newest last
 
     @model_validator(mode="after")

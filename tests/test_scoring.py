@@ -25,9 +25,10 @@ from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.errors import ModelError
 from robust_ad.models.folding import fold_batch_norms
 from robust_ad.scoring import metrics
-from robust_ad.scoring.calibration import calibrate, fit_normalisation
+from robust_ad.scoring.calibration import calibrate, fit_colour_response, fit_normalisation
 from robust_ad.scoring.evaluate import evaluate
 from robust_ad.scoring.inference import Prediction, predict
+from robust_ad.scoring.scorer import correct_colour
 from robust_ad.tensors import to_tensor
 
 runner = CliRunner()
@@ -416,6 +417,40 @@ def test_predict_folds_batch_norms_into_the_convolutions_and_scores_as_before(ti
     assert fold_batch_norms(scorer.model) == 0  # already folded
 
 
+def test_colour_response_is_the_least_squares_line_and_falls_back_to_the_cast() -> None:
+    rng = np.random.default_rng(0)
+    image = torch.tensor(rng.uniform(0.3, 0.7, (50, 3)))
+    reconstructed = 1.4 * (image - 0.5) + 0.5 + 0.03  # exaggerates each image's colour, and casts
+    gain, offset = fit_colour_response(torch.stack([image, reconstructed], 1))
+    corrected = gain * reconstructed - offset
+    torch.testing.assert_close(corrected, image, rtol=0, atol=1e-5, check_dtype=False)
+    torch.testing.assert_close(gain, torch.full((3,), 1 / 1.4), rtol=1e-5, atol=0)
+    flat = torch.stack([image, torch.full_like(image, 0.6)], 1)  # no spread to measure a slope on: the cast alone
+    gain, offset = fit_colour_response(flat)
+    assert gain.tolist() == [1.0, 1.0, 1.0]
+    torch.testing.assert_close(offset, (0.6 - image.mean(0)).float())
+    x_hat = torch.full((2, 3, 4, 4), 0.5)
+    x_hat[1] += 0.1
+    out = correct_colour(x_hat, torch.tensor([0.5, 1.0, 2.0]), torch.tensor([0.0, 0.1, 0.5]))
+    means = out.mean((2, 3))
+    torch.testing.assert_close(means[1] - means[0], torch.tensor([0.05, 0.1, 0.2]))  # gain on each image's mean
+
+
+def test_calibration_fits_the_decoders_colour_gain_and_scoring_applies_it(tiny_run: Path) -> None:
+    scorer = rundir.load_scorer(tiny_run)
+    train = to_tensor(_normal_images(tiny_run, "train"))
+    train = train * torch.linspace(0.4, 0.75, len(train)).view(-1, 1, 1, 1)  # unequal brightness
+    seen = []  # a decoder that returns its input 1.25 times as bright, and a cast (nothing clamped at 1)
+    features = scorer.model.features
+    scorer.model.features = lambda x: seen.append(x) or features(x)
+    scorer.model.decoder.forward = lambda f, size: 1.25 * seen[-1] + 0.02
+    record = calibrate(scorer, train.split(8), _normal_images(tiny_run))
+    torch.testing.assert_close(torch.tensor(record["colour_gain"]), torch.full((3,), 0.8), rtol=0.02, atol=0)
+    with torch.no_grad():  # scoring corrects each reconstruction's mean colour to its image's
+        x_hat = scorer(train[:8])[3]
+    torch.testing.assert_close(x_hat.mean((2, 3)), train[:8].mean((2, 3)), rtol=0, atol=2e-3)
+
+
 def test_only_a_batch_norm_fed_by_a_convolution_is_folded() -> None:
     direct = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
     apart = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4))
@@ -446,6 +481,7 @@ def test_calibration_fits_the_decoders_colour_cast_and_scoring_removes_it(tiny_r
     old = tmp_path / "old-run"  # a calibration written before the cast was fitted: none removed
     shutil.copytree(tiny_run, old)
     calibration = json.loads((old / rundir.CALIBRATION).read_text())
-    del calibration["colour_offset"]
+    del calibration["colour_offset"], calibration["colour_gain"]
     (old / rundir.CALIBRATION).write_text(json.dumps(calibration))
     assert rundir.load_scorer(old).colour_offset.abs().max() == 0
+    assert rundir.load_scorer(old).colour_gain.tolist() == [1.0, 1.0, 1.0]

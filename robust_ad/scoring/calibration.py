@@ -17,23 +17,25 @@ from robust_ad.tensors import to_tensor
 def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tensor]) -> None:
     """From the normal training images, streamed over batches of (N, 3, S, S) images (memory does not grow with
     their number): the per-location mean and variance of their features (at the training size), and the decoder's
-    colour cast, the mean per-channel difference between their reconstructions and them (removed from every
-    reconstruction unless the recipe's ``scoring.remove_colour_cast`` is false); and, where the ``nearest``
+    colour response (:func:`fit_colour_response`; corrected in every reconstruction unless the recipe's
+    ``scoring.remove_colour_cast`` is false); and, where the ``nearest``
     component is used, its bank: a coreset of ``nearest_bank`` of the vectors it compares
     (:meth:`AnomalyScorer.nearest_features`), chosen from a uniform sample of ten times as many."""
     scorer.eval()
     device = scorer.score_mean.device
     scorer.colour_offset.zero_()
+    scorer.colour_gain.fill_(1.0)
     sums = {k: 0.0 for k in scorer.layers}
     squares = {k: 0.0 for k in scorer.layers}
-    cast = torch.zeros(3, dtype=torch.float64, device=device)
+    colours = []  # (N, 2, 3): each image's mean colour and its reconstruction's, six numbers an image
     n = 0
     pool = ReservoirSample(10 * scorer.config.nearest_bank) if "nearest" in scorer.components else None
     for images in batches:
         images = scorer.enlarge(images.to(device))  # as the networks see them
         feats = scorer.model.features(images)
-        if scorer.config.remove_colour_cast:  # the decoder runs only to measure the cast
-            cast += (scorer.reconstruction(feats, images.shape[-2:]) - images).mean((2, 3)).double().sum(0)
+        if scorer.config.remove_colour_cast:  # the decoder runs only to measure its colour response
+            reconstructed = scorer.reconstruction(feats, images.shape[-2:])
+            colours.append(torch.stack([images.mean((2, 3)), reconstructed.mean((2, 3))], 1).double().cpu())
         n += len(images)
         for layer in scorer.layers:
             sums[layer] = sums[layer] + feats[layer].double().sum(0)
@@ -51,7 +53,22 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
         statistics["memory_bank"] = greedy_coreset(pool.rows, scorer.config.nearest_bank)
     scorer.load_memory(statistics)
     if scorer.config.remove_colour_cast:
-        scorer.colour_offset.copy_(cast / n)
+        gain, offset = fit_colour_response(torch.cat(colours))
+        scorer.colour_gain.copy_(gain)
+        scorer.colour_offset.copy_(offset)
+
+
+def fit_colour_response(colours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gain g and offset o per channel such that g * m - o best predicts (least squares) an image's mean colour from
+    its reconstruction's m, from ``colours`` (N, 2, 3): each image's mean colour, then its reconstruction's. The
+    gain is fitted only where the reconstructions' mean colours spread by a grey level or more (otherwise there is
+    no slope to measure: 1, the offset alone, which is then the mean cast), and kept within [0.5, 2]: a decoder
+    whose response lies outside is broken, not to be undone here."""
+    image, reconstructed = colours[:, 0], colours[:, 1]
+    spread = reconstructed.var(0, correction=0)
+    covariance = ((image - image.mean(0)) * (reconstructed - reconstructed.mean(0))).mean(0)
+    gain = torch.where(spread.sqrt() >= 1 / 255, covariance / spread.clamp_min(1e-12), 1.0).clamp(0.5, 2.0)
+    return gain.float(), (gain * reconstructed.mean(0) - image.mean(0)).float()
 
 
 def fit_normalisation(scorer: AnomalyScorer, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,5 +125,6 @@ def calibrate(
         "score_fusion": scorer.config.score_fusion,
         "image_size": scorer.train_size,
         "colour_offset": [float(v) for v in scorer.colour_offset],
+        "colour_gain": [float(v) for v in scorer.colour_gain],
         "normal_scores": [float(v) for v in normalised],
     }
