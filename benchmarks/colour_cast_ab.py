@@ -1,11 +1,11 @@
 """What correcting the decoder's colour response changes, on trained runs: each run calibrated and evaluated three
-ways: gain and cast corrected (the default), the cast alone (the gain held at 1, as before the gain was fitted),
-and nothing corrected (``scoring.remove_colour_cast: false``).
+ways: its colour matrix and cast corrected (the default), the cast alone (the matrix held at the identity, as before
+the matrix was fitted), and nothing corrected (``scoring.remove_colour_cast: false``).
 
     python benchmarks/colour_cast_ab.py benchmarks/results/runs/*-pretrained_eps=?
 
 Prints one JSON line per run: image AUROC, pixel AUROC and AUPRO each way, the colour error of the held-out normal
-images' reconstructions each way (worst channel, 8-bit levels, as training.json reports it), and the fitted gain
+images' reconstructions each way (worst channel, 8-bit levels, as training.json reports it), and the fitted matrix
 and cast.
 """
 
@@ -29,8 +29,8 @@ from robust_ad.training.autoencoder import colour_error
 
 
 def cast_only(colours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The correction before the gain was fitted: gain 1, the mean cast."""
-    return torch.ones(3), (colours[:, 1] - colours[:, 0]).mean(0).float()
+    """The correction before the colour response was fitted: the identity matrix, the mean cast."""
+    return torch.eye(3), (colours[:, 1] - colours[:, 0]).mean(0).float()
 
 
 @torch.no_grad()
@@ -55,7 +55,7 @@ def measure(run: Path) -> dict:
         row.update({f"{k}_{way}": round(metrics[k], 3) for k in bench.DETECTION_KEYS})
         row[f"colour_error_{way}"] = round(reconstruction_error(scorer, val), 2)
         if way == "affine":
-            row["gain"] = [round(float(v), 3) for v in scorer.colour_gain]
+            row["matrix"] = [[round(float(v), 3) for v in rows] for rows in scorer.colour_matrix]
             row["cast_255"] = [round(float(v) * 255, 2) for v in scorer.colour_offset]
     return row
 

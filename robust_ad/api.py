@@ -412,7 +412,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
                 rundir.write_calibration(run_dir, rundir.Calibration.model_validate(record))
                 memory = scorer.memory_statistics()
                 reconstructed = to_images(  # as scoring has it
-                    correct_colour(to_tensor(reconstructed), scorer.colour_gain.cpu(), scorer.colour_offset.cpu())
+                    correct_colour(to_tensor(reconstructed), scorer.colour_matrix.cpu(), scorer.colour_offset.cpu())
                 )
             write_image(run_dir / rundir.GRID, reconstruction_grid(given, reconstructed))
             colour = colour_error(shown, reconstructed)

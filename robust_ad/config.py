@@ -89,8 +89,8 @@ class ScoringConfig(_Section):
     score_fusion: Literal["components", "map"] = "components"
     topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
     threshold_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99  # of normalised scores of held-out normals
-    # correct the decoder's colour response, fitted on the training images in calibration (its cast, and its gain on
-    # an image's mean colour: scorer.correct_colour)
+    # correct the decoder's colour response, fitted on the training images in calibration (its cast, and its response
+    # to an image's mean colour: scorer.correct_colour)
     remove_colour_cast: bool = True
     # feature vectors the 'nearest' component searches: a greedy coreset of the training images' finest-layer ones
     nearest_bank: Annotated[int, Field(ge=1, le=1_000_000)] = 4096

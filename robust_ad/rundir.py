@@ -45,6 +45,7 @@ MODEL_FORMAT = "robust-ad-model"
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+RGB = Annotated[list[Finite], Field(min_length=3, max_length=3)]  # one value per colour channel
 
 
 class _Record(BaseModel):
@@ -76,9 +77,10 @@ class Calibration(_Record):
     train_aspect_ratio: PositiveFinite = 1.0
     # the decoder's mean colour cast (R, G, B; pixel values in [0, 1]) on the normal training images, removed from
     # every reconstruction in scoring; none in calibrations written before it was fitted
-    colour_offset: list[Finite] = [0.0, 0.0, 0.0]
-    # its response to an image's mean colour (scorer.correct_colour); 1 in calibrations written before it was fitted
-    colour_gain: list[PositiveFinite] = [1.0, 1.0, 1.0]
+    colour_offset: RGB = [0.0, 0.0, 0.0]
+    # its response to an image's mean colour (a row per output channel, scorer.correct_colour); the identity in
+    # calibrations written before it was fitted
+    colour_matrix: Annotated[list[RGB], Field(min_length=3, max_length=3)] = [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]
     previous_thresholds: list[dict[str, Any]] = []  # what 'robust-ad threshold' replaced, newest last
 
     @model_validator(mode="after")

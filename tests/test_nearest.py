@@ -126,7 +126,7 @@ def test_upsample_scores_enlarged_images_and_maps_them_at_the_input_size(tiny_ru
     plain = AnomalyScorer(rundir.load_model(tiny_run), config.scoring, 64)
     plain.load_memory(scorer.memory_statistics())
     plain.colour_offset.copy_(scorer.colour_offset)
-    plain.colour_gain.copy_(scorer.colour_gain)
+    plain.colour_matrix.copy_(scorer.colour_matrix)
     terms, _ = scorer._terms(train[:3])
     expected, _ = plain._terms(scorer.enlarge(train[:3]))
     for name in scorer.components:

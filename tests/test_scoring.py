@@ -417,35 +417,38 @@ def test_predict_folds_batch_norms_into_the_convolutions_and_scores_as_before(ti
     assert fold_batch_norms(scorer.model) == 0  # already folded
 
 
-def test_colour_response_is_the_least_squares_line_and_falls_back_to_the_cast() -> None:
+def test_colour_response_is_the_least_squares_map_and_falls_back_to_the_cast() -> None:
     rng = np.random.default_rng(0)
     image = torch.tensor(rng.uniform(0.3, 0.7, (50, 3)))
-    reconstructed = 1.4 * (image - 0.5) + 0.5 + 0.03  # exaggerates each image's colour, and casts
-    gain, offset = fit_colour_response(torch.stack([image, reconstructed], 1))
-    corrected = gain * reconstructed - offset
-    torch.testing.assert_close(corrected, image, rtol=0, atol=1e-5, check_dtype=False)
-    torch.testing.assert_close(gain, torch.full((3,), 1 / 1.4), rtol=1e-5, atol=0)
-    flat = torch.stack([image, torch.full_like(image, 0.6)], 1)  # no spread to measure a slope on: the cast alone
-    gain, offset = fit_colour_response(flat)
-    assert gain.tolist() == [1.0, 1.0, 1.0]
+    mixing = torch.tensor([[1.4, 0.2, 0.0], [0.0, 0.9, 0.1], [-0.1, 0.0, 1.2]], dtype=torch.float64)
+    reconstructed = (image - 0.5) @ mixing.T + 0.5 + 0.03  # exaggerates and mixes each image's colour, and casts
+    matrix, offset = fit_colour_response(torch.stack([image, reconstructed], 1))
+    corrected = reconstructed.float() @ matrix.T - offset
+    torch.testing.assert_close(corrected, image.float(), rtol=0, atol=2e-3)  # the ridge costs a little
+    torch.testing.assert_close(matrix, torch.linalg.inv(mixing).float(), rtol=0, atol=0.02)
+    flat = torch.stack([image, torch.full_like(image, 0.6)], 1)  # no spread to measure a response on: the cast
+    matrix, offset = fit_colour_response(flat)
+    torch.testing.assert_close(matrix, torch.eye(3))
     torch.testing.assert_close(offset, (0.6 - image.mean(0)).float())
     x_hat = torch.full((2, 3, 4, 4), 0.5)
     x_hat[1] += 0.1
-    out = correct_colour(x_hat, torch.tensor([0.5, 1.0, 2.0]), torch.tensor([0.0, 0.1, 0.5]))
+    out = correct_colour(x_hat, torch.tensor([[0.5, 0, 0], [0, 1.0, 0], [0.5, 0, 1.0]]), torch.tensor([0, 0.1, 0.5]))
     means = out.mean((2, 3))
-    torch.testing.assert_close(means[1] - means[0], torch.tensor([0.05, 0.1, 0.2]))  # gain on each image's mean
+    torch.testing.assert_close(means[1] - means[0], torch.tensor([0.05, 0.1, 0.15]))  # the matrix on each mean
 
 
-def test_calibration_fits_the_decoders_colour_gain_and_scoring_applies_it(tiny_run: Path) -> None:
+def test_calibration_fits_the_decoders_colour_response_and_scoring_applies_it(tiny_run: Path) -> None:
     scorer = rundir.load_scorer(tiny_run)
     train = to_tensor(_normal_images(tiny_run, "train"))
-    train = train * torch.linspace(0.4, 0.75, len(train)).view(-1, 1, 1, 1)  # unequal brightness
-    seen = []  # a decoder that returns its input 1.25 times as bright, and a cast (nothing clamped at 1)
+    train = train * torch.linspace(0.2, 0.8, len(train)).view(-1, 1, 1, 1)  # brightness spread over many levels
+    seen = []  # a decoder that returns its input 1.2 times as bright, and a cast (nothing clamped at 1)
     features = scorer.model.features
     scorer.model.features = lambda x: seen.append(x) or features(x)
-    scorer.model.decoder.forward = lambda f, size: 1.25 * seen[-1] + 0.02
+    scorer.model.decoder.forward = lambda f, size: 1.2 * seen[-1] + 0.02
     record = calibrate(scorer, train.split(8), _normal_images(tiny_run))
-    torch.testing.assert_close(torch.tensor(record["colour_gain"]), torch.full((3,), 0.8), rtol=0.02, atol=0)
+    matrix = torch.tensor(record["colour_matrix"])
+    step = train[-1].mean((1, 2)) - train[0].mean((1, 2))  # the one direction the images' colours vary in
+    torch.testing.assert_close(matrix @ step, step / 1.2, rtol=0.02, atol=0)
     with torch.no_grad():  # scoring corrects each reconstruction's mean colour to its image's
         x_hat = scorer(train[:8])[3]
     torch.testing.assert_close(x_hat.mean((2, 3)), train[:8].mean((2, 3)), rtol=0, atol=2e-3)
@@ -469,19 +472,18 @@ def test_calibration_fits_the_decoders_colour_cast_and_scoring_removes_it(tiny_r
     with torch.no_grad():  # a decoder with a strong cast: redder and less blue than its inputs
         scorer.model.decoder.body[-1].bias += torch.tensor([1.0, 0.0, -1.0])
     train = to_tensor(_normal_images(tiny_run, "train"))
-    record = calibrate(scorer, train.split(8), _normal_images(tiny_run))
+    calibrate(scorer, train.split(8), _normal_images(tiny_run))
     with torch.no_grad():
         cast = (scorer.model(train) - train).mean((0, 2, 3))
         left = (scorer(train)[3] - train).mean((0, 2, 3))
     assert cast[0] > 0.05 and cast[2] < -0.05
-    torch.testing.assert_close(torch.tensor(record["colour_offset"]), cast, rtol=0, atol=1e-4)
     assert left.abs().max() < 0.01  # what the clamp to [0, 1] leaves
     scorer.config = scorer.config.model_copy(update={"remove_colour_cast": False})  # the recipe's opt-out
     assert calibrate(scorer, train.split(8), _normal_images(tiny_run))["colour_offset"] == [0.0, 0.0, 0.0]
     old = tmp_path / "old-run"  # a calibration written before the cast was fitted: none removed
     shutil.copytree(tiny_run, old)
     calibration = json.loads((old / rundir.CALIBRATION).read_text())
-    del calibration["colour_offset"], calibration["colour_gain"]
+    del calibration["colour_offset"], calibration["colour_matrix"]
     (old / rundir.CALIBRATION).write_text(json.dumps(calibration))
     assert rundir.load_scorer(old).colour_offset.abs().max() == 0
-    assert rundir.load_scorer(old).colour_gain.tolist() == [1.0, 1.0, 1.0]
+    assert torch.equal(rundir.load_scorer(old).colour_matrix, torch.eye(3))

@@ -24,7 +24,7 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     scorer.eval()
     device = scorer.score_mean.device
     scorer.colour_offset.zero_()
-    scorer.colour_gain.fill_(1.0)
+    scorer.colour_matrix.copy_(torch.eye(3))
     sums = {k: 0.0 for k in scorer.layers}
     squares = {k: 0.0 for k in scorer.layers}
     colours = []  # (N, 2, 3): each image's mean colour and its reconstruction's, six numbers an image
@@ -53,22 +53,22 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
         statistics["memory_bank"] = greedy_coreset(pool.rows, scorer.config.nearest_bank)
     scorer.load_memory(statistics)
     if scorer.config.remove_colour_cast:
-        gain, offset = fit_colour_response(torch.cat(colours))
-        scorer.colour_gain.copy_(gain)
+        matrix, offset = fit_colour_response(torch.cat(colours))
+        scorer.colour_matrix.copy_(matrix)
         scorer.colour_offset.copy_(offset)
 
 
 def fit_colour_response(colours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gain g and offset o per channel such that g * m - o best predicts (least squares) an image's mean colour from
-    its reconstruction's m, from ``colours`` (N, 2, 3): each image's mean colour, then its reconstruction's. The
-    gain is fitted only where the reconstructions' mean colours spread by a grey level or more (otherwise there is
-    no slope to measure: 1, the offset alone, which is then the mean cast), and kept within [0.5, 2]: a decoder
-    whose response lies outside is broken, not to be undone here."""
+    """The 3 x 3 matrix M and offset o such that M @ m - o best predicts an image's mean colour (RGB) from its
+    reconstruction's m, from ``colours`` (N, 2, 3): each image's mean colour, then its reconstruction's. Least
+    squares, ridge-shrunk toward the identity by as much as one grey level of spread in every image's colour
+    weighs: where the reconstructions' colours spread far more than that, the data decide; where they hardly
+    spread (no response to measure), M stays the identity and o is the mean cast."""
     image, reconstructed = colours[:, 0], colours[:, 1]
-    spread = reconstructed.var(0, correction=0)
-    covariance = ((image - image.mean(0)) * (reconstructed - reconstructed.mean(0))).mean(0)
-    gain = torch.where(spread.sqrt() >= 1 / 255, covariance / spread.clamp_min(1e-12), 1.0).clamp(0.5, 2.0)
-    return gain.float(), (gain * reconstructed.mean(0) - image.mean(0)).float()
+    centred_image, centred = image - image.mean(0), reconstructed - reconstructed.mean(0)
+    ridge = len(colours) / 255**2 * torch.eye(3, dtype=colours.dtype)
+    matrix = torch.linalg.solve(centred.T @ centred + ridge, centred.T @ centred_image + ridge).T
+    return matrix.float(), (matrix @ reconstructed.mean(0) - image.mean(0)).float()
 
 
 def fit_normalisation(scorer: AnomalyScorer, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,6 +125,6 @@ def calibrate(
         "score_fusion": scorer.config.score_fusion,
         "image_size": scorer.train_size,
         "colour_offset": [float(v) for v in scorer.colour_offset],
-        "colour_gain": [float(v) for v in scorer.colour_gain],
+        "colour_matrix": scorer.colour_matrix.tolist(),
         "normal_scores": [float(v) for v in normalised],
     }

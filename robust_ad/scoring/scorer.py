@@ -19,12 +19,12 @@ back to the image's size: a finer grid of feature vectors for small images (the 
 of the enlarged training images).
 
 The reconstruction is the decoder's output with its colour response corrected (:func:`correct_colour`): each
-reconstruction's mean colour m becomes ``colour_gain`` * m - ``colour_offset`` (per channel), the line that best
-maps the reconstructions' mean colours to their images' over the normal training images (fitted in calibration).
-The offset is the decoder's cast; the gain is its response to an image's overall colour, which a decoder can
-exaggerate (fabric, seed 1: reconstructions' mean colours spread 1.4 times as wide as their images'). It is a
-fixed function of the reconstruction alone, the same for every image, so it cannot hide a defect that changes
-one part's colour; left in, the error would be a residual on every normal pixel.
+reconstruction's mean colour m (RGB) becomes ``colour_matrix`` @ m - ``colour_offset``, the affine map that best
+takes the reconstructions' mean colours to their images' over the normal training images (fitted in calibration).
+The offset is the decoder's cast; the matrix is its response to an image's overall colour, which a decoder can
+exaggerate or mix between channels (fabric, seed 1: reconstructions' mean colours spread 1.4 times as wide as
+their images'). It is a fixed function of the reconstruction alone, the same for every image, so it cannot hide
+a defect that changes one part's colour; left in, the error would be a residual on every normal pixel.
 
 Each component is standardised by its mean and standard deviation over held-out normal pixels, then
 the maps are fused with the recipe weights: the heat map. The image score (``scoring.score_fusion``):
@@ -72,11 +72,12 @@ NEAREST_BLOCK = 2**21
 SSIM_CHANNELS = 16  # x, y, x² + y², xy of RGB images and zero channels, filtered together (AnomalyScorer._ssim)
 
 
-def correct_colour(x_hat: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """Reconstructions (N, 3, H, W) with each one's mean colour m moved to ``gain`` * m - ``offset`` (per channel),
-    clamped to [0, 1]: the decoder's colour response corrected (gain 1: its cast removed)."""
-    mean = x_hat.mean((2, 3), keepdim=True)
-    return (x_hat + (gain.view(1, -1, 1, 1) - 1) * mean - offset.view(1, -1, 1, 1)).clamp(0, 1)
+def correct_colour(x_hat: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Reconstructions (N, 3, H, W) with each one's mean colour m (RGB) moved to ``matrix`` @ m - ``offset``,
+    clamped to [0, 1]: the decoder's colour response corrected (the identity matrix: its cast removed)."""
+    mean = x_hat.mean((2, 3))
+    shift = mean @ (matrix - torch.eye(3, device=matrix.device, dtype=matrix.dtype)).T - offset
+    return (x_hat + shift[:, :, None, None]).clamp(0, 1)
 
 
 @functools.lru_cache(maxsize=32)
@@ -112,7 +113,7 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
         self.register_buffer("colour_offset", torch.zeros(3))  # the decoder's colour cast (calibration.json)
-        self.register_buffer("colour_gain", torch.ones(3))  # its response to an image's mean colour (calibration.json)
+        self.register_buffer("colour_matrix", torch.eye(3))  # its response to an image's mean colour (calibration.json)
         # SSIM's Gaussian window (sigma 1.5, as kornia.metrics.ssim) as the depthwise kernel along rows of the
         # SSIM_CHANNELS filtered in one go (_ssim), built once: not saved, not loaded
         window = get_gaussian_kernel1d(config.ssim_window, 1.5).view(1, 1, 1, -1).repeat(SSIM_CHANNELS, 1, 1, 1)
@@ -216,7 +217,7 @@ class AnomalyScorer(nn.Module):
         """The decoder's image (float32) from the encoder's features, its colour response corrected."""
         dtype = self.model.decoder.body[-1].weight.dtype
         x_hat = self.model.decoder(feats[self.model.encoder.layer].to(dtype), size).float()
-        return correct_colour(x_hat, self.colour_gain, self.colour_offset)
+        return correct_colour(x_hat, self.colour_matrix, self.colour_offset)
 
     def _ssim(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """kornia.metrics.ssim's map ('same' padding, reflected borders) from the window buffer (kornia builds its
@@ -350,4 +351,4 @@ class AnomalyScorer(nn.Module):
         self.score_mean.fill_(calibration["score_mean"])
         self.score_std.fill_(calibration["score_std"])
         self.colour_offset.copy_(torch.tensor(calibration["colour_offset"]))
-        self.colour_gain.copy_(torch.tensor(calibration["colour_gain"]))
+        self.colour_matrix.copy_(torch.tensor(calibration["colour_matrix"]))
