@@ -76,7 +76,7 @@ def correct_colour(x_hat: torch.Tensor, matrix: torch.Tensor, offset: torch.Tens
     """Reconstructions (N, 3, H, W) with each one's mean colour m (RGB) moved to ``matrix`` @ m - ``offset``,
     clamped to [0, 1]: the decoder's colour response corrected (the identity matrix: its cast removed)."""
     mean = x_hat.mean((2, 3))
-    shift = mean @ (matrix - torch.eye(3, device=matrix.device, dtype=matrix.dtype)).T - offset
+    shift = mean @ matrix.T - offset - mean  # the new mean less the old
     return (x_hat + shift[:, :, None, None]).clamp(0, 1)
 
 
