@@ -233,8 +233,9 @@ def resolve_encoder(config: Config) -> Config:
 
 
 def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: bool, device) -> dict:
-    """Load published or the user's robust weights (and fine-tune them when ``encoder.finetune_epochs``), or
-    adversarially train the encoder from scratch; resumable, in the run folder."""
+    """Load published robust weights (the user's own file is already loaded: ``train`` loads it first, so that one
+    that does not fit is refused before the run folder is made), fine-tune them when ``encoder.finetune_epochs``,
+    or adversarially train the encoder from scratch; resumable, in the run folder."""
     from robust_ad import rundir
     from robust_ad.training import distributed
     from robust_ad.training.encoder import train_encoder as _train
@@ -244,9 +245,10 @@ def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: 
     source = config.encoder.pretrained or config.encoder.weights
     encoder_config, initial = config.encoder, None
     if source:
-        with distributed.main_first():  # one download into the shared cache
-            weights = fetch(source) if config.encoder.pretrained else source
-        load_encoder_weights(model.encoder, weights)
+        if config.encoder.pretrained:
+            with distributed.main_first():  # one download into the shared cache
+                weights = fetch(source)
+            load_encoder_weights(model.encoder, weights)
         if config.encoder.finetune_epochs == 0:
             return {"encoder_source": str(source), "encoder_minutes": 0.0}
         encoder_config = config.encoder.model_copy(update={"epochs": config.encoder.finetune_epochs})
@@ -376,7 +378,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     device = resolve_device(config.device)
     seed_everything(config.seed)  # the initial weights too: the same config trains the same model in any process
     model = build_autoencoder(config)  # checks the backbone's layer names before any work
-    if config.encoder.weights:  # a file that does not fit the recipe's encoder: refused before the run folder is made
+    if config.encoder.weights:  # loaded here, once: a file that does not fit is refused before the run folder is made
         load_encoder_weights(model.encoder, config.encoder.weights)
     dataset = open_dataset(config)
     config = config.model_copy(update={"data_root": str(dataset.root)})

@@ -121,6 +121,9 @@ def test_pretrain_on_a_corpus_then_train_a_category_on_that_encoder(synth_root: 
     result = runner.invoke(app, args)  # the recipe says width 0.25: the file's own architecture wins
     assert result.exit_code == 0, result.output
     assert rundir.read_config(run_dir).encoder.width == 0.125
+    trained, pretrained = rundir.load_model(run_dir).encoder, EncoderRun.load(encoder)[0].encoder
+    for name, value in pretrained.stages.state_dict().items():  # the file's weights, as they were (no fine-tune)
+        torch.testing.assert_close(trained.stages.state_dict()[name], value, msg=name)
     plain = tmp_path / "plain.pt"  # stage weights alone, as torchvision's: nothing says their width
     torch.save(Encoder(width=0.5).stages.state_dict(), plain)
     refused = tmp_path / "refused"
