@@ -17,7 +17,7 @@ from robust_ad.cli import app
 from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.denoising import corrupt_images, evaluate_denoising, image_quality, load_denoiser
 from robust_ad.export import export
-from robust_ad.models.denoiser import SkipDenoiser, estimate_sigma, impulses
+from robust_ad.models.denoiser import SkipDenoiser, estimate_sigma, impulses, median9
 from robust_ad.runtime import InferenceSession
 from robust_ad.tensors import to_tensor
 from robust_ad.training.noise import NOISES, apply_noise
@@ -333,6 +333,14 @@ def test_near_clean_images_are_not_made_worse_by_a_denoiser_trained_on_strong_no
     assert image_quality(clean, model.reconstruct(noisy))[0] < before - 1.0  # what the guard prevents
 
 
+def test_the_median_network_is_the_median_of_every_nine_values() -> None:
+    """A comparator network sorts every input iff it sorts every 0-1 input (Knuth's 0-1 principle): all 512."""
+    bits = torch.tensor([[(n >> i) & 1 for i in range(9)] for n in range(512)], dtype=torch.float32)
+    assert torch.equal(median9(list(bits.T)), bits.median(1).values)
+    values = torch.randn(9, 1000)
+    assert torch.equal(median9(list(values)), values.median(0).values)
+
+
 def test_impulses_are_isolated_saturated_pixels_and_are_corrected_in_full() -> None:
     clean = to_tensor(_smooth(count=1))
     clean[..., :8, :8] = 1.0  # a clipped highlight: saturated, but not isolated
@@ -380,3 +388,22 @@ def test_a_loaded_denoiser_has_its_batch_norms_folded_and_denoises_as_before(den
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.encoder.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.encoder.modules())
     np.testing.assert_allclose(folded.reconstruct(noisy), unfolded.reconstruct(noisy), atol=1e-4)
+
+
+def test_training_corruption_mixes_levels_per_image_and_leaves_a_share_clean() -> None:
+    from robust_ad.config import DenoiseConfig
+    from robust_ad.training.noise import random_corruption
+
+    config = DenoiseConfig(noises=["gaussian", "salt_pepper"], gaussian_sigma=[0.05, 0.1], clean_fraction=0.25)
+    corrupt = random_corruption(config)
+    x = torch.full((400, 3, 16, 16), 0.5)
+    noisy = corrupt(x, torch.Generator().manual_seed(3))
+    assert torch.equal(noisy, corrupt(x, torch.Generator().manual_seed(3)))  # one seed, one corruption
+    changed = (noisy != x).flatten(1)
+    clean = ~changed.any(1)
+    assert 0.15 < clean.float().mean() < 0.35
+    impulse = ((noisy == 0) | (noisy == 1)).flatten(1).any(1) & (changed.float().mean(1) < 0.2)
+    gaussian = ~clean & ~impulse
+    spread = (noisy - x).flatten(1)[gaussian].std(1)  # each image its own sigma, within the range
+    assert spread.min() > 0.045 and spread.max() < 0.11 and spread.max() - spread.min() > 0.03
+    assert 0.25 < gaussian.float().mean() < 0.5 and 0.25 < impulse.float().mean() < 0.5

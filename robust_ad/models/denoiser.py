@@ -290,6 +290,20 @@ def impulses(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     highlight or shadow is not isolated). ``sigma``: (N, 1, 1, 1)."""
     h, w = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    shifted = torch.stack([padded[..., i : i + h, j : j + w] for i in range(3) for j in range(3)])
-    median = shifted.sort(dim=0).values[4]
+    median = median9([padded[..., i : i + h, j : j + w] for i in range(3) for j in range(3)])
     return ((x <= 0) | (x >= 1)) & ((x - median).abs() > IMPULSE_SIGMAS * sigma)
+
+
+# Devillard's 19 compare-exchanges that bring the median of 9 values to the middle ("Fast median search", 1998).
+_MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3))
+_MEDIAN9 += ((5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
+def median9(values: list[torch.Tensor]) -> torch.Tensor:
+    """The elementwise median of nine tensors, by a sorting network of minima and maxima: element-wise operations
+    that every engine fuses or runs at memory speed (a sort along a stacked axis was a seventh of a denoiser's
+    training step on the CPU)."""
+    v = list(values)
+    for i, j in _MEDIAN9:
+        v[i], v[j] = torch.minimum(v[i], v[j]), torch.maximum(v[i], v[j])
+    return v[4]

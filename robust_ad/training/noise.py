@@ -28,24 +28,29 @@ EVAL_LEVELS = {
 }
 
 
-def apply_noise(x: torch.Tensor, kind: str, level: float, generator: torch.Generator) -> torch.Tensor:
-    """``x`` corrupted by ``kind`` at ``level``; the result stays in [0, 1]."""
+def apply_noise(x: torch.Tensor, kind: str, level: float | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``x`` corrupted by ``kind`` at ``level`` (one for all images, or one per image: (N,)); the result stays in
+    [0, 1]. The random numbers are drawn on ``generator``'s device (a CPU generator gives the same corruption on
+    every device; one on ``x``'s device keeps a training step on the GPU)."""
+    per_image = torch.as_tensor(level, dtype=torch.float32).to(x.device).expand(len(x)).reshape(-1, 1, 1, 1)
+    draw = {"generator": generator, "device": generator.device}
     if kind == "gaussian":
-        noisy = x + level * torch.randn(x.shape, generator=generator).to(x)
-    elif kind == "poisson":
-        noisy = torch.poisson((x * level).cpu(), generator=generator).to(x) / level
+        noisy = x + per_image * torch.randn(x.shape, **draw).to(x)
+    elif kind in ("poisson", "sensor"):
+        rate = (x * per_image).to(generator.device)
+        noisy = torch.poisson(rate, generator=generator).to(x) / per_image
+        if kind == "sensor":
+            read = SENSOR_READ_NOISE * torch.randn(x.shape, **draw).to(x)
+            noisy = ((noisy + read).clamp(0, 1) * 255).round() / 255
     elif kind == "salt_pepper":
-        hit = torch.rand((x.shape[0], 1, *x.shape[2:]), generator=generator).to(x)
-        noisy = torch.where(hit < level / 2, 0.0, torch.where(hit > 1 - level / 2, 1.0, x))
-    elif kind == "sensor":
-        shot = torch.poisson((x * level).cpu(), generator=generator).to(x) / level
-        read = SENSOR_READ_NOISE * torch.randn(x.shape, generator=generator).to(x)
-        noisy = ((shot + read).clamp(0, 1) * 255).round() / 255
+        hit = torch.rand((x.shape[0], 1, *x.shape[2:]), **draw).to(x)
+        noisy = torch.where(hit < per_image / 2, 0.0, torch.where(hit > 1 - per_image / 2, 1.0, x))
     elif kind == "jpeg":
         images = (x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        qualities = per_image.flatten().round().int().tolist()
         decoded = [
-            cv2.imdecode(cv2.imencode(".jpg", im[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(level)])[1], 1)[:, :, ::-1]
-            for im in images
+            cv2.imdecode(cv2.imencode(".jpg", im[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])[1], 1)[:, :, ::-1]
+            for im, q in zip(images, qualities, strict=True)
         ]
         noisy = torch.from_numpy(np.stack(decoded).astype(np.float32) / 255).permute(0, 3, 1, 2).to(x)
     else:
@@ -65,21 +70,26 @@ def _ranges(config: DenoiseConfig) -> dict[str, list[float]]:
 
 def random_corruption(config: DenoiseConfig):
     """A corruption for training: each image gets one noise from ``config.noises`` at a random level in range,
-    or (a share ``config.clean_fraction``) none."""
+    or (a share ``config.clean_fraction``) none. The choices come from the step's (CPU) generator; the noise itself
+    is drawn on the images' device, from a generator seeded by it, one operation per noise kind for the whole
+    batch (an image at a time, on the CPU, made the GPU wait on the host)."""
     ranges = _ranges(config)
 
     def corrupt(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        out = torch.empty_like(x)
         picks = torch.randint(0, len(config.noises), (len(x),), generator=generator)
-        clean = torch.rand(len(x), generator=generator) < config.clean_fraction
-        for i, pick in enumerate(picks.tolist()):
-            if clean[i]:
-                out[i] = x[i]
+        picks[torch.rand(len(x), generator=generator) < config.clean_fraction] = -1  # left clean
+        shares = torch.rand(len(x), generator=generator)
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        on_device = torch.Generator(device=x.device).manual_seed(seed)
+        out = x.clone()
+        for k, kind in enumerate(config.noises):
+            chosen = (picks == k).nonzero().flatten()
+            if len(chosen) == 0:
                 continue
-            kind = config.noises[pick]
             low, high = ranges[kind]
-            level = low + (high - low) * float(torch.rand((), generator=generator))
-            out[i : i + 1] = apply_noise(x[i : i + 1], kind, level, generator)
+            levels = low + (high - low) * shares[chosen]
+            index = chosen.to(x.device)
+            out[index] = apply_noise(x[index], kind, levels, on_device)
         return out
 
     return corrupt
