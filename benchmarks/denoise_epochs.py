@@ -1,12 +1,17 @@
-"""Is the skip denoiser short of training? PSNR of the network alone (no guard) after each number of epochs, on the
-denoising section's example data, test images and noise seed (benchmarks/run.py, denoise_repeats.py), with a
-corpus-pretrained encoder file per eps (the section's: benchmarks/results/encoders/enc-eps<E>.pt). One training per
-(category, eps, epochs); each result is appended to --out as one JSON line as soon as it is measured. Heavy: meant
-for a GPU (benchmarks/gpu_denoise.sh runs it there).
+"""Is the skip denoiser short of training? PSNR of the network alone (no guard) against training time and epochs,
+on the denoising section's example data, test images and noise seed (benchmarks/run.py, denoise_repeats.py), with
+the shipped encoder of the eps asked for (the recipe's named encoder; eps 0: its standard twin), as
+``robust-ad train --mode denoise`` uses it.
 
-    python benchmarks/denoise_epochs.py --category bottle --eps 1 --epochs 200 2000 --device cuda \
-        --encoders benchmarks/results/encoders --out /tmp/denoise_epochs.jsonl
+One training per call, of more epochs than it will reach: at each --at time (seconds from the first epoch) its
+latest checkpoint (written atomically after every epoch) is measured, and at the last one the training is stopped.
+Each measurement is appended to --out as one JSON line as soon as it is made. Heavy: meant for a GPU
+(benchmarks/gpu_denoise.sh runs several side by side there).
+
+    python benchmarks/denoise_epochs.py --category bottle --eps 1 --at 60 300 --device cuda --out /tmp/d.jsonl
     python benchmarks/denoise_epochs.py ... --noise gaussian      # one noise type instead of the blind five
+    python benchmarks/denoise_epochs.py --category photos --corpus CORPUS --data-root DIR --test-size 256 ...
+        # the section's photographs, trained on corpus patches (the dataset made in DIR once, as run.py makes it)
 """
 
 from __future__ import annotations
@@ -14,61 +19,83 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import time
 from pathlib import Path
 
 from denoise_repeats import network_psnr  # benchmarks/ is no package: the modules sit side by side
-from run import PROFILES, _config
+from run import PROFILES, _config, _photo_dataset
 
 from robust_ad import api, machine, rundir
 from robust_ad.data.synth import synthesize
-from robust_ad.training.encoder import EncoderRun
+from robust_ad.tensors import load_checkpoint
+from robust_ad.training.build import build_autoencoder
+
+MANY_EPOCHS = 1_000_000  # stopped by time, not by count
+
+
+def _train(config, run: Path) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # each epoch's line: the pace
+    api.train(config, run, force=True)
+
+
+def _measure(run: Path, device: str, test_size: int | None):
+    """The model and epoch of the run's latest checkpoint, and its PSNR (``network_psnr``)."""
+    config = rundir.read_config(run)
+    state = load_checkpoint(run / rundir.CHECKPOINT)
+    model = build_autoencoder(config)
+    model.load_state_dict(state["modules"]["model"])
+    model = model.to(device).eval()
+    return state["epoch"], network_psnr(model, config, test_size)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--category", required=True)
     parser.add_argument("--eps", type=float, required=True)
-    parser.add_argument("--epochs", type=int, nargs="+", required=True)
-    parser.add_argument("--encoders", type=Path, required=True, help="folder of enc-eps<E>.pt files")
+    parser.add_argument("--at", type=float, nargs="+", required=True, help="seconds of training to measure at")
     parser.add_argument("--depth", type=int, default=0, help="denoise.depth: residual blocks at half resolution")
     parser.add_argument("--noise", nargs="+", help="denoise.noises to train on (default: the recipe's, all five)")
+    parser.add_argument("--data-root", type=Path, help="a dataset holding --category (default: the section's synth)")
+    parser.add_argument("--corpus", type=Path, help="photos: make the dataset in --data-root from this corpus")
+    parser.add_argument("--test-size", type=int, help="test images at this size (the section's photos: 256)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=Path("/tmp/denoise-epochs"), help="data and runs (replaced)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines file to append to")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # each epoch's line: the pace
     profile = PROFILES["full"]
-    work = args.work / f"{args.category}-eps{args.eps:g}-depth{args.depth}"  # one per process: they run side by side
-    root = work / "data"
-    synthesize(root, args.category, seed=0, force=True, **profile["synth"])  # the section's images (deterministic)
-    path = args.encoders / f"enc-eps{args.eps:g}.pt"
-    encoder = {**profile["encoder"], "weights": str(path), "width": EncoderRun.load(path)[0].config.width}
-    for epochs in args.epochs:
-        config = _config(
-            profile,
-            root,
-            args.category,
-            args.eps,
-            device=args.device,
-            mode="denoise",
-            encoder=encoder,
-            denoise={
-                "architecture": "skip",
-                "epochs": epochs,
-                "depth": args.depth,
-                **({"noises": args.noise} if args.noise else {}),
-            },
-        )
-        began = time.perf_counter()
-        run = api.train(config, work / f"run-{epochs}", force=True)
-        row = {"category": args.category, "eps": args.eps, "epochs": epochs, "depth": args.depth, "encoder": str(path)}
-        row |= {"noises": config.denoise.noises}
-        row |= {"minutes": round((time.perf_counter() - began) / 60, 2), "machine": machine.describe()}
-        row |= {f"sigma{sigma}": psnr for sigma, psnr in network_psnr(rundir.load_model(run), config).items()}
-        with args.out.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        print(json.dumps(row), flush=True)
+    noises = args.noise or []
+    name = f"{args.category}-eps{args.eps:g}-depth{args.depth}{''.join('-' + n for n in noises)}"
+    work = args.work / name  # one per process: they run side by side
+    root = args.data_root or work / "data"
+    if args.corpus is not None:
+        _photo_dataset(args.corpus, root, profile["denoise"])  # root / "photos", unless it is there
+    elif args.data_root is None:
+        synthesize(root, args.category, seed=0, force=True, **profile["synth"])  # the section's images
+    denoise = {"architecture": "skip", "epochs": MANY_EPOCHS, "depth": args.depth}
+    denoise |= {"noises": noises} if noises else {}
+    config = _config(profile, root, args.category, args.eps, True, device=args.device, mode="denoise", denoise=denoise)
+    run = work / "run"
+    training = multiprocessing.get_context("spawn").Process(target=_train, args=(config, run))
+    training.start()
+    while not (run / rundir.CHECKPOINT).is_file():  # the clock starts at the first epoch's end
+        if not training.is_alive():
+            raise SystemExit(f"the training stopped before its first epoch (exit code {training.exitcode})")
+        time.sleep(0.2)
+    began = time.perf_counter()
+    try:
+        for at in args.at:
+            time.sleep(max(0.0, began + at - time.perf_counter()))
+            epoch, psnr = _measure(run, args.device, args.test_size)
+            row = {"category": args.category, "eps": args.eps, "depth": args.depth, "noises": noises or "all"}
+            row |= {"seconds": round(time.perf_counter() - began), "epochs": epoch, "machine": machine.describe()}
+            row |= {f"sigma{sigma}": value for sigma, value in psnr.items()}
+            with args.out.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    finally:
+        training.terminate()
+        training.join()
 
 
 if __name__ == "__main__":

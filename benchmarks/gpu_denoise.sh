@@ -1,18 +1,25 @@
 #!/bin/bash
-# The skip denoiser's PSNR against its training epochs on a lent GPU (benchmarks/denoise_epochs.py): bottle and fabric,
-# eps 1 and its eps 0 twin, side by side, each for EPOCHS in turn (default 200 800 2000), stopped at DENOISE_S seconds.
-# Carry ['.whl', 'benchmarks/results/encoders'] (the wheels: see benchmarks/gpu_check.sh; the encoders: the files the
-# denoising section uses); command 'DENOISE_S=300 bash benchmarks/gpu_denoise.sh'. Writes $OUT/denoise_epochs.jsonl
-# and $OUT/logs.tar.gz.
+# The skip denoiser's PSNR against training time on a lent GPU (benchmarks/denoise_epochs.py): the denoising section's
+# categories and, where its photo dataset is carried, the held-out photographs (trained on corpus patches), each with
+# the shipped eps 1 encoder and its eps 0 twin, all side by side, measured at each of AT seconds, then stopped.
+# Make the photo dataset here first (python benchmarks/run.py --sections denoising --corpus CORPUS writes it, or
+# benchmarks/photo_data.py), then call the device tool with carry ['.whl', 'benchmarks/results/photo-data-1500x64']
+# and command 'AT="60 180 360" bash benchmarks/gpu_denoise.sh'. Writes $OUT/denoise_epochs.jsonl and
+# $OUT/logs.tar.gz (each training's epoch lines).
 OUT=${OUT:-/tmp/gpudenoise-out}; W=/tmp/gpudenoise
 source "$(dirname "$0")/gpu_setup.sh"
-L=$OUT/logs; mkdir -p $L; export OMP_NUM_THREADS=3
-ENC=$PWD/benchmarks/results/encoders
-el "denoisers: ${EPOCHS:=200 800 2000} epochs, at most ${DENOISE_S:=300} s"
-for C in bottle fabric; do
-  for E in 1 0; do
-    (cd benchmarks && timeout $DENOISE_S python3 denoise_epochs.py --category $C --eps $E --epochs $EPOCHS \
-      --encoders $ENC --device cuda --work $W --out $OUT/denoise_epochs.jsonl >$L/$C-eps$E.log 2>&1) &
+L=$OUT/logs; mkdir -p $L; export OMP_NUM_THREADS=${THREADS:-2}
+PHOTOS=$PWD/benchmarks/results/photo-data-1500x64
+el "denoisers: ${CATEGORIES:=bottle fabric gravel photos}, eps ${EPS:=1 0}, measured at ${AT:=60 180 360} s"
+for C in $CATEGORIES; do
+  EXTRA=""
+  if [ "$C" = photos ]; then
+    [ -d "$PHOTOS" ] || { el "no $PHOTOS: photos skipped"; continue; }
+    EXTRA="--data-root $PHOTOS --test-size 256"
+  fi
+  for E in $EPS; do
+    (cd benchmarks && python3 denoise_epochs.py --category $C --eps $E --at $AT $EXTRA --device cuda --work $W \
+      --out $OUT/denoise_epochs.jsonl >$L/$C-eps$E.log 2>&1) &
   done
 done
 wait

@@ -131,9 +131,10 @@ PROFILES = {
 }
 
 
-def _config(profile: dict, root: Path, category: str, eps: float, **sections: dict):
+def _config(profile: dict, root: Path, category: str, eps: float, shipped_encoder: bool = False, **sections: dict):
     """The benchmark's settings over the example recipe, with an encoder trained per category unless
-    ``sections`` name one (``encoder.weights``)."""
+    ``sections`` name one (``encoder.weights``) or ``shipped_encoder`` keeps the recipe's (the shipped encoder
+    robust at ``eps``; at eps 0 its standard twin)."""
     overrides = {
         "category": category,
         "data_root": str(root),
@@ -142,7 +143,8 @@ def _config(profile: dict, root: Path, category: str, eps: float, **sections: di
         "encoder": {**profile["encoder"], "eps": eps},
         "autoencoder": dict(profile["autoencoder"]),
     }
-    return from_scratch(load_config("synthetic", merge(overrides, sections)))
+    config = load_config("synthetic", merge(overrides, sections))
+    return config if shipped_encoder else from_scratch(config)
 
 
 def _detect(scorer: AnomalyScorer, dataset, config, threshold: float, size: int | None = None) -> dict:
@@ -366,17 +368,11 @@ def _photo_dataset(corpus: Path, root: Path, settings: dict) -> Path:
 
 
 def denoising(profile: dict, root: Path, runs: Path, corpus: Path | None, out: Path) -> list[dict]:
-    """Per example category (and, with a corpus, on held-out real photographs): the skip denoiser on the
-    corpus-pretrained robust encoder, the same on its eps 0 twin, and the mirror decoder of before, against the
-    noisy input, tuned NLM and BM3D."""
+    """Per example category (and, with a corpus, on held-out real photographs, trained on corpus patches): the
+    skip denoiser on the shipped robust encoder (what ``train --mode denoise`` uses), the same on its eps 0 twin,
+    and the mirror decoder of before, against the noisy input, tuned NLM and BM3D."""
     settings = profile["denoise"]
     recipe_eps = load_config("synthetic").encoder.eps
-    encoders = {eps: {} for eps in (0.0, recipe_eps)}
-    if corpus is not None:
-        pretrain = profile["pretrained"].get("recipe", {})
-        for eps in encoders:
-            path, run = _pretrained_encoder(corpus, eps, out / "encoders", pretrain)
-            encoders[eps] = {"weights": str(path), "width": run.config.width}
     variants = {  # the skip denoisers train with their own settings (denoise.*); the mirror one as before
         f"robust-ad skip eps={recipe_eps:g}": (recipe_eps, "skip"),
         "robust-ad skip eps=0 (twin)": (0.0, "skip"),
@@ -397,8 +393,8 @@ def denoising(profile: dict, root: Path, runs: Path, corpus: Path | None, out: P
                 data_root,
                 category,
                 eps,
+                True,
                 mode="denoise",
-                encoder={**profile["encoder"], **encoders[eps]},
                 autoencoder={
                     **profile["autoencoder"],
                     "epochs": max(1, round(profile["autoencoder"]["epochs"] * share)),
