@@ -74,7 +74,10 @@ def main() -> None:
         synthesize(root, args.category, seed=0, force=True, **profile["synth"])  # the section's images
     denoise = {"architecture": "skip", "epochs": MANY_EPOCHS, "depth": args.depth}
     denoise |= {"noises": noises} if noises else {}
-    config = _config(profile, root, args.category, args.eps, True, device=args.device, mode="denoise", denoise=denoise)
+    data = {**profile["data"], "on_device": args.device != "cpu"}  # a GPU's training set on the GPU (8-bit)
+    config = _config(
+        profile, root, args.category, args.eps, True, device=args.device, mode="denoise", denoise=denoise, data=data
+    )
     run = work / "run"
     training = multiprocessing.get_context("spawn").Process(target=_train, args=(config, run))
     training.start()

@@ -5,10 +5,15 @@
 # Make the photo dataset here first (python benchmarks/run.py --sections denoising --corpus CORPUS writes it, or
 # benchmarks/photo_data.py), then call the device tool with carry ['.whl', 'benchmarks/results/photo-data-1500x64']
 # and command 'AT="60 180 360" bash benchmarks/gpu_denoise.sh'. Writes $OUT/denoise_epochs.jsonl and
-# $OUT/logs.tar.gz (each training's epoch lines).
+# $OUT/logs.tar.gz (each training's epoch lines). TESTS="tests/test_cuda.py ..." runs those tests first (pytest.log).
 OUT=${OUT:-/tmp/gpudenoise-out}; W=/tmp/gpudenoise
 source "$(dirname "$0")/gpu_setup.sh"
 L=$OUT/logs; mkdir -p $L; export OMP_NUM_THREADS=${THREADS:-2}
+if [ -n "$TESTS" ]; then
+  el "tests: $TESTS"
+  timeout ${TEST_S:-150} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} -rs $TESTS >$OUT/pytest.log 2>&1
+  tail -6 $OUT/pytest.log
+fi
 PHOTOS=$PWD/benchmarks/results/photo-data-1500x64
 el "denoisers: ${CATEGORIES:=bottle fabric gravel photos}, eps ${EPS:=1 0}, measured at ${AT:=60 180 360} s"
 for C in $CATEGORIES; do
