@@ -233,22 +233,15 @@ def resolve_encoder(config: Config) -> Config:
 
 
 def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: bool, device) -> dict:
-    """Load published robust weights (the user's own file is already loaded: ``train`` loads it first, so that one
-    that does not fit is refused before the run folder is made), fine-tune them when ``encoder.finetune_epochs``,
-    or adversarially train the encoder from scratch; resumable, in the run folder."""
+    """Fine-tune the loaded encoder (published or the user's: ``train`` loads it before the run folder is made)
+    when ``encoder.finetune_epochs``, or adversarially train the encoder from scratch; resumable, in the run
+    folder."""
     from robust_ad import rundir
-    from robust_ad.training import distributed
     from robust_ad.training.encoder import train_encoder as _train
-    from robust_ad.training.pretrained import fetch
-    from robust_ad.training.weights import load_encoder_weights
 
     source = config.encoder.pretrained or config.encoder.weights
     encoder_config, initial = config.encoder, None
-    if source:
-        if config.encoder.pretrained:
-            with distributed.main_first():  # one download into the shared cache
-                weights = fetch(source)
-            load_encoder_weights(model.encoder, weights)
+    if source:  # already loaded by ``train``
         if config.encoder.finetune_epochs == 0:
             return {"encoder_source": str(source), "encoder_minutes": 0.0}
         encoder_config = config.encoder.model_copy(update={"epochs": config.encoder.finetune_epochs})
@@ -367,6 +360,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad.training.autoencoder import colour_error
     from robust_ad.training.build import build_autoencoder
     from robust_ad.training.engine import effective_precision
+    from robust_ad.training.pretrained import fetch
     from robust_ad.training.weights import load_encoder_weights
     from robust_ad.viz import reconstruction_grid
 
@@ -385,6 +379,9 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     read = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]
     with distributed.process_group(device) as device:
         distributed.local_batch_size(config.data.batch_size)  # splits over the processes: checked before writing
+        if config.encoder.pretrained:  # before the run folder too: offline and not cached, nothing is left behind
+            with distributed.main_first():  # one download into the shared cache
+                load_encoder_weights(model.encoder, fetch(config.encoder.pretrained))
         if not (config.encoder.pretrained or config.encoder.weights) or config.encoder.finetune_epochs:
             distributed.local_batch_size(config.encoder.batch_size)
         if not distributed.is_main():  # trains in step with process 0, which alone writes the run folder

@@ -172,6 +172,20 @@ def test_train_with_a_published_encoder_loads_it_without_running_pickled_code(
     assert rundir.read_training(out).encoder_source == NAME
 
 
+def test_train_offline_with_an_uncached_encoder_fails_before_making_the_run_folder(
+    checkpoint, server, monkeypatch, synth_root: Path, tmp_path: Path
+) -> None:
+    """The download comes before the run folder: nothing is left to --resume or --force."""
+    _with_hash(monkeypatch, _sha(checkpoint[0]))
+    server.shutdown()
+    server.server_close()
+    out = tmp_path / "run"
+    args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--encoder", NAME, "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0 and "cannot download" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_encoder_list_and_unknown_names() -> None:
     result = runner.invoke(app, ["encoder", "list"])
     assert (
