@@ -3,9 +3,10 @@ on the denoising section's example data, test images and noise seed (benchmarks/
 the shipped encoder of the eps asked for (the recipe's named encoder; eps 0: its standard twin), as
 ``robust-ad train --mode denoise`` uses it.
 
-One training per call, of more epochs than it will reach: at each --at time (seconds from the first epoch) its
-latest checkpoint (written atomically after every epoch) is measured, and at the last one the training is stopped.
-Each measurement is appended to --out as one JSON line as soon as it is made. Heavy: meant for a GPU
+With --at: one training, of more epochs than it will reach; at each --at time (seconds from the first epoch's end)
+its latest checkpoint (written atomically after every epoch) is measured, and at the last one it is stopped. With
+--epochs: one finished training per number of epochs, each measured at its end. Each measurement is appended to
+--out as one JSON line as soon as it is made. Heavy: meant for a GPU
 (benchmarks/gpu_denoise.sh runs several side by side there).
 
     python benchmarks/denoise_epochs.py --category bottle --eps 1 --at 60 300 --device cuda --out /tmp/d.jsonl
@@ -30,6 +31,7 @@ from robust_ad import api, machine, rundir
 from robust_ad.data.synth import synthesize
 from robust_ad.tensors import load_checkpoint
 from robust_ad.training.build import build_autoencoder
+from robust_ad.training.encoder import EncoderRun
 
 MANY_EPOCHS = 1_000_000  # stopped by time, not by count
 
@@ -53,8 +55,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--category", required=True)
     parser.add_argument("--eps", type=float, required=True)
-    parser.add_argument("--at", type=float, nargs="+", required=True, help="seconds of training to measure at")
+    when = parser.add_mutually_exclusive_group(required=True)
+    when.add_argument("--at", type=float, nargs="+", help="one training, measured at these seconds of it")
+    when.add_argument("--epochs", type=int, nargs="+", help="one finished training of each number of epochs")
+    parser.add_argument("--encoders", type=Path, help="folder of enc-eps<E>.pt files (default: the shipped encoders)")
     parser.add_argument("--depth", type=int, default=0, help="denoise.depth: residual blocks at half resolution")
+    parser.add_argument("--pixel-loss", choices=["l1", "l2"], help="autoencoder.pixel_loss (default: the recipe's)")
     parser.add_argument("--noise", nargs="+", help="denoise.noises to train on (default: the recipe's, all five)")
     parser.add_argument("--data-root", type=Path, help="a dataset holding --category (default: the section's synth)")
     parser.add_argument("--corpus", type=Path, help="photos: make the dataset in --data-root from this corpus")
@@ -65,21 +71,52 @@ def main() -> None:
     args = parser.parse_args()
     profile = PROFILES["full"]
     noises = args.noise or []
-    name = f"{args.category}-eps{args.eps:g}-depth{args.depth}{''.join('-' + n for n in noises)}"
+    loss = {"pixel_loss": args.pixel_loss} if args.pixel_loss else {}
+    name = f"{args.category}-eps{args.eps:g}-depth{args.depth}{''.join('-' + n for n in [*noises, *loss.values()])}"
     work = args.work / name  # one per process: they run side by side
     root = args.data_root or work / "data"
     if args.corpus is not None:
         _photo_dataset(args.corpus, root, profile["denoise"])  # root / "photos", unless it is there
     elif args.data_root is None:
         synthesize(root, args.category, seed=0, force=True, **profile["synth"])  # the section's images
-    denoise = {"architecture": "skip", "epochs": MANY_EPOCHS, "depth": args.depth}
-    denoise |= {"noises": noises} if noises else {}
-    data = {**profile["data"], "on_device": args.device != "cpu"}  # a GPU's training set on the GPU (8-bit)
-    config = _config(
-        profile, root, args.category, args.eps, True, device=args.device, mode="denoise", denoise=denoise, data=data
-    )
+    encoder = {}
+    if args.encoders is not None:
+        path = args.encoders / f"enc-eps{args.eps:g}.pt"
+        encoder = {**profile["encoder"], "weights": str(path), "width": EncoderRun.load(path)[0].config.width}
+    row = {"category": args.category, "eps": args.eps, "depth": args.depth, "noises": noises or "all"}
+    row |= {"encoder": str(encoder.get("weights", "shipped"))}
+
+    def settings(epochs: int):
+        denoise = {
+            "architecture": "skip",
+            "epochs": epochs,
+            "depth": args.depth,
+            **({"noises": noises} if noises else {}),
+        }
+        data = {**profile["data"], "on_device": args.device != "cpu"}  # a GPU's training set on the GPU (8-bit)
+        sections = {"denoise": denoise, "data": data, "autoencoder": {**profile["autoencoder"], **loss}}
+        sections |= {"encoder": encoder} if encoder else {}
+        return _config(
+            profile, root, args.category, args.eps, not encoder, device=args.device, mode="denoise", **sections
+        )
+
+    def write(values: dict) -> None:
+        values = {**row, **values, "machine": machine.describe()}
+        with args.out.open("a") as handle:
+            handle.write(json.dumps(values) + "\n")
+        print(json.dumps(values), flush=True)
+
+    row["pixel_loss"] = settings(1).autoencoder.pixel_loss
+    if args.epochs:
+        for epochs in args.epochs:
+            began = time.perf_counter()
+            run = api.train(settings(epochs), work / f"run-{epochs}", force=True)
+            minutes = round((time.perf_counter() - began) / 60, 2)
+            psnr = network_psnr(rundir.load_model(run, args.device), rundir.read_config(run), args.test_size)
+            write({"epochs": epochs, "minutes": minutes, **{f"sigma{sigma}": v for sigma, v in psnr.items()}})
+        return
     run = work / "run"
-    training = multiprocessing.get_context("spawn").Process(target=_train, args=(config, run))
+    training = multiprocessing.get_context("spawn").Process(target=_train, args=(settings(MANY_EPOCHS), run))
     training.start()
     while not (run / rundir.CHECKPOINT).is_file():  # the clock starts at the first epoch's end
         if not training.is_alive():
@@ -90,12 +127,8 @@ def main() -> None:
         for at in args.at:
             time.sleep(max(0.0, began + at - time.perf_counter()))
             epoch, psnr = _measure(run, args.device, args.test_size)
-            row = {"category": args.category, "eps": args.eps, "depth": args.depth, "noises": noises or "all"}
-            row |= {"seconds": round(time.perf_counter() - began), "epochs": epoch, "machine": machine.describe()}
-            row |= {f"sigma{sigma}": value for sigma, value in psnr.items()}
-            with args.out.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+            seconds = round(time.perf_counter() - began)
+            write({"seconds": seconds, "epochs": epoch, **{f"sigma{sigma}": v for sigma, v in psnr.items()}})
     finally:
         training.terminate()
         training.join()
