@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--encoders", type=Path, help="folder of enc-eps<E>.pt files (default: the shipped encoders)")
     parser.add_argument("--depth", type=int, default=0, help="denoise.depth: residual blocks at half resolution")
     parser.add_argument("--pixel-loss", choices=["l1", "l2"], help="autoencoder.pixel_loss (default: the recipe's)")
+    parser.add_argument("--schedule", choices=["constant", "cosine"], help="denoise.lr_schedule (default: recipe's)")
     parser.add_argument("--noise", nargs="+", help="denoise.noises to train on (default: the recipe's, all five)")
     parser.add_argument("--data-root", type=Path, help="a dataset holding --category (default: the section's synth)")
     parser.add_argument("--corpus", type=Path, help="photos: make the dataset in --data-root from this corpus")
@@ -72,7 +73,8 @@ def main() -> None:
     profile = PROFILES["full"]
     noises = args.noise or []
     loss = {"pixel_loss": args.pixel_loss} if args.pixel_loss else {}
-    name = f"{args.category}-eps{args.eps:g}-depth{args.depth}{''.join('-' + n for n in [*noises, *loss.values()])}"
+    tags = [*noises, *loss.values(), *([args.schedule] if args.schedule else [])]
+    name = f"{args.category}-eps{args.eps:g}-depth{args.depth}{''.join('-' + tag for tag in tags)}"
     work = args.work / name  # one per process: they run side by side
     root = args.data_root or work / "data"
     if args.corpus is not None:
@@ -92,6 +94,7 @@ def main() -> None:
             "epochs": epochs,
             "depth": args.depth,
             **({"noises": noises} if noises else {}),
+            **({"lr_schedule": args.schedule} if args.schedule else {}),
         }
         data = {**profile["data"], "on_device": args.device != "cpu"}  # a GPU's training set on the GPU (8-bit)
         sections = {"denoise": denoise, "data": data, "autoencoder": {**profile["autoencoder"], **loss}}
@@ -106,7 +109,7 @@ def main() -> None:
             handle.write(json.dumps(values) + "\n")
         print(json.dumps(values), flush=True)
 
-    row["pixel_loss"] = settings(1).autoencoder.pixel_loss
+    row["pixel_loss"], row["schedule"] = settings(1).autoencoder.pixel_loss, settings(1).denoise.lr_schedule
     if args.epochs:
         for epochs in args.epochs:
             began = time.perf_counter()
