@@ -193,3 +193,48 @@ def test_the_same_config_trains_the_same_model_whatever_ran_before(synth_root: P
         torch.manual_seed(before)  # other work drew from the global stream
         models.append(rundir.load_model(train(config, tmp_path / f"after{before}")).state_dict())
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+
+
+def test_the_kept_decoder_is_the_moving_average_of_its_steps(tmp_path: Path, monkeypatch) -> None:
+    """With ``ema``, every step updates the average (the first copies the decoder, the decay warms up to ``ema``)
+    and training keeps it."""
+    from robust_ad.training.averaging import WARMUP, MovingAverage
+
+    steps: list[dict[str, torch.Tensor]] = []
+    update = MovingAverage.update
+
+    def recording(self, live) -> None:
+        steps.append({k: v.detach().clone() for k, v in live.state_dict().items() if v.is_floating_point()})
+        update(self, live)
+
+    monkeypatch.setattr(MovingAverage, "update", recording)
+    config = tiny_config(tmp_path, autoencoder={"epochs": 4, "ema": 0.3, "w_gan": 0.0})
+    images = np.random.default_rng(0).random((16, 32, 32, 3), dtype=np.float32)
+    model = build_autoencoder(config)
+    fit_decoder(model, config.autoencoder, images, images[:4], 8)
+    assert len(steps) == 8  # four epochs of two batches
+    expected = steps[0]
+    for n, step in enumerate(steps[1:], start=1):
+        decay = min(0.3, (1 + n) / (WARMUP + n))
+        expected = {k: decay * expected[k] + (1 - decay) * step[k] for k in expected}
+    kept = model.decoder.state_dict()
+    for name, value in expected.items():
+        torch.testing.assert_close(kept[name], value)
+    assert any(not torch.allclose(kept[k], steps[-1][k]) for k in expected)  # not the last step's weights
+
+
+def test_an_interrupted_training_resumes_its_moving_average(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, autoencoder={"epochs": 3, "ema": 0.8, "w_gan": 0.0})
+    images = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
+    torch.manual_seed(0)
+    straight = build_autoencoder(config)
+    fit_decoder(straight, config.autoencoder, images, seed=3)
+    path = tmp_path / "checkpoint.pt"
+    config.autoencoder.epochs = 1
+    torch.manual_seed(0)
+    fit_decoder(build_autoencoder(config), config.autoencoder, images, seed=3, checkpoint_path=path)
+    config.autoencoder.epochs = 3
+    resumed = build_autoencoder(config)
+    fit_decoder(resumed, config.autoencoder, images, seed=3, checkpoint_path=path, resume=True)
+    for a, b in zip(straight.decoder.state_dict().values(), resumed.decoder.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)

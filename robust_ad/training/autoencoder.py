@@ -6,8 +6,9 @@ In denoising mode the input is corrupted and the target stays clean.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from robust_ad.config import AutoencoderConfig
 from robust_ad.models.autoencoder import RobustAutoencoder
 from robust_ad.models.decoder import PatchDiscriminator
 from robust_ad.training import losses
+from robust_ad.training.averaging import MovingAverage
 from robust_ad.training.encoder import as_dataset
 from robust_ad.training.engine import Batch, Engine, Task, set_learning_rate
 
@@ -44,6 +46,9 @@ class DecoderTask(Task):
             self.disc = PatchDiscriminator(max(8, round(64 * config.decoder_width)))
             self.modules["disc"] = self.disc
             self.optimizers["opt_d"] = torch.optim.Adam(self.disc.parameters(), lr=config.disc_lr, betas=(0.0, 0.9))
+        self.ema = MovingAverage(model.decoder, config.ema) if config.ema > 0 else None
+        if self.ema is not None:
+            self.modules["ema"] = self.ema  # checkpointed with the others
 
     def begin_epoch(self, engine: Engine) -> None:
         """The decoder's learning rate for this epoch: constant, or a cosine decay (a function of the epoch alone,
@@ -93,6 +98,8 @@ class DecoderTask(Task):
             terms["disc"] = d_loss.detach()
         total = self._weighted(terms)
         engine.optimize(total, self.optimizers["opt_g"])
+        if self.ema is not None:
+            self.ema.update(self.model.decoder)
         return {f"train_{name}": value.detach() for name, value in {**terms, "total": total}.items()}
 
     @torch.no_grad()
@@ -105,14 +112,28 @@ class DecoderTask(Task):
         self.model.eval()
         generator = torch.Generator().manual_seed(engine.seed)  # the same corruptions every epoch
         sums: dict[str, float] = {}
-        for images, _ in engine.loader(dataset=self.val):
-            x = images.to(engine.device)
-            x_in = self.corrupt(x, generator) if self.corrupt is not None else x
-            _, terms = self._losses(x_in, x)
-            terms["total"] = self._weighted(terms)
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * len(x)
+        with self.averaged():  # the model that training keeps
+            for images, _ in engine.loader(dataset=self.val):
+                x = images.to(engine.device)
+                x_in = self.corrupt(x, generator) if self.corrupt is not None else x
+                _, terms = self._losses(x_in, x)
+                terms["total"] = self._weighted(terms)
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * len(x)
         return lr | {f"val_{name}": value / len(self.val) for name, value in sums.items()}
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """The model with its decoder's moving average in place of the decoder for the block (``ema``)."""
+        if self.ema is None:
+            yield
+            return
+        live = self.model.decoder
+        self.model.decoder = self.ema.module.train(live.training)  # in eval mode its batch norms stay as averaged
+        try:
+            yield
+        finally:
+            self.model.decoder = live
 
 
 def colour_error(images: np.ndarray, reconstructions: np.ndarray) -> list[float]:
@@ -166,5 +187,7 @@ def fit_decoder(
         on_device=on_device,
     )
     history = engine.fit(resume and checkpoint_path is not None and Path(checkpoint_path).is_file())
+    if task.ema is not None:
+        model.decoder.load_state_dict(task.ema.module.state_dict())
     model.encoder.requires_grad_(False)
     return history
