@@ -42,11 +42,17 @@ def _train(config, run: Path) -> None:
 
 
 def _measure(run: Path, device: str, test_size: int | None):
-    """The model and epoch of the run's latest checkpoint, and its PSNR (``network_psnr``)."""
+    """The epoch of the run's latest checkpoint and the PSNR (``network_psnr``) of the model it would keep: with
+    ``denoise.ema``, the moving average of the decoder's weights."""
     config = rundir.read_config(run)
     state = load_checkpoint(run / rundir.CHECKPOINT)
     model = build_autoencoder(config)
     model.load_state_dict(state["modules"]["model"])
+    if "ema" in state["modules"]:
+        averaged = state["modules"]["ema"]
+        model.decoder.load_state_dict(
+            {k.removeprefix("module."): v for k, v in averaged.items() if k != "_extra_state"}
+        )
     model = model.to(device).eval()
     return state["epoch"], network_psnr(model, config, test_size)
 
