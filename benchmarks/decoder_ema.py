@@ -1,0 +1,51 @@
+"""Does the detection decoder gain from keeping the moving average of its weights (``autoencoder.ema``), as the
+denoiser does? The pretrained section's runs of the shipped encoder robust at --eps (0: its standard twin), its
+decoder epochs and the example data of its seeds, trained with each --ema value; one JSON line per run (detection
+metrics, colour error) appended to --out.
+
+    python benchmarks/decoder_ema.py --ema 0 0.995 --out benchmarks/decoder_ema.jsonl
+    python benchmarks/decoder_ema.py --eps 0 --ema 0.995 --out benchmarks/decoder_ema.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from run import PROFILES, _config, _decoder_epochs, _train_and_measure
+
+from robust_ad import machine
+from robust_ad.data.synth import synthesize
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ema", type=float, nargs="+", required=True, help="autoencoder.ema values to compare")
+    parser.add_argument("--eps", type=float, default=1.0, help="the shipped encoder's eps (0: the standard twin)")
+    parser.add_argument("--data", type=Path, default=Path("benchmarks/results"), help="where data, data-seedN are")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/decoder-ema"), help="run folders (replaced)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines file to append to")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    profile, settings = PROFILES["full"], PROFILES["full"]["pretrained"]
+    for seed in settings["seeds"]:
+        root = args.data / ("data" if seed == 0 else f"data-seed{seed}")
+        for category in settings["categories"]:
+            if not (root / category / "synth.json").is_file():  # deterministic: the section's images
+                synthesize(root, category, seed=seed, force=True, **profile["synth"])
+            for ema in args.ema:
+                autoencoder = {**profile["autoencoder"], "epochs": _decoder_epochs(profile), "ema": ema}
+                config = _config(profile, root, category, args.eps, True, autoencoder=autoencoder)
+                row = {"category": category, "seed": seed, "eps": args.eps, "ema": ema}
+                run = args.work / f"{category}-seed{seed}-eps{args.eps:g}-ema{ema:g}"
+                row |= _train_and_measure(config, run)
+                row["machine"] = machine.describe()
+                with args.out.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
