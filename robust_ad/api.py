@@ -372,16 +372,16 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     device = resolve_device(config.device)
     seed_everything(config.seed)  # the initial weights too: the same config trains the same model in any process
     model = build_autoencoder(config)  # checks the backbone's layer names before any work
-    if config.encoder.weights:  # loaded here, once: a file that does not fit is refused before the run folder is made
-        load_encoder_weights(model.encoder, config.encoder.weights)
     dataset = open_dataset(config)
     config = config.model_copy(update={"data_root": str(dataset.root)})
     read = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]
     with distributed.process_group(device) as device:
         distributed.local_batch_size(config.data.batch_size)  # splits over the processes: checked before writing
-        if config.encoder.pretrained:  # before the run folder too: offline and not cached, nothing is left behind
-            with distributed.main_first():  # one download into the shared cache
-                load_encoder_weights(model.encoder, fetch(config.encoder.pretrained))
+        if config.encoder.weights or config.encoder.pretrained:
+            # loaded here, once, before the run folder is made: a file that does not fit, or a published encoder
+            # that cannot be downloaded, leaves nothing behind (a published one: one download into the shared cache)
+            with distributed.main_first():
+                load_encoder_weights(model.encoder, config.encoder.weights or fetch(config.encoder.pretrained))
         if not (config.encoder.pretrained or config.encoder.weights) or config.encoder.finetune_epochs:
             distributed.local_batch_size(config.encoder.batch_size)
         if not distributed.is_main():  # trains in step with process 0, which alone writes the run folder
