@@ -5,6 +5,7 @@ metrics, colour error) appended to --out.
 
     python benchmarks/decoder_ema.py --ema 0 0.995 --out benchmarks/decoder_ema.jsonl
     python benchmarks/decoder_ema.py --eps 0 --ema 0.995 --out benchmarks/decoder_ema.jsonl
+    python benchmarks/decoder_ema.py --ema 0.995 --seeds 3 4 --out F  # runs on data no section measures
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ema", type=float, nargs="+", required=True, help="autoencoder.ema values to compare")
     parser.add_argument("--eps", type=float, default=1.0, help="the shipped encoder's eps (0: the standard twin)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="data seeds (default: the section's)")
     parser.add_argument("--data", type=Path, default=Path("benchmarks/results"), help="where data, data-seedN are")
     parser.add_argument("--work", type=Path, default=Path("/tmp/decoder-ema"), help="run folders (replaced)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines file to append to")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     profile, settings = PROFILES["full"], PROFILES["full"]["pretrained"]
-    for seed in settings["seeds"]:
+    for seed in args.seeds or settings["seeds"]:
         root = args.data / ("data" if seed == 0 else f"data-seed{seed}")
         for category in settings["categories"]:
             if not (root / category / "synth.json").is_file():  # deterministic: the section's images
