@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--pixel-loss", choices=["l1", "l2"], help="autoencoder.pixel_loss (default: the recipe's)")
     parser.add_argument("--schedule", choices=["constant", "cosine"], help="denoise.lr_schedule (default: recipe's)")
     parser.add_argument("--ema", type=float, help="denoise.ema: the kept weights' moving-average decay (0: none)")
+    parser.add_argument("--augment", choices=["flip", "dihedral"], help="denoise.augment (default: the recipe's)")
     parser.add_argument("--noise", nargs="+", help="denoise.noises to train on (default: the recipe's, all five)")
     parser.add_argument("--data-root", type=Path, help="a dataset holding --category (default: the section's synth)")
     parser.add_argument("--corpus", type=Path, help="photos: make the dataset in --data-root from this corpus")
@@ -82,6 +83,7 @@ def main() -> None:
     loss = {"pixel_loss": args.pixel_loss} if args.pixel_loss else {}
     tags = [*noises, *loss.values(), *([args.schedule] if args.schedule else [])]
     tags += [f"ema{args.ema:g}"] if args.ema is not None else []
+    tags += [args.augment] if args.augment else []
     name = f"{args.category}-eps{args.eps:g}-depth{args.depth}{''.join('-' + tag for tag in tags)}"
     work = args.work / name  # one per process: they run side by side
     root = args.data_root or work / "data"
@@ -104,6 +106,7 @@ def main() -> None:
             **({"noises": noises} if noises else {}),
             **({"lr_schedule": args.schedule} if args.schedule else {}),
             **({"ema": args.ema} if args.ema is not None else {}),
+            **({"augment": args.augment} if args.augment else {}),
         }
         data = {**profile["data"], "on_device": args.device != "cpu"}  # a GPU's training set on the GPU (8-bit)
         sections = {"denoise": denoise, "data": data, "autoencoder": {**profile["autoencoder"], **loss}}
@@ -119,7 +122,7 @@ def main() -> None:
         print(json.dumps(values), flush=True)
 
     row["pixel_loss"], row["schedule"] = settings(1).autoencoder.pixel_loss, settings(1).denoise.lr_schedule
-    row["ema"] = settings(1).denoise.ema
+    row["ema"], row["augment"] = settings(1).denoise.ema, settings(1).denoise.augment
     if args.epochs:
         for epochs in args.epochs:
             began = time.perf_counter()

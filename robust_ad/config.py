@@ -78,6 +78,8 @@ class AutoencoderConfig(_Section):
     # last step's weights). The GAN-trained decoder's last weights are noisy: with the average, eps 1 on the example
     # data (3 seeds) reconstructs bottle at 36.7 dB instead of 30.3; mean image AUROC +0.017 (benchmarks/decoder_ema.py)
     ema: Fraction = 0.995
+    # the training images' random symmetries: horizontal flips, or all eight of the square's (flips, 90-degree turns)
+    augment: Literal["flip", "dihedral"] = "flip"
 
 
 class ScoringConfig(_Section):
@@ -141,6 +143,9 @@ class DenoiseConfig(_Section):
     # skip: the denoiser kept is the moving average of its weights (decay per step; 0: the last step's). Its
     # held-out loss wanders by 5 % from one epoch to the next at a constant learning rate
     ema: Fraction = 0.995
+    # skip: the training images' random symmetries (autoencoder.augment). Noise has no orientation, yet all eight
+    # of the square's did not help the example denoisers: gravel level, fabric up, bottle down (README)
+    augment: Literal["flip", "dihedral"] = "flip"
     min_sigma: NonNegative = 0.004  # skip: below this estimated (or given) noise level the input is returned as is
     # skip: blend output and input where Stein's unbiased risk estimate is lowest, never above the input's
     # (additive Gaussian noise; one more forward pass; robust_ad/models/denoiser.py)
@@ -265,7 +270,7 @@ def for_mode(config: Config) -> Config:
         return config
     d = config.denoise
     update: dict[str, Any] = {"epochs": d.epochs, "decoder_width": d.decoder_width, "lr_schedule": d.lr_schedule}
-    update["ema"] = d.ema
+    update |= {"ema": d.ema, "augment": d.augment}
     if d.losses == "pixel":
         update |= {"w_feature": 0.0, "w_gan": 0.0}
     return config.model_copy(update={"autoencoder": config.autoencoder.model_copy(update=update)})

@@ -20,6 +20,8 @@ from robust_ad.export import export
 from robust_ad.models.denoiser import SkipDenoiser, estimate_sigma, impulses, median9
 from robust_ad.runtime import InferenceSession
 from robust_ad.tensors import to_tensor
+from robust_ad.training import autoencoder
+from robust_ad.training.engine import Engine
 from robust_ad.training.noise import NOISES, apply_noise
 from tests.conftest import tiny_config
 
@@ -46,13 +48,20 @@ def test_each_noise_changes_images_and_keeps_the_range(kind: str) -> None:
         assert torch.allclose(noisy * 255, (noisy * 255).round(), atol=1e-4)
 
 
-def test_train_takes_the_noises_to_learn(synth_root: Path, tmp_path: Path) -> None:
+def test_train_takes_the_noises_to_learn(synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         "data: {image_size: 32, batch_size: 8}\nencoder: {width: 0.125, epochs: 1, batch_size: 8}\n"
-        "autoencoder: {epochs: 1, decoder_width: 0.25}\n"
-        "denoise: {epochs: 2, decoder_width: 0.25, lr_schedule: cosine}\n"
+        "autoencoder: {epochs: 1, decoder_width: 0.25, augment: flip}\n"
+        "denoise: {epochs: 2, decoder_width: 0.25, lr_schedule: cosine, augment: dihedral}\n"
     )
+    engines: list[Engine] = []
+
+    def recorded(*args: object, **kwargs: object) -> Engine:
+        engines.append(Engine(*args, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(autoencoder, "Engine", recorded)
     args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe), "--mode"]
     out = tmp_path / "run"
     result = runner.invoke(app, [*args, "denoise", "--noise", "sensor", "--noise", "jpeg", "--out", str(out)])
@@ -62,6 +71,7 @@ def test_train_takes_the_noises_to_learn(synth_root: Path, tmp_path: Path) -> No
     # the skip denoiser trains with its own settings: epochs, width, pixel loss only, learning-rate schedule
     ae = config.autoencoder
     assert (ae.epochs, ae.decoder_width, ae.w_gan, ae.lr_schedule) == (2, 0.25, 0.0, "cosine")
+    assert ae.augment == "dihedral" and [e.rotate for e in engines] == [True]  # the denoiser's augmentation
     assert len((out / rundir.LOSSES).read_text().strip().splitlines()) == 1 + 2  # header, two epochs
     assert isinstance(rundir.load_model(out), SkipDenoiser)
     result = runner.invoke(app, [*args, "denoise", "--noise", "rain", "--out", str(tmp_path / "bad")])

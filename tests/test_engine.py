@@ -67,6 +67,24 @@ def test_crops_are_made_on_the_batch_within_each_image() -> None:
     assert spans.max() <= 32 and wide[:, 0].max() <= 31 and wide[:, 1].max() > 48  # anywhere across the width
 
 
+def test_rotation_shows_each_image_in_all_eight_symmetries_of_the_square_and_no_other() -> None:
+    """rotate (with flip): every flip and quarter turn of a square image, about equally often; a non-square image
+    is flipped but never transposed."""
+    task = engine.Task()
+    task.modules, task.optimizers = {}, {}
+    run = engine.Engine(task, ArrayImages(np.zeros((1, 8, 8, 3), np.float32)), 1, 8, rotate=True)
+    image = torch.arange(9, dtype=torch.float32).view(1, 1, 3, 3)  # no symmetry of its own
+    symmetries = [torch.rot90(turned, k, (-2, -1)) for turned in (image, image.flip(-1)) for k in range(4)]
+    seen = run.augment(image.repeat(800, 1, 1, 1))
+    counts = [int((seen == s).flatten(1).all(1).sum()) for s in symmetries]
+    assert sum(counts) == 800 and min(counts) > 60, counts
+    wide = run.augment(torch.arange(6, dtype=torch.float32).view(1, 1, 2, 3).repeat(200, 1, 1, 1))
+    assert wide.shape == (200, 1, 2, 3)
+    assert len({tuple(x.flatten().tolist()) for x in wide}) == 4  # as is, flipped either way, or both
+    plain = engine.Engine(task, ArrayImages(np.zeros((1, 8, 8, 3), np.float32)), 1, 8)
+    assert len({tuple(x.flatten().tolist()) for x in plain.augment(image.repeat(200, 1, 1, 1))}) == 2
+
+
 class _Recorder(engine.Task):
     """Trains nothing; keeps every batch it is given."""
 

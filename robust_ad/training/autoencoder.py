@@ -185,6 +185,7 @@ def fit_decoder(
         description="decoder epoch",
         compile=compile,
         on_device=on_device,
+        rotate=config.augment == "dihedral",
     )
     history = engine.fit(resume and checkpoint_path is not None and Path(checkpoint_path).is_file())
     if task.ema is not None:

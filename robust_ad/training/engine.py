@@ -2,8 +2,8 @@
 
 The engine owns what every training needs: seeding and data order, batches through ``torch.utils.data`` (or, with
 ``on_device``, the whole training set decoded once and kept on the device as 8-bit images, batches drawn there: no
-loader processes and no host copies after the first epoch), the flip and crop augmentations (on the device, a batch
-at a time), device placement, mixed precision (bf16 autocast, or fp16 with gradient scaling), optional
+loader processes and no host copies after the first epoch), the flip, rotation and crop augmentations (on the
+device, a batch at a time), device placement, mixed precision (bf16 autocast, or fp16 with gradient scaling), optional
 ``torch.compile``, a progress bar per epoch, timing, per-epoch history, and an atomic checkpoint after every epoch
 from which ``resume`` continues exactly (model, optimisers, scaler, history and random state). Under ``torchrun`` it
 trains with DistributedDataParallel (:mod:`robust_ad.training.distributed`): each process takes its share of every
@@ -125,6 +125,7 @@ class Engine:
         compile: bool = False,
         crop: int | None = None,
         on_device: bool = False,
+        rotate: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
@@ -134,6 +135,7 @@ class Engine:
         self.device = torch.device(device)
         self.seed, self.checkpoint_path, self.workers, self.flip = seed, checkpoint_path, workers, flip
         self.description, self.compile, self.crop, self.on_device = description, compile, crop, on_device
+        self.rotate = rotate
         self.precision = effective_precision(precision, self.device)
         if precision == "fp16" and self.precision != precision:
             log.warning("precision fp16 needs CUDA: training in fp32 on the CPU (bf16 runs on CPUs)")
@@ -171,13 +173,18 @@ class Engine:
         self.scaler.step(optimizer)
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """A batch's training augmentation, on the batch's device: random horizontal flips (with ``flip``) and,
-        with ``crop``, a random square crop of each image (a share ``CROP_SCALE`` of its shorter side) resized to
-        ``crop`` (the product's resize). Draws from the engine's random stream."""
+        """A batch's training augmentation, on the batch's device: random horizontal flips (with ``flip``), random
+        vertical flips and transpositions (with ``rotate``; with ``flip`` too, each of the square's eight symmetries
+        equally likely; square images alone are transposed) and, with ``crop``, a random square crop of each image
+        (a share ``CROP_SCALE`` of its shorter side) resized to ``crop`` (the product's resize). Draws from the
+        engine's random stream."""
         n, (height, width) = len(images), images.shape[-2:]
         if self.flip:
-            flip = (torch.rand(n, generator=self.generator) < 0.5).to(images.device)
-            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+            images = self._randomly(images, images.flip(-1))
+        if self.rotate:
+            images = self._randomly(images, images.flip(-2))
+            if height == width:
+                images = self._randomly(images, images.transpose(-2, -1))
         if self.crop is not None:
             low, high = CROP_SCALE
             side = min(height, width)
@@ -186,6 +193,11 @@ class Engine:
             top, left, sides = (t.long().to(images.device) for t in (tops, lefts, sides))
             images = crop_resize(images, top, left, sides, self.crop)
         return images.contiguous(memory_format=MEMORY_FORMAT)
+
+    def _randomly(self, images: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        """Each image of the batch, or (with probability 1/2, drawn from the engine's stream) its ``changed`` one."""
+        chosen = (torch.rand(len(images), generator=self.generator) < 0.5).to(images.device)
+        return torch.where(chosen.view(-1, 1, 1, 1), changed, images)
 
     def loader(self, dataset: Dataset | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of (images, labels) in order from ``dataset`` (default: the training set), for the work of
