@@ -30,6 +30,7 @@ from run import PROFILES, _config, _photo_dataset
 from robust_ad import api, machine, rundir
 from robust_ad.data.synth import synthesize
 from robust_ad.tensors import load_checkpoint
+from robust_ad.training.averaging import MovingAverage
 from robust_ad.training.build import build_autoencoder
 from robust_ad.training.encoder import EncoderRun
 
@@ -48,11 +49,10 @@ def _measure(run: Path, device: str, test_size: int | None):
     state = load_checkpoint(run / rundir.CHECKPOINT)
     model = build_autoencoder(config)
     model.load_state_dict(state["modules"]["model"])
-    if "ema" in state["modules"]:
-        averaged = state["modules"]["ema"]
-        model.decoder.load_state_dict(
-            {k.removeprefix("module."): v for k, v in averaged.items() if k != "_extra_state"}
-        )
+    if "ema" in state["modules"]:  # loaded as training saved it, then put in the decoder's place (fit_decoder)
+        average = MovingAverage(model.decoder, config.autoencoder.ema)
+        average.load_state_dict(state["modules"]["ema"])
+        model.decoder.load_state_dict(average.module.state_dict())
     model = model.to(device).eval()
     return state["epoch"], network_psnr(model, config, test_size)
 
