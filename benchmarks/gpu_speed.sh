@@ -3,7 +3,7 @@
 # machine lacks go in .whl/ first (see the header of benchmarks/gpu_check.sh); then call the device tool with
 # carry ['.whl'] and command 'bash benchmarks/gpu_speed.sh'. It runs a full --recipe mvtec train + eval on the
 # example bottle in each precision (fp32, bf16) with the GPU to itself (the fp32 run also exported and scored
-# through onnxruntime), the whole suite with the GPU present, benchmarks/profile_gpu.py and benchmarks/speed.py
+# through onnxruntime), the whole suite with the GPU present (SUITE=0: not), benchmarks/profile_gpu.py and benchmarks/speed.py
 # (SPEED_ARGS, e.g. '--compile --batches 32 1') on the fp32 run, then the command THEN if one is given (e.g. 'bash
 # benchmarks/gpu_pretrain.sh'). Nothing runs side by side: on 2026-11-27 pretraining beside the suite
 # oversubscribed the 16 cores and both crawled. With DEADLINE=seconds, the speed step ends by then less a margin
@@ -43,10 +43,10 @@ a, b = (json.load(open(f))["images"] for f in sys.argv[1:])
 print("onnxruntime (CPU) and torch (CUDA graphs) scored", len(a), "and", len(b), "images; verdicts differ on",
       sum(x["verdict"] != y["verdict"] for x, y in zip(a, b, strict=True)))
 PY
-el "test suite (GPU present)"
+[ "${SUITE:-1}" = 0 ] || { el "test suite (GPU present)"  # SUITE=0 skips it
 OMP_NUM_THREADS=2 timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} --durations=10 \
   -o faulthandler_timeout=60 >$L/pytest.log 2>&1
-tail -4 $L/pytest.log
+tail -4 $L/pytest.log; }
 [ "${PROFILE:-1}" = 0 ] || { el "profile (benchmarks/profile_gpu.py)"  # PROFILE=0 skips it
 timeout 90 python3 benchmarks/profile_gpu.py --run $R --out $L/profile.txt 2>$L/profile.err || tail -3 $L/profile.err; }
 el "speed (benchmarks/speed.py $SPEED_ARGS)"  # last but THEN: its file is rewritten after every group of rows
