@@ -102,9 +102,11 @@ def test_batch_norm_statistics_follow_the_trained_weights() -> None:
     generator = torch.Generator().manual_seed(123)
     update_bn([proxy.Proxy("corruption").batch(to_tensor(images), None, generator)[0] for _ in range(4)], fresh)
     norms = [(a, b) for a, b in zip(trained.modules(), fresh.modules(), strict=True) if isinstance(a, nn.BatchNorm2d)]
-    # In standard deviations of the features: under 0.1 when recalibrated, about 1 with lagging running averages.
+    # In standard deviations of the features: 0.20 when recalibrated (two draws of random corruptions differ by
+    # that much: 0.2001 on a CUDA host with torch 2.11, 0.1997 on this CPU with torch 2.14), 0.84 without the
+    # recalibration (lagging running averages).
     lag = max(((a.running_mean - b.running_mean).abs() / b.running_var.sqrt()).max().item() for a, b in norms)
-    assert lag < 0.2, lag
+    assert lag < 0.4, lag
 
 
 def test_checkpoint_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
