@@ -15,10 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-from run import PROFILES, _config, _decoder_epochs, _train_and_measure
+from run import PROFILES, _config, _decoder_epochs, _train_and_measure, seed_data
 
 from robust_ad import machine
-from robust_ad.data.synth import synthesize
 
 
 def main() -> None:
@@ -33,10 +32,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     profile, settings = PROFILES["full"], PROFILES["full"]["pretrained"]
     for seed in args.seeds or settings["seeds"]:
-        root = args.data / ("data" if seed == 0 else f"data-seed{seed}")
         for category in settings["categories"]:
-            if not (root / category / "synth.json").is_file():  # deterministic: the section's images
-                synthesize(root, category, seed=seed, force=True, **profile["synth"])
+            root = seed_data(profile, args.data, seed, category)
             for ema in args.ema:
                 autoencoder = {**profile["autoencoder"], "epochs": _decoder_epochs(profile), "ema": ema}
                 config = _config(profile, root, category, args.eps, True, autoencoder=autoencoder)

@@ -485,9 +485,7 @@ def _seed_data(profile: dict, root: Path, out: Path) -> list[tuple[int, str, Pat
     for seed in settings.get("seeds", [0])[1:]:
         for category in settings["categories"]:
             if (root / category / "synth.json").is_file():
-                data = out / f"data-seed{seed}"
-                synthesize(data, category, seed=seed, force=True, **profile["synth"])
-                found.append((seed, category, data))
+                found.append((seed, category, seed_data(profile, out, seed, category, force=True)))
     return found
 
 
@@ -500,6 +498,16 @@ def _other_seeds(profile: dict, root: Path, runs: Path, out: Path, variants: dic
             run = runs / f"{category}-{name.replace(' ', '_')}-seed{seed}"
             rows.append({**_variant(profile, data, category, name, encoder, eps, run), "seed": seed})
     return rows
+
+
+def seed_data(profile: dict, out: Path, seed: int, category: str, force: bool = False) -> Path:
+    """The data root of the pretrained section's example data of ``seed`` (``out``/data for seed 0, else
+    ``out``/data-seed<N>), with ``category``'s images generated there (with ``force``, even if they are: the profile
+    may have changed; generation is deterministic)."""
+    root = out / ("data" if seed == 0 else f"data-seed{seed}")
+    if force or not (root / category / "synth.json").is_file():
+        synthesize(root, category, seed=seed, force=True, **profile["synth"])
+    return root
 
 
 def _decoder_epochs(profile: dict) -> int:
