@@ -13,6 +13,8 @@ its latest checkpoint (written atomically after every epoch) is measured, and at
     python benchmarks/denoise_epochs.py ... --noise gaussian      # one noise type instead of the blind five
     python benchmarks/denoise_epochs.py --category photos --corpus CORPUS --data-root DIR --test-size 256 ...
         # the section's photographs, trained on corpus patches (the dataset made in DIR once, as run.py makes it)
+    python benchmarks/denoise_epochs.py --category gravel --eps 1 --epochs 450 --init PHOTO_RUN ...
+        # each denoiser starts from a finished denoising run's decoder (e.g. one trained on the photographs)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from run import PROFILES, _config, _photo_dataset
 from robust_ad import api, machine, rundir
 from robust_ad.data.synth import synthesize
 from robust_ad.tensors import load_checkpoint
+from robust_ad.training import build
 from robust_ad.training.averaging import MovingAverage
 from robust_ad.training.build import build_autoencoder
 from robust_ad.training.encoder import EncoderRun
@@ -37,8 +40,25 @@ from robust_ad.training.encoder import EncoderRun
 MANY_EPOCHS = 1_000_000  # stopped by time, not by count
 
 
-def _train(config, run: Path) -> None:
+def _start_from(prior: Path | None) -> None:
+    """Every denoiser this process builds starts from the decoder of the finished denoising run ``prior`` (none:
+    from scratch). robust-ad has no such setting: this wraps the builder that ``api.train`` calls."""
+    if prior is None:
+        return
+    decoder, plain = rundir.load_model(prior).decoder.state_dict(), build.build_autoencoder
+
+    def from_prior(config):
+        model = plain(config)
+        if config.mode == "denoise":
+            model.decoder.load_state_dict(decoder)
+        return model
+
+    build.build_autoencoder = from_prior
+
+
+def _train(config, run: Path, prior: Path | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # each epoch's line: the pace
+    _start_from(prior)  # a spawned process: the wrapper is made again here
     api.train(config, run, force=True)
 
 
@@ -70,6 +90,7 @@ def main() -> None:
     parser.add_argument("--schedule", choices=["constant", "cosine"], help="denoise.lr_schedule (default: recipe's)")
     parser.add_argument("--ema", type=float, help="denoise.ema: the kept weights' moving-average decay (0: none)")
     parser.add_argument("--augment", choices=["flip", "dihedral"], help="denoise.augment (default: the recipe's)")
+    parser.add_argument("--init", type=Path, help="a finished denoising run whose decoder each training starts from")
     parser.add_argument("--noise", nargs="+", help="denoise.noises to train on (default: the recipe's, all five)")
     parser.add_argument("--data-root", type=Path, help="a dataset holding --category (default: the section's synth)")
     parser.add_argument("--corpus", type=Path, help="photos: make the dataset in --data-root from this corpus")
@@ -84,6 +105,7 @@ def main() -> None:
     tags = [*noises, *loss.values(), *([args.schedule] if args.schedule else [])]
     tags += [f"ema{args.ema:g}"] if args.ema is not None else []
     tags += [args.augment] if args.augment else []
+    tags += ["init"] if args.init else []
     name = f"{args.category}-eps{args.eps:g}-depth{args.depth}{''.join('-' + tag for tag in tags)}"
     work = args.work / name  # one per process: they run side by side
     root = args.data_root or work / "data"
@@ -96,7 +118,7 @@ def main() -> None:
         path = args.encoders / f"enc-eps{args.eps:g}.pt"
         encoder = {**profile["encoder"], "weights": str(path), "width": EncoderRun.load(path)[0].config.width}
     row = {"category": args.category, "eps": args.eps, "depth": args.depth, "noises": noises or "all"}
-    row |= {"encoder": str(encoder.get("weights", "shipped"))}
+    row |= {"encoder": str(encoder.get("weights", "shipped"))} | ({"init": str(args.init)} if args.init else {})
 
     def settings(epochs: int):
         denoise = {
@@ -124,6 +146,7 @@ def main() -> None:
     row["pixel_loss"], row["schedule"] = settings(1).autoencoder.pixel_loss, settings(1).denoise.lr_schedule
     row["ema"], row["augment"] = settings(1).denoise.ema, settings(1).denoise.augment
     if args.epochs:
+        _start_from(args.init)
         for epochs in args.epochs:
             began = time.perf_counter()
             run = api.train(settings(epochs), work / f"run-{epochs}", force=True)
@@ -132,7 +155,7 @@ def main() -> None:
             write({"epochs": epochs, "minutes": minutes, **{f"sigma{sigma}": v for sigma, v in psnr.items()}})
         return
     run = work / "run"
-    training = multiprocessing.get_context("spawn").Process(target=_train, args=(settings(MANY_EPOCHS), run))
+    training = multiprocessing.get_context("spawn").Process(target=_train, args=(settings(MANY_EPOCHS), run, args.init))
     training.start()
     while not (run / rundir.CHECKPOINT).is_file():  # the clock starts at the first epoch's end
         if not training.is_alive():
