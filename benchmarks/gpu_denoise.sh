@@ -4,9 +4,10 @@
 # the shipped eps 1 encoder and its eps 0 twin, all side by side, measured at each of AT seconds, then stopped.
 # Make the photo dataset here first (python benchmarks/run.py --sections denoising --corpus CORPUS writes it, or
 # benchmarks/photo_data.py), then call the device tool with carry ['.whl', 'benchmarks/results/photo-data-1500x64']
-# and command 'AT="60 180 360" bash benchmarks/gpu_denoise.sh'. RUNS="photos:1 gravel:1:8" picks (category:eps[:depth])
-# runs instead of every CATEGORIES x EPS one (depth: denoise.depth, residual blocks; default 0); DEVICE=cpu dry-runs it here. Writes $OUT/denoise_epochs.jsonl and
-# $OUT/logs.tar.gz (each training's epoch lines). TESTS="tests/test_cuda.py ..." runs those tests first (pytest.log).
+# and command 'AT="60 180 360" bash benchmarks/gpu_denoise.sh'. RUNS="photos:1 gravel:1:8" picks the runs
+# (category:eps[:depth], depth: denoise.depth, default 0) instead of every CATEGORIES x EPS one; DEVICE=cpu dry-runs
+# it here. Writes $OUT/denoise_epochs.jsonl and $OUT/logs.tar.gz (each training's epoch lines). TESTS="tests/test_cuda.py
+# ..." runs those tests first (pytest.log).
 OUT=${OUT:-/tmp/gpudenoise-out}; W=/tmp/gpudenoise
 source "$(dirname "$0")/gpu_setup.sh"
 L=$OUT/logs; mkdir -p $L; export OMP_NUM_THREADS=${THREADS:-2}

@@ -2,10 +2,11 @@
 # A session's whole GPU check in one device call (a session gets about 15 minutes of device time, one call's worth),
 # run from the project root with carry ['.whl', 'benchmarks/results/photo-data-1500x64'] (see the headers of
 # benchmarks/gpu_check.sh and gpu_denoise.sh) and command 'DEADLINE=540 bash benchmarks/gpu_session.sh':
-#   1. (TIMED=0: skipped) alone, since they are timed: benchmarks/gpu_speed.sh without its suite: the mvtec recipe trained and evaluated
-#      in fp32 and bf16, exported and scored through onnxruntime, scored in torch from CUDA graphs, the speed rows;
+#   1. alone, since they are timed (TIMED=0 leaves them out): benchmarks/gpu_speed.sh without its suite: the mvtec
+#      recipe trained and evaluated in fp32 and bf16, exported and scored through onnxruntime, scored in torch from
+#      CUDA graphs, the speed rows;
 #   2. then the whole suite (GPU present; the cuda tests must run, not skip) beside the denoisers' long trainings
-#      (benchmarks/gpu_denoise.sh, RUNS category:eps pairs), measured at a third, two thirds and the end of the
+#      (benchmarks/gpu_denoise.sh, RUNS of category:eps[:depth]), measured at a third, two thirds and the end of the
 #      time left before DEADLINE (seconds from this script's start; less a margin for their last measurement).
 # The suite's workers and the denoisers split the host's cores (XDIST workers of one thread, two per denoiser).
 # Returns 8 files (4 with TIMED=0): speed/{speed_gpu.json,train_fp32.json,train_bf16.json,logs.tar.gz},
