@@ -14,12 +14,7 @@ source "$(dirname "$0")/gpu_setup.sh"
 el "test suite (GPU present)"
 OMP_NUM_THREADS=2 timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} --durations=10 -o faulthandler_timeout=60 --junitxml=$OUT/junit.xml \
   >$OUT/pytest.log 2>&1; tail -25 $OUT/pytest.log
-python3 - $OUT/junit.xml <<'PY'  # the cuda tests must have run, not been skipped
-import sys, xml.etree.ElementTree as ET
-cases = [c for c in ET.parse(sys.argv[1]).iter("testcase") if "test_cuda" in c.get("classname", "")]
-print("cuda tests:", [(c.get("name"), "skipped" if c.find("skipped") is not None else
-      "failed" if c.find("failure") is not None or c.find("error") is not None else "passed", c.get("time")) for c in cases])
-PY
+cuda_tests $OUT/junit.xml
 el "CUDA train (${RECIPE:-mvtec} recipe) on the example bottle"
 $RA datasets synth --category bottle --out $W/data --seed 0 >/dev/null 2>&1
 timeout ${TRAIN_S:-300} $RA train --recipe ${RECIPE:-mvtec} --category bottle --data-root $W/data --out $W/run --device cuda 2>&1 | tee $OUT/train.log | tail -3

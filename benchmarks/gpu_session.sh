@@ -23,12 +23,7 @@ OUT=$OUT/denoise AT="$(( R / 3 )) $(( 2 * R / 3 )) $R" bash benchmarks/gpu_denoi
 OMP_NUM_THREADS=1 timeout $(( R + 30 )) python3 -m pytest -q -p no:cacheprovider -n ${XDIST:-8} --durations=10 \
   -o faulthandler_timeout=90 --junitxml=$W/junit.xml >$OUT/pytest.log 2>&1
 el "suite: $(tail -1 $OUT/pytest.log)"
-[ -f $W/junit.xml ] && python3 - $W/junit.xml <<'PY'  # the cuda tests must have run, not been skipped
-import sys, xml.etree.ElementTree as ET
-cases = [c for c in ET.parse(sys.argv[1]).iter("testcase") if "test_cuda" in c.get("classname", "")]
-print("cuda tests:", [(c.get("name"), "skipped" if c.find("skipped") is not None else
-      "failed" if c.find("failure") is not None or c.find("error") is not None else "passed") for c in cases])
-PY
+cuda_tests $W/junit.xml
 wait
 cat $OUT/denoise.log
 el "done"
