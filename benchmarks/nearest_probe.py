@@ -1,6 +1,6 @@
 """Score-component subsets, nearest-bank sizes and nearest's vectors on trained runs, each recalibrated (no
-retraining): how the `nearest` component was chosen (README, "New score component"). Prints one JSON line per run
-and setting.
+retraining): how the `nearest` component was chosen (benchmarks/FINDINGS.md, "New score component"). Prints one
+JSON line per run and setting.
 
     python benchmarks/nearest_probe.py benchmarks/results/score-weights/runs/{bottle,fabric,gravel}-eps{0,1}
     python benchmarks/nearest_probe.py benchmarks/results/score-weights/runs/*-eps1 --banks 1024 4096 100000

@@ -147,7 +147,7 @@ class DenoiseConfig(_Section):
     ema: Fraction = 0.995
     # skip: the training images' random symmetries (autoencoder.augment). Noise has no orientation, yet all eight
     # of the square's did not help the example denoisers: gravel and fabric level at 1,000 epochs, bottle down at
-    # 200 (README, "The eight symmetries")
+    # 200 (benchmarks/FINDINGS.md, "The eight symmetries")
     augment: Literal["flip", "dihedral"] = "flip"
     min_sigma: NonNegative = 0.004  # skip: below this estimated (or given) noise level the input is returned as is
     # skip: blend output and input where Stein's unbiased risk estimate is lowest, never above the input's

@@ -32,7 +32,8 @@ the maps are fused with the recipe weights: the heat map. The image score (``sco
 - ``components`` (default): each component's own image score (the max, or top-k mean, of its map), standardised
   by its mean and standard deviation over the held-out normal images, the largest (times its weight) taken. A
   component whose maxima spread widely over normal images (SSIM on a texture) then cannot drown the one that
-  sees the defect, which the fused map lets it do (``benchmarks/rescore.py``, README).
+  sees the defect, which the fused map lets it do (``benchmarks/rescore.py``; benchmarks/FINDINGS.md, "The image
+  score").
 - ``map``: the max (or top-k mean) of the fused map.
 
 Either is then standardised by the scores of held-out normal images: the *normalised score*.
@@ -67,7 +68,8 @@ def _resize(t: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor
 
 # nearest: query-to-bank distances computed at once, at most (AnomalyScorer._nearest_distance). Each block is written
 # to memory and read back to take its minimum: 8 MB blocks (2^21 floats) stay in a server CPU's cache where 128 MB
-# ones did not (256 px, onnxruntime, 2-core Xeon: 29.3 ms a frame against 34.4 with 2^25; README, speed)
+# ones did not (256 px, onnxruntime, 2-core Xeon: 29.3 ms a frame against 34.4 with 2^25; benchmarks/FINDINGS.md,
+# "New score component")
 NEAREST_BLOCK = 2**21
 SSIM_CHANNELS = 16  # x, y, x² + y², xy of RGB images and zero channels, filtered together (AnomalyScorer._ssim)
 
