@@ -6,6 +6,8 @@ metrics, colour error) appended to --out.
     python benchmarks/decoder_ema.py --ema 0 0.995 --out benchmarks/decoder_ema.jsonl
     python benchmarks/decoder_ema.py --eps 0 --ema 0.995 --out benchmarks/decoder_ema.jsonl
     python benchmarks/decoder_ema.py --ema 0.995 --seeds 3 4 --out F  # runs on data no section measures
+    python benchmarks/decoder_ema.py --ema 0.995 --seeds 0 1 2 3 4 --categories fabric gravel --finetune-epochs 5 \
+        --out F  # the shipped encoder fine-tuned on each category's proxy task first (--encoder-finetune-epochs)
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def main() -> None:
     parser.add_argument("--ema", type=float, nargs="+", required=True, help="autoencoder.ema values to compare")
     parser.add_argument("--eps", type=float, default=1.0, help="the shipped encoder's eps (0: the standard twin)")
     parser.add_argument("--seeds", type=int, nargs="+", help="data seeds (default: the section's)")
+    parser.add_argument("--categories", nargs="+", help="example categories (default: the section's)")
+    parser.add_argument("--finetune-epochs", type=int, default=0, help="encoder.finetune_epochs (0: none)")
     parser.add_argument("--data", type=Path, default=Path("benchmarks/results"), help="where data, data-seedN are")
     parser.add_argument("--work", type=Path, default=Path("/tmp/decoder-ema"), help="run folders (replaced)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines file to append to")
@@ -32,13 +36,16 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     profile, settings = PROFILES["full"], PROFILES["full"]["pretrained"]
     for seed in args.seeds or settings["seeds"]:
-        for category in settings["categories"]:
+        for category in args.categories or settings["categories"]:
             root = seed_data(profile, args.data, seed, category)
             for ema in args.ema:
                 autoencoder = {**profile["autoencoder"], "epochs": _decoder_epochs(profile), "ema": ema}
-                config = _config(profile, root, category, args.eps, True, autoencoder=autoencoder)
+                encoder = {"finetune_epochs": args.finetune_epochs}
+                config = _config(profile, root, category, args.eps, True, autoencoder=autoencoder, encoder=encoder)
                 row = {"category": category, "seed": seed, "eps": args.eps, "ema": ema}
-                run = args.work / f"{category}-seed{seed}-eps{args.eps:g}-ema{ema:g}"
+                tune = f"-ft{args.finetune_epochs}" if args.finetune_epochs else ""
+                row |= {"finetune_epochs": args.finetune_epochs} if args.finetune_epochs else {}
+                run = args.work / f"{category}-seed{seed}-eps{args.eps:g}{tune}-ema{ema:g}"
                 row |= _train_and_measure(config, run)
                 row["machine"] = machine.describe()
                 with args.out.open("a") as handle:
