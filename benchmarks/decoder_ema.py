@@ -35,16 +35,16 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     profile, settings = PROFILES["full"], PROFILES["full"]["pretrained"]
+    encoder = {"finetune_epochs": args.finetune_epochs}
+    tuned = {"finetune_epochs": args.finetune_epochs} if args.finetune_epochs else {}  # in the row and run name
+    tune = f"-ft{args.finetune_epochs}" if tuned else ""
     for seed in args.seeds or settings["seeds"]:
         for category in args.categories or settings["categories"]:
             root = seed_data(profile, args.data, seed, category)
             for ema in args.ema:
                 autoencoder = {**profile["autoencoder"], "epochs": _decoder_epochs(profile), "ema": ema}
-                encoder = {"finetune_epochs": args.finetune_epochs}
                 config = _config(profile, root, category, args.eps, True, autoencoder=autoencoder, encoder=encoder)
-                row = {"category": category, "seed": seed, "eps": args.eps, "ema": ema}
-                tune = f"-ft{args.finetune_epochs}" if args.finetune_epochs else ""
-                row |= {"finetune_epochs": args.finetune_epochs} if args.finetune_epochs else {}
+                row = {"category": category, "seed": seed, "eps": args.eps, "ema": ema, **tuned}
                 run = args.work / f"{category}-seed{seed}-eps{args.eps:g}{tune}-ema{ema:g}"
                 row |= _train_and_measure(config, run)
                 row["machine"] = machine.describe()
