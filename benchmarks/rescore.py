@@ -1,5 +1,6 @@
-"""Image AUROC of trained runs recalibrated with their scoring settings changed (no retraining), beside their own,
-and per encoder and category the mean over data seeds against the leading anomalib peers' (results.json).
+"""Image AUROC, pixel AUROC and AUPRO of trained runs recalibrated with their scoring settings changed (no
+retraining), beside their own, and per encoder and category the means over data seeds, with the leading anomalib
+peer's mean image AUROC (results.json).
 
     python benchmarks/rescore.py benchmarks/results/runs/*-pretrained_eps=[0-9]* --set upsample=2
     python benchmarks/rescore.py RUNS --base 'weights={pixel: 1, ssim: 1, feature: 1, memory: 1, nearest: 1}' \
@@ -42,9 +43,12 @@ def main() -> None:
         category, variant = re.sub(r"-seed\d+$", "", run.name).split("-", 1)
         (_, before), (_, after) = recalibrated_detection(run, [base, {**base, **update}])
         row = {"run": run.name, "before": before["image_auroc"], label: after["image_auroc"]}
+        for metric in ("pixel_auroc", "aupro"):
+            row |= {f"{metric} before": before[metric], f"{metric} after": after[metric]}
         print(json.dumps(row), flush=True)
-        for key in ("before", label):
-            means[(variant, category)][key].append(row[key])
+        for key, value in row.items():
+            if key != "run":
+                means[(variant, category)][key].append(value)
     results = json.loads(args.results.read_text())
     seed0 = [row for row in results["peers"]["rows"] if "error" not in row]
     others = [row for row in results.get("peer_seeds", {}).get("rows", []) if "error" not in row]
@@ -58,7 +62,7 @@ def main() -> None:
                     "variant": variant,
                     "category": category,
                     "runs": len(values[label]),
-                    **mean,
+                    **{key: round(value, 4) for key, value in mean.items()},
                     "best peer": best[1],
                     "its mean": best[0],
                 }

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from robust_ad.errors import ConfigError
 
-COMPONENTS = ("pixel", "ssim", "feature", "memory", "nearest")
+COMPONENTS = ("pixel", "ssim", "feature", "memory", "nearest", "energy")
 NOISES = ("gaussian", "poisson", "salt_pepper", "jpeg", "sensor")
 
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -85,7 +85,14 @@ class AutoencoderConfig(_Section):
 class ScoringConfig(_Section):
     # each component's weight in the fused map and on its standardised image score (what each measures:
     # robust_ad/scoring/scorer.py); 0 or absent: unused
-    weights: dict[str, NonNegative] = {"pixel": 1.0, "ssim": 1.0, "feature": 1.0, "memory": 1.0, "nearest": 1.0}
+    weights: dict[str, NonNegative] = {
+        "pixel": 1.0,
+        "ssim": 1.0,
+        "feature": 1.0,
+        "memory": 1.0,
+        "nearest": 1.0,
+        "energy": 1.0,
+    }
     smoothing_sigma: NonNegative = 4.0  # pixels at the model's image size
     ssim_window: Annotated[int, Field(ge=3, le=63)] = 11
     image_score: Literal["max", "topk"] = "max"  # how a map becomes an image score: its maximum, or top-k mean

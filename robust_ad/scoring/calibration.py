@@ -9,14 +9,15 @@ import torch
 
 from robust_ad.device import full_float32
 from robust_ad.scoring.coreset import ReservoirSample, greedy_coreset
-from robust_ad.scoring.scorer import AnomalyScorer
+from robust_ad.scoring.scorer import AnomalyScorer, local_energy
 from robust_ad.tensors import to_tensor
 
 
 @torch.no_grad()
 def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tensor]) -> None:
     """From the normal training images, streamed over batches of (N, 3, S, S) images (memory does not grow with
-    their number): the per-location mean and variance of their features (at the training size), and the decoder's
+    their number): the per-location mean and variance of their features (at the training size) and, where the
+    ``energy`` component is used, of their residuals' local energy (:func:`local_energy`); the decoder's
     colour response (:func:`fit_colour_response`; corrected in every reconstruction unless the recipe's
     ``scoring.remove_colour_cast`` is false); and, where the ``nearest``
     component is used, its bank: a coreset of ``nearest_bank`` of the vectors it compares
@@ -25,25 +26,29 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     device = scorer.score_mean.device
     scorer.colour_offset.zero_()
     scorer.colour_matrix.copy_(torch.eye(3))
-    sums = {k: 0.0 for k in scorer.layers}
-    squares = {k: 0.0 for k in scorer.layers}
+    names = [*scorer.layers, *(["energy"] if "energy" in scorer.components else [])]
+    sums = {k: 0.0 for k in names}
+    squares = {k: 0.0 for k in names}
     colours = []  # (N, 2, 3): each image's mean colour and its reconstruction's, six numbers an image
     n = 0
     pool = ReservoirSample(10 * scorer.config.nearest_bank) if "nearest" in scorer.components else None
     for images in batches:
         images = scorer.enlarge(images.to(device))  # as the networks see them
-        feats = scorer.model.features(images)
-        if scorer.config.remove_colour_cast:  # the decoder runs only to measure its colour response
+        feats = dict(scorer.model.features(images))
+        if scorer.config.remove_colour_cast or "energy" in names:  # the decoder runs for these alone
             reconstructed = scorer.reconstruction(feats, images.shape[-2:])
             colours.append(torch.stack([images.mean((2, 3)), reconstructed.mean((2, 3))], 1).double().cpu())
+            # the colour correction fitted below adds a constant to each reconstruction: its residual's local energy
+            # stays the same (but where the correction clips)
+            feats["energy"] = local_energy(images - reconstructed)
         n += len(images)
-        for layer in scorer.layers:
+        for layer in names:
             sums[layer] = sums[layer] + feats[layer].double().sum(0)
             squares[layer] = squares[layer] + feats[layer].double().pow(2).sum(0)
         if pool is not None:
             pool.add(scorer.nearest_features(feats).flatten(2).transpose(1, 2).flatten(0, 1))
     statistics = {}
-    for layer in scorer.layers:
+    for layer in names:
         mean = sums[layer] / n
         var = (squares[layer] / n - mean.pow(2)).clamp_min(0)
         # a floor keeps near-constant channels from dominating the distance

@@ -13,6 +13,12 @@ Components (each a per-pixel map at the input's size, smoothed):
   averaged over its ``nearest_pool`` neighbourhood (:meth:`AnomalyScorer.nearest_features`). Unlike ``memory`` it
   needs no alignment: a texture or part that has moved still finds its match, and a patch whose texture is
   missing (features near the mean, which a Gaussian scores as typical) finds none.
+- ``energy``: how far the local energy of the residual's finest detail departs, either way, from its normal level
+  at that location: (log e - mean)² / variance, e the mean square over ``ENERGY_WINDOW`` px of the residual's grey
+  level less its 3 x 3 mean (:func:`local_energy`). A normal texture leaves a residual of a steady fineness that
+  the decoder cannot repaint; where the texture is missing (smoothed, worn, glazed over) the residual goes quiet,
+  which every other component, one-sided and coarser, scores as typical (benchmarks/FINDINGS.md, "Missing
+  texture").
 
 With ``scoring.upsample`` k > 1 the networks see each image enlarged k times (bilinear) and every map is brought
 back to the image's size: a finer grid of feature vectors for small images (the feature statistics and the bank are
@@ -72,6 +78,18 @@ def _resize(t: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor
 # "New score component")
 NEAREST_BLOCK = 2**21
 SSIM_CHANNELS = 16  # x, y, x² + y², xy of RGB images and zero channels, filtered together (AnomalyScorer._ssim)
+ENERGY_WINDOW = 5  # px (odd): the square over which local_energy averages the residual's squared detail
+ENERGY_FLOOR = 1e-5  # added before the logarithm, under a grey level's square (1.5e-5): quieter counts as silent
+
+
+def local_energy(residual: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W): log of the mean square, over ``ENERGY_WINDOW`` px, of the residual's grey level less its 3 x 3
+    mean (borders reflected). A constant per image (a colour cast and its correction) does not change it."""
+    grey = residual.mean(1, keepdim=True)
+    detail = grey - F.avg_pool2d(F.pad(grey, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    r = ENERGY_WINDOW // 2
+    energy = F.avg_pool2d(F.pad(detail.square(), (r, r, r, r), mode="reflect"), ENERGY_WINDOW, stride=1)
+    return torch.log(energy + ENERGY_FLOOR)
 
 
 def correct_colour(x_hat: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -120,10 +138,10 @@ class AnomalyScorer(nn.Module):
         # SSIM_CHANNELS filtered in one go (_ssim), built once: not saved, not loaded
         window = get_gaussian_kernel1d(config.ssim_window, 1.5).view(1, 1, 1, -1).repeat(SSIM_CHANNELS, 1, 1, 1)
         self.register_buffer("ssim_window", window, persistent=False)
-        shapes = self._feature_shapes((train_size, train_size))  # of the enlarged images (upsample)
-        for layer in self.layers:
-            self.register_buffer(f"memory_mean_{layer}", torch.zeros(shapes[layer]))
-            self.register_buffer(f"memory_var_{layer}", torch.ones(shapes[layer]))
+        shapes = self._statistic_shapes((train_size, train_size))  # of the enlarged images (upsample)
+        for name, shape in shapes.items():
+            self.register_buffer(f"memory_mean_{name}", torch.zeros(shape))
+            self.register_buffer(f"memory_var_{name}", torch.ones(shape))
         if "nearest" in self.components:  # (vectors, channels); its length is set by calibration
             self._set_bank(torch.zeros(0, sum(shapes[k][0] for k in self.nearest_layers)))
 
@@ -133,6 +151,14 @@ class AnomalyScorer(nn.Module):
             device = next(self.model.parameters()).device
             feats = self.model.eval().features(self.enlarge(torch.zeros(1, 3, *size, device=device)))
         return {layer: tuple(feats[layer].shape[1:]) for layer in self.layers}
+
+    def _statistic_shapes(self, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        """The shapes of the per-location statistics for images of ``size``: each feature layer's and, where the
+        ``energy`` component is used, its own (one channel at the enlarged images' size)."""
+        shapes = self._feature_shapes(size)
+        if "energy" in self.components:
+            shapes["energy"] = (1, size[0] * self.config.upsample, size[1] * self.config.upsample)
+        return shapes
 
     def enlarge(self, x: torch.Tensor) -> torch.Tensor:
         """The images as the networks see them: enlarged ``upsample`` times (bilinear), or as they are."""
@@ -146,13 +172,13 @@ class AnomalyScorer(nn.Module):
         """Resample the memory statistics to the feature maps of ``size`` inputs once, as every call would (a
         scorer that only sees one input size: an exported graph). The stored statistics stay as they are (what
         model.pt keeps, what other sizes resample from): the resampled ones are extra, unsaved buffers."""
-        for layer, shape in self._feature_shapes(size).items():
+        for layer, shape in self._statistic_shapes(size).items():
             for name, statistic in zip(("mean", "var"), self._memory_at(layer, shape[-2:]), strict=True):
                 self.register_buffer(f"resampled_{name}_{layer}", statistic.clone(), persistent=False)
 
     def _memory_at(self, layer: str, shape: tuple[int, ...] | torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of ``layer``'s normal features at feature size ``shape``: the stored statistics, those
-        resampled once by :meth:`resample_memory`, or the stored ones resampled now."""
+        """Mean and variance of ``layer``'s normal features (or of ``energy``) at size ``shape``: the stored
+        statistics, those resampled once by :meth:`resample_memory`, or the stored ones resampled now."""
         for prefix in ("memory", "resampled"):
             mean = getattr(self, f"{prefix}_mean_{layer}", None)
             if mean is not None and mean.shape[-2:] == shape:
@@ -172,8 +198,8 @@ class AnomalyScorer(nn.Module):
         return rows.T @ maps @ cols
 
     def _terms(self, x: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
-        """Per active component, its raw maps (N, 1, h, w): one at the (enlarged) input's size (pixel, ssim) or one
-        per feature layer at that layer's resolution (feature, memory, nearest), each component the mean of its maps
+        """Per active component, its raw maps (N, 1, h, w): one at the (enlarged) input's size (pixel, ssim, energy) or
+        one per feature layer at that layer's resolution (feature, memory, nearest), each component the mean of its maps
         once resampled to the input's size; and the reconstruction, at the input's size."""
         size = x.shape[-2:]
         x = self.enlarge(x)
@@ -190,6 +216,8 @@ class AnomalyScorer(nn.Module):
                 terms[name] = [(feats[k] - feats_hat[k]).square().mean(1, keepdim=True) for k in self.layers]
             elif name == "nearest":
                 terms[name] = [self._nearest_distance(self.nearest_features(feats))]
+            elif name == "energy":
+                terms[name] = [self._memory_distance(local_energy(x - x_hat), "energy")]
             else:
                 terms[name] = [self._memory_distance(feats[k], k) for k in self.layers]
         return terms, _resize(x_hat, size)
