@@ -34,9 +34,8 @@ def main() -> None:
     rundir.write_config(args.out, config.model_copy(update={"scoring": scoring}))
     components = {k: v for k, v in calibration.components.items() if k != args.component}
     rundir.write_calibration(args.out, calibration.model_copy(update={"components": components}))
-    memory = scorer.memory_statistics()
-    if args.component == "nearest":  # the only component with statistics of its own
-        del memory["memory_bank"]
+    own = {"nearest": ["memory_bank"], "energy": ["memory_mean_energy", "memory_var_energy"]}  # statistics of its own
+    memory = {k: v for k, v in scorer.memory_statistics().items() if k not in own.get(args.component, [])}
     rundir.save_model(args.out, scorer.model, memory)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from robust_ad import api, machine, rundir
 from robust_ad.config import for_mode, from_scratch, load_config, merge
@@ -179,16 +180,28 @@ def encoder_sweep(profile: dict, root: Path) -> list[dict]:
 
 def _finished_as(config, run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a finished run of ``config`` (as ``train`` writes it), trained after its encoder file
-    was written: what ``--reuse-runs`` measures again instead of training it again."""
+    was written: what ``--reuse-runs`` measures again instead of training it again. Its config.yaml must name every
+    setting: a run written before a setting existed reads as having today's default, which it was not trained with
+    (the decoder's moving average: runs of 2026-11-27 read as averaged)."""
     if not rundir.is_finished(run_dir):
         return False
     wanted, saved = for_mode(api.resolve_encoder(config)), rundir.read_config(run_dir)
     weights, trained = wanted.encoder.weights, (run_dir / rundir.MODEL).stat().st_mtime
+    written = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
     return (
         Path(saved.data_root).resolve() == Path(wanted.data_root).resolve()
         and saved.model_dump(exclude={"data_root"}) == wanted.model_dump(exclude={"data_root"})
+        and _names(written) == _names(wanted.to_dict())
         and (not weights or Path(weights).stat().st_mtime < trained)
     )
+
+
+def _names(values: dict, prefix: str = "") -> set[str]:
+    """The dotted names of every setting in a nested mapping (a category's overrides: mappings of their own)."""
+    names = set()
+    for key, value in values.items():
+        names |= _names(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "weights" else {prefix + key}
+    return names
 
 
 def _train_and_measure(config, run_dir: Path, reuse: bool = False) -> dict:

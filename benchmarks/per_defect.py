@@ -1,0 +1,47 @@
+"""Image AUROC per defect type of trained runs, by each score component alone and by all of them (the default
+score), each recalibrated on the run's normal images (no retraining); then per category, the means over runs.
+
+    python benchmarks/per_defect.py /tmp/decoder-ema/{fabric,gravel}-seed{0,1,2}-ema0.995
+
+Which defects a component sees, and which none does: where a new component is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from run import recalibrated_detection  # benchmarks/ is no package: the modules sit side by side
+
+from robust_ad import rundir
+from robust_ad.config import COMPONENTS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS))
+    args = parser.parse_args()
+    subsets = [[c] for c in args.components] + [list(COMPONENTS)]
+    updates = [{"weights": {c: float(c in subset) for c in COMPONENTS}} for subset in subsets]
+    means: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for run in args.runs:
+        category = rundir.read_config(run).category
+        for subset, (_, metrics) in zip(subsets, recalibrated_detection(run, updates), strict=True):
+            name = "+".join(subset) if len(subset) < len(COMPONENTS) else "all"
+            row = {"all defects": metrics["image_auroc"]}
+            row |= {defect: m["image_auroc"] for defect, m in metrics["per_defect_type"].items()}
+            print(json.dumps({"run": str(run), "components": name, **row}), flush=True)
+            for defect, value in row.items():
+                means[(category, name, defect)].append(value)
+    for category in sorted({key[0] for key in means}):
+        for name in [c for c in args.components] + ["all"]:
+            row = {d: round(float(np.mean(v)), 3) for (c, n, d), v in means.items() if (c, n) == (category, name)}
+            print(json.dumps({"category": category, "components": name, **row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
