@@ -80,7 +80,9 @@ def _resize(t: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor
 NEAREST_BLOCK = 2**21
 SSIM_CHANNELS = 16  # x, y, x² + y², xy of RGB images and zero channels, filtered together (AnomalyScorer._ssim)
 ENERGY_WINDOW = 5  # px (odd): the square over which local_energy averages the residual's squared detail
-ENERGY_FLOOR = 1e-5  # added before the logarithm, under a grey level's square (1.5e-5): quieter counts as silent
+# added before the logarithm: about eight times the energy of 8-bit rounding ((1/255)² / 12), so that flat and
+# saturated parts read as a steady floor, not as the logarithm of their rounding
+ENERGY_FLOOR = 1e-5
 
 
 def local_energy(residual: torch.Tensor) -> torch.Tensor:
