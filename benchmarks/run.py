@@ -197,7 +197,7 @@ def _finished_as(config, run_dir: Path) -> bool:
 
 
 def _names(values: dict, prefix: str = "") -> set[str]:
-    """The dotted names of every setting in a nested mapping (a category's overrides: mappings of their own)."""
+    """The dotted names of every setting in a nested mapping (``weights``, whose keys are values, counts as one)."""
     names = set()
     for key, value in values.items():
         names |= _names(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "weights" else {prefix + key}

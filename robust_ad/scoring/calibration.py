@@ -39,7 +39,7 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
             reconstructed = scorer.reconstruction(feats, images.shape[-2:])
             colours.append(torch.stack([images.mean((2, 3)), reconstructed.mean((2, 3))], 1).double().cpu())
             # the colour correction fitted below adds a constant to each reconstruction: its residual's local energy
-            # stays the same (but where the correction clips)
+            # stays the same (except where the correction clips)
             feats["energy"] = local_energy(images - reconstructed)
         n += len(images)
         for layer in names:

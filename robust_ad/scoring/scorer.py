@@ -12,8 +12,8 @@ Components (each a per-pixel map at the input's size, smoothed):
   ``scoring.nearest_layers`` (default the finest feature layer) joined at the finest one's resolution, each
   averaged over its ``nearest_pool`` neighbourhood (:meth:`AnomalyScorer.nearest_features`). Unlike ``memory`` it
   needs no alignment: a texture or part that has moved still finds its match. A patch whose texture has been
-  smoothed away finds one too (the example textures' 'missing' defect: image AUROC 0.4-0.8 by this component);
-  ``energy`` is the one that sees it.
+  smoothed away finds one too (the example textures' 'missing' defect: image AUROC 0.62 on fabric and 0.52 on
+  gravel by this component alone, five-seed means); ``energy`` is the one that sees it.
 - ``energy``: how far the local energy of the residual's finest detail departs, either way, from its normal level
   at that location: (log e - mean)² / variance, e the mean square over ``ENERGY_WINDOW`` px of the residual's grey
   level less its 3 x 3 mean (:func:`local_energy`). A normal texture leaves a residual of a steady fineness that
