@@ -8,6 +8,7 @@ metrics, colour error) appended to --out.
     python benchmarks/decoder_ema.py --ema 0.995 --seeds 3 4 --out F  # runs on data no section measures
     python benchmarks/decoder_ema.py --ema 0.995 --seeds 0 1 2 3 4 --categories fabric gravel --finetune-epochs 5 \
         --out F  # the shipped encoder fine-tuned on each category's proxy task first (--encoder-finetune-epochs)
+    python benchmarks/decoder_ema.py --ema 0.995 --seeds 0 1 2 3 4 --scratch --out F  # the section's 'scratch'
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="data seeds (default: the section's)")
     parser.add_argument("--categories", nargs="+", help="example categories (default: the section's)")
     parser.add_argument("--finetune-epochs", type=int, default=0, help="encoder.finetune_epochs (0: none)")
+    parser.add_argument(
+        "--scratch", action="store_true", help="an encoder trained on each category (robust at --eps) instead"
+    )
     parser.add_argument("--data", type=Path, default=Path("benchmarks/results"), help="where data, data-seedN are")
     parser.add_argument("--work", type=Path, default=Path("/tmp/decoder-ema"), help="run folders (replaced)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines file to append to")
@@ -37,14 +41,18 @@ def main() -> None:
     profile, settings = PROFILES["full"], PROFILES["full"]["pretrained"]
     encoder = {"finetune_epochs": args.finetune_epochs}
     tuned = {"finetune_epochs": args.finetune_epochs} if args.finetune_epochs else {}  # in the row and run name
-    tune = f"-ft{args.finetune_epochs}" if tuned else ""
+    tuned |= {"encoder": "scratch"} if args.scratch else {}
+    tune = (f"-ft{args.finetune_epochs}" if args.finetune_epochs else "") + ("-scratch" if args.scratch else "")
     for seed in args.seeds or settings["seeds"]:
         for category in args.categories or settings["categories"]:
             root = seed_data(profile, args.data, seed, category)
             for ema in args.ema:
                 autoencoder = {**profile["autoencoder"], "epochs": _decoder_epochs(profile), "ema": ema}
-                config = _config(profile, root, category, args.eps, True, autoencoder=autoencoder, encoder=encoder)
+                config = _config(
+                    profile, root, category, args.eps, not args.scratch, autoencoder=autoencoder, encoder=encoder
+                )
                 row = {"category": category, "seed": seed, "eps": args.eps, "ema": ema, **tuned}
+                row["components"] = [c for c, weight in config.scoring.weights.items() if weight > 0]
                 run = args.work / f"{category}-seed{seed}-eps{args.eps:g}{tune}-ema{ema:g}"
                 row |= _train_and_measure(config, run)
                 row["machine"] = machine.describe()
