@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from robust_ad.scoring.scorer import COMPONENTS
 from tests.conftest import make_corpus, tiny_config
@@ -83,11 +84,17 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
     # the runs on the wider encoder, whose file is now newer than they are
     models = {path.parent.name: path.stat().st_mtime_ns for path in (tmp_path / "runs").glob("*/model.pt")}
     os.utime(tmp_path / "encoders" / "enc-eps1-w0.25.pt")
+    # and a run whose config.yaml predates a setting (the decoder's average), which reads back as today's default
+    stale = tmp_path / "runs" / "bottle-pretrained_eps=0-seed1" / "config.yaml"
+    written = yaml.safe_load(stale.read_text())
+    del written["autoencoder"]["ema"]
+    stale.write_text(yaml.safe_dump(written))
     _run_module().main([*args, "--sections", "pretrained", "--reuse-runs"])
     again = json.loads((tmp_path / "results.json").read_text())["pretrained"]
     trained = {path.parent.name for path in (tmp_path / "runs").glob("*/model.pt")}
     trained = {name for name in trained if (tmp_path / "runs" / name / "model.pt").stat().st_mtime_ns != models[name]}
-    assert trained == {"bottle-pretrained_eps=1_width_0.25", "bottle-pretrained_eps=1_width_0.25-seed1"}
+    wider = {"bottle-pretrained_eps=1_width_0.25", "bottle-pretrained_eps=1_width_0.25-seed1"}
+    assert trained == {*wider, "bottle-pretrained_eps=0-seed1"}
     rows = zip(pretrained["detection"], again["detection"], strict=True)
     assert all(a["image_auroc"] == b["image_auroc"] for a, b in list(rows)[:-1])  # the same models, measured again
 
