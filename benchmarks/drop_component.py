@@ -14,6 +14,7 @@ from pathlib import Path
 
 from robust_ad import rundir
 from robust_ad.config import COMPONENTS
+from robust_ad.scoring.scorer import AnomalyScorer
 
 
 def main() -> None:
@@ -34,8 +35,8 @@ def main() -> None:
     rundir.write_config(args.out, config.model_copy(update={"scoring": scoring}))
     components = {k: v for k, v in calibration.components.items() if k != args.component}
     rundir.write_calibration(args.out, calibration.model_copy(update={"components": components}))
-    own = {"nearest": ["memory_bank"], "energy": ["memory_mean_energy", "memory_var_energy"]}  # statistics of its own
-    memory = {k: v for k, v in scorer.memory_statistics().items() if k not in own.get(args.component, [])}
+    kept = AnomalyScorer(scorer.model, scoring, scorer.train_size).memory_statistics()  # the ones the rest need
+    memory = {k: v for k, v in scorer.memory_statistics().items() if k in kept}
     rundir.save_model(args.out, scorer.model, memory)
 
 

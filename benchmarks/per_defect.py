@@ -14,7 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from run import recalibrated_detection  # benchmarks/ is no package: the modules sit side by side
+
+# benchmarks/ is no package: the modules sit side by side
+from run import alone_then_all, recalibrated_detection, weight_updates
 
 from robust_ad import rundir
 from robust_ad.config import COMPONENTS
@@ -25,8 +27,8 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS))
     args = parser.parse_args()
-    subsets = [[c] for c in args.components] + [list(COMPONENTS)]
-    updates = [{"weights": {c: float(c in subset) for c in COMPONENTS}} for subset in subsets]
+    subsets = alone_then_all(args.components)
+    updates = weight_updates(subsets)
     means: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for run in args.runs:
         category = rundir.read_config(run).category
@@ -38,7 +40,7 @@ def main() -> None:
             for defect, value in row.items():
                 means[(category, name, defect)].append(value)
     for category in sorted({key[0] for key in means}):
-        for name in [c for c in args.components] + ["all"]:
+        for name in [*args.components, "all"]:
             row = {d: round(float(np.mean(v)), 3) for (c, n, d), v in means.items() if (c, n) == (category, name)}
             print(json.dumps({"category": category, "components": name, **row}), flush=True)
 

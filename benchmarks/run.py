@@ -247,11 +247,21 @@ def component_ablation(profile: dict, root: Path, runs: Path, eps: float) -> lis
 DETECTION_KEYS = ("image_auroc", "pixel_auroc", "aupro")  # what the ablations report
 
 
+def alone_then_all(components: list[str] | tuple[str, ...] = COMPONENTS) -> list[list[str]]:
+    """Each of ``components`` alone, then every component together (the default score)."""
+    return [*[[c] for c in components], list(COMPONENTS)]
+
+
+def weight_updates(subsets: list[list[str]]) -> list[dict]:
+    """Scoring updates for :func:`recalibrated_detection`: each subset's components equally weighted, the rest off."""
+    return [{"weights": {c: float(c in subset) for c in COMPONENTS}} for subset in subsets]
+
+
 def _component_rows(run: Path, subsets: list[list[str]] | None = None) -> list[dict]:
     """Detection by each score component alone, then all fused (or by each of ``subsets``, equally weighted), of
     a trained run, recalibrated each time."""
-    chosen = subsets or [*[[c] for c in COMPONENTS], list(COMPONENTS)]
-    updates = [{"weights": {c: float(c in subset) for c in COMPONENTS}} for subset in chosen]
+    chosen = subsets or alone_then_all()
+    updates = weight_updates(chosen)
     category = rundir.read_config(run).category
     return [
         {"category": category, "components": "+".join(subset), **{k: metrics[k] for k in DETECTION_KEYS}}
