@@ -62,7 +62,11 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
     assert "On the mean over 2 seeds, pretrained eps=1 beats its standard twin on" in text
     assert {row["eps"] for row in results["detection"]} == {0.0, 1.0}
     assert all(0 <= row["image_auroc"] <= 1 and row["ms_per_image"] > 0 for row in results["detection"])
-    assert {row["eval_size"] for row in results["resolution"]} == {32, 64}
+    measured = [(r["encoder"], r["eps"], r["eval_size"], r["calibration"]) for r in results["resolution"]]
+    at = [(32, "of S"), (64, "of S"), (64, "refit at 2S")]  # trained at 32: at S, at 2S, at 2S recalibrated
+    assert measured == [(e, eps, *a) for eps in (0.0, 1.0) for e in ("category", "shipped") for a in at]
+    refit = [r for r in results["resolution"] if r["calibration"] == "refit at 2S"]
+    assert all(0 <= r["image_auroc"] <= 1 and r["psnr"] > 0 for r in refit)
     assert results["speed"]["run"].endswith("bottle-pretrained_eps=1")  # the model a user gets by default
     speed = [row for row in results["speed"]["rows"] if row["processor"] == "cpu"]
     pairs = {(engine, batch) for engine in ("torch", "torch, channels-last", "onnxruntime") for batch in (1, 32)}
