@@ -134,8 +134,8 @@ PROFILES = {
 
 def _config(profile: dict, root: Path, category: str, eps: float, shipped_encoder: bool = False, **sections: dict):
     """The benchmark's settings over the example recipe, with an encoder trained per category unless
-    ``sections`` name one (``encoder.weights``) or ``shipped_encoder`` keeps the recipe's (the shipped encoder
-    robust at ``eps``; at eps 0 its standard twin)."""
+    ``sections`` name one (``encoder.weights``) or ``shipped_encoder`` keeps the named one (the recipe's, unless
+    ``sections`` name another: the shipped encoder robust at ``eps``; at eps 0 its standard twin)."""
     overrides = {
         "category": category,
         "data_root": str(root),
@@ -472,18 +472,14 @@ def _pretrained_encoder(
     return path, api.pretrain_encoder(config, corpus, path, resume=path.is_file(), force=True)
 
 
-def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | None, out: Path) -> dict:
-    """Encoders pretrained on a photo corpus across an eps sweep (held-out corpus accuracy), then detection and
-    inversion on every example category: per-category from scratch, pretrained robust and standard (eps 0),
-    pretrained robust + fine-tune."""
-    if corpus is None:
-        return {"skipped": "no --corpus given (robust-ad datasets corpus --out DIR)"}
-    settings = profile["pretrained"]
-    encoders, paths, wider = [], {}, {}
+def _corpus_encoders(settings: dict, corpus: Path, out: Path) -> tuple[list[dict], dict[float, dict], dict]:
+    """The encoders of <out>/encoders (pretrained here where missing) at the settings' eps and wider ones: their
+    rows (held-out corpus accuracy), the encoder settings of each eps, and the wider variants."""
+    encoders, sources, wider = [], {}, {}
     for eps, width in [(eps, None) for eps in settings["eps"]] + [(w["eps"], w["width"]) for w in settings["wider"]]:
         path, run = _pretrained_encoder(corpus, eps, out / "encoders", settings.get("recipe", {}), width)
         if width is None:
-            paths[eps] = path
+            sources[eps] = {"weights": str(path)}
         else:
             wider[f"pretrained eps={eps:g} width {width:g}"] = ({"weights": str(path)}, eps)
         held_out = corpus_files(corpus, "val", run.image_size)
@@ -493,15 +489,42 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
             result = evaluate_encoder(run, held_out, eps=attack, seed=1, **settings["attack"])
             row["clean_acc"], row[f"pgd_acc@{attack:g}"] = result["clean_acc"], result["pgd_acc"]
         encoders.append(row)
+    return encoders, sources, wider
+
+
+def _shipped_encoders(settings: dict, recipe) -> tuple[list[dict], dict[float, dict], dict]:
+    """The encoders shipped in the package of the recipe's family at the settings' eps (their held-out accuracy is
+    on the model card: their classifier heads are not shipped), as :func:`_corpus_encoders` gives them."""
+    from robust_ad.training.pretrained import at_eps
+
+    found = {eps: at_eps(recipe.encoder.pretrained, eps) for eps in settings["eps"]}
+    shipped = {eps: entry for eps, entry in found.items() if entry is not None and entry.shipped}
+    rows = [{"name": entry.name, "eps": eps, "width": entry.width} for eps, entry in shipped.items()]
+    return rows, {eps: {"pretrained": entry.name} for eps, entry in shipped.items()}, {}
+
+
+def pretrained_comparison(
+    profile: dict, root: Path, runs: Path, corpus: Path | None, out: Path, shipped: bool = False
+) -> dict:
+    """Encoders pretrained on a photo corpus across an eps sweep (held-out corpus accuracy), or (``shipped``) the
+    package's own, then detection and inversion on every example category: per-category from scratch, pretrained
+    robust and standard (eps 0), pretrained robust + fine-tune."""
+    settings = profile["pretrained"]
     recipe = load_config("synthetic")  # the example recipe every variant starts from (_config)
+    if shipped:
+        encoders, sources, wider = _shipped_encoders(settings, recipe)
+    elif corpus is None:
+        return {"skipped": "no --corpus given (robust-ad datasets corpus --out DIR), nor --shipped-encoders"}
+    else:
+        encoders, sources, wider = _corpus_encoders(settings, corpus, out)
     recipe_eps = recipe.encoder.eps
     variants = {"scratch": ({}, recipe_eps)}
-    for eps, path in paths.items():
-        variants[f"pretrained eps={eps:g}"] = ({"weights": str(path)}, eps)
-    finetune = {"weights": str(paths[recipe_eps]), "finetune_epochs": settings["finetune_epochs"]}
+    for eps, source in sources.items():
+        variants[f"pretrained eps={eps:g}"] = (source, eps)
+    finetune = {**sources[recipe_eps], "finetune_epochs": settings["finetune_epochs"]}
     variants[f"pretrained eps={recipe_eps:g} + fine-tune"] = (finetune, recipe_eps)
     variants.update(wider)
-    pretrained = {f"pretrained eps={eps:g}": variants[f"pretrained eps={eps:g}"] for eps in paths}
+    pretrained = {f"pretrained eps={eps:g}": variants[f"pretrained eps={eps:g}"] for eps in sources}
     rows, components = [], []
     for category in settings["categories"]:
         for name, (encoder, eps) in variants.items():
@@ -511,7 +534,7 @@ def pretrained_comparison(profile: dict, root: Path, runs: Path, corpus: Path | 
                 components += [{"encoder": name, **row} for row in _component_rows(run)]
     seeds = _other_seeds(profile, root, runs, out, {k: v for k, v in variants.items() if k != "scratch"})
     return {
-        "corpus": str(corpus),
+        "corpus": "shipped" if shipped else str(corpus),
         "encoders": encoders,
         "detection": rows,
         "components": components,
@@ -558,10 +581,11 @@ def _decoder_epochs(profile: dict) -> int:
 
 
 def _variant(profile: dict, root: Path, category: str, name: str, encoder: dict, eps: float, run: Path) -> dict:
-    """The row of one encoder variant ``name`` (a pretrained file in ``encoder``, or none: per-category), trained
-    and measured on ``root``."""
+    """The row of one encoder variant ``name`` (a pretrained file or a shipped encoder's name in ``encoder``, or
+    none: per-category), trained and measured on ``root``."""
     autoencoder = {**profile["autoencoder"], "epochs": _decoder_epochs(profile)}
-    config = _config(profile, root, category, eps, encoder={**profile["encoder"], **encoder}, autoencoder=autoencoder)
+    encoder = {**profile["encoder"], **encoder}
+    config = _config(profile, root, category, eps, "pretrained" in encoder, encoder=encoder, autoencoder=autoencoder)
     return {"category": category, "encoder": name, **_train_and_measure(config, run, profile.get("reuse_runs", False))}
 
 
@@ -756,13 +780,23 @@ def _pretrained_report(results: dict) -> list[str]:
     colour = max(row["colour_error"] for row in rows if row["encoder"] == robust)
     decoder = max(row.get("decoder_colour_error", -1.0) for row in rows if row["encoder"] == robust)
     decoder_text = f"{decoder:.2f}" if decoder >= 0 else "not measured"
+    if section["corpus"] == "shipped":
+        about = [
+            "Encoders: those shipped in the package (`--shipped-encoders`; their corpus, training and held-out "
+            "accuracy: robust_ad/encoders/MODEL_CARD.md).",
+            _table(encoders, ["name", "eps", "width"]),
+        ]
+    else:
+        about = [
+            f"Corpus: `{section['corpus']}` (robust-ad datasets corpus; six Debian packages, see "
+            "robust_ad/encoders/MODEL_CARD.md). Encoders: recipes/pretrain.yaml at each eps; accuracy of the joint "
+            "task (source picture and corruption both right) on held-out corpus patches (every 10th patch of each "
+            "photograph), PGD L2 with the steps and restarts of the settings.",
+            _table(encoders, ["eps", "width", "n_classes", "clean_acc", *attacks, "epochs", "minutes"]),
+        ]
     return [
         title,
-        f"Corpus: `{section['corpus']}` (robust-ad datasets corpus; six Debian packages, see "
-        "robust_ad/encoders/MODEL_CARD.md). Encoders: recipes/pretrain.yaml at each eps; accuracy of the joint task "
-        "(source picture and corruption both right) on held-out corpus patches (every 10th patch of each "
-        "photograph), PGD L2 with the steps and restarts of the settings.",
-        _table(encoders, ["eps", "width", "n_classes", "clean_acc", *attacks, "epochs", "minutes"]),
+        *about,
         f"Detection (decoder trained per category on each encoder for {_decoder_epochs(results['profile'])} "
         f"epochs; otherwise the settings of the sections above; score: {', '.join(COMPONENTS)} with equal "
         f"weights, score_fusion {section.get('score_fusion', 'map')}):",
@@ -860,11 +894,11 @@ def _components_by_encoder(rows: list[dict]) -> list[str]:
     """Image AUROC of each score component alone and fused, per pretrained encoder: which part robustness helps."""
     if not rows:
         return []
-    fused = "+".join(COMPONENTS)
-    table = _pivot(rows, lambda row: "fused" if row["components"] == fused else row["components"])
+    parts = list(dict.fromkeys(row["components"] for row in rows if "+" not in row["components"]))  # as measured
+    table = _pivot(rows, lambda row: "fused" if "+" in row["components"] else row["components"])
     lines = [
         f"{encoder} beats the twin with "
-        + ", ".join(f"{part} on {len(_beat_twin(table, encoder, part))}" for part in [*COMPONENTS, "fused"])
+        + ", ".join(f"{part} on {len(_beat_twin(table, encoder, part))}" for part in [*parts, "fused"])
         for encoder in dict.fromkeys(encoder for _, encoder in table)
         if encoder != TWIN
     ]
@@ -872,7 +906,7 @@ def _components_by_encoder(rows: list[dict]) -> list[str]:
         "Score components per pretrained encoder (image AUROC of each component alone, recalibrated, and fused):",
         _table(
             [{"category": c, "encoder": e, **v} for (c, e), v in table.items()],
-            ["category", "encoder", *COMPONENTS, "fused"],
+            ["category", "encoder", *parts, "fused"],
         ),
         f"Of {len({c for c, _ in table})} categories: " + "; ".join(lines) + ".",
     ]
@@ -1013,6 +1047,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--replot", type=Path, help="only rewrite the report and plots from a results.json")
     parser.add_argument("--corpus", type=Path, help="a 'robust-ad datasets corpus' folder: pretrained-encoder section")
     parser.add_argument(
+        "--shipped-encoders",
+        action="store_true",
+        help="pretrained section: the encoders shipped in the package (no --corpus; their accuracy is on the model "
+        "card) instead of an eps sweep pretrained into <out>/encoders",
+    )
+    parser.add_argument(
         "--reuse-runs",
         action="store_true",
         help="measure again, without training again, the runs of --out that finished with the same config after "
@@ -1059,7 +1099,10 @@ def main(argv: list[str] | None = None) -> Path:
         ("losses", lambda: loss_ablation(profile, root, runs, recipe_eps)),
         ("resolution", lambda: resolution(profile, root, runs, [0.0, recipe_eps])),
         ("denoising", lambda: denoising(profile, root, runs, args.corpus, args.out)),
-        ("pretrained", lambda: pretrained_comparison(profile, root, runs, args.corpus, args.out)),
+        (
+            "pretrained",
+            lambda: pretrained_comparison(profile, root, runs, args.corpus, args.out, args.shipped_encoders),
+        ),
         ("peers", lambda: peer_comparison(profile, root, recipe_eps)),
         ("peer_seeds", lambda: peer_seeds(profile, root, args.out, recipe_eps)),
     ]

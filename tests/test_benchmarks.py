@@ -103,6 +103,27 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
     assert all(a["image_auroc"] == b["image_auroc"] for a, b in list(rows)[:-1])  # the same models, measured again
 
 
+def test_pretrained_section_runs_on_the_shipped_encoders(tmp_path: Path, synth_root: Path) -> None:
+    """`--shipped-encoders`: the section without a corpus or an eps sweep pretrained here, on the package's encoders
+    at the profile's eps (its fine-tune too), their names in the report."""
+    from robust_ad import rundir
+
+    bench = _run_module()
+    profile = json.loads(json.dumps(bench.PROFILES["quick"]))
+    profile["pretrained"]["seeds"] = [0]
+    section = bench.pretrained_comparison(profile, synth_root, tmp_path / "runs", None, tmp_path, shipped=True)
+    names = {0.0: "robust-ad-r18w05-l2-eps0", 1.0: "robust-ad-r18w05-l2-eps1"}
+    assert section["encoders"] == [{"name": name, "eps": eps, "width": 0.5} for eps, name in names.items()]
+    encoders = ["scratch", "pretrained eps=0", "pretrained eps=1", "pretrained eps=1 + fine-tune"]
+    assert [row["encoder"] for row in section["detection"]] == encoders
+    for variant, name, finetune in [(encoders[1], names[0.0], 0), (encoders[3], names[1.0], 1)]:
+        config = rundir.read_config(tmp_path / "runs" / f"bottle-{variant.replace(' ', '_')}")
+        assert (config.encoder.pretrained, config.encoder.finetune_epochs) == (name, finetune)
+    assert rundir.read_config(tmp_path / "runs" / "bottle-scratch").encoder.pretrained is None
+    text = "\n\n".join(bench._pretrained_report({"pretrained": section, "recipe_eps": 1.0, "profile": profile}))
+    assert "| robust-ad-r18w05-l2-eps1 | 1.000 | 0.500 |" in text and "MODEL_CARD.md" in text
+
+
 def test_peer_predictions_are_scored_like_robust_ad(synth_root: Path) -> None:
     """raw_predict turns a peer's outputs into robust-ad's Prediction: maps resized to the images, scores kept."""
     import peers
