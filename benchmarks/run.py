@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from robust_ad import api, machine, rundir
-from robust_ad.config import for_mode, from_scratch, load_config, merge
+from robust_ad.config import Config, for_mode, from_scratch, load_config, merge
 from robust_ad.data.corpus import corpus_files
 from robust_ad.data.loading import labelled_images, load_split, open_dataset
 from robust_ad.data.synth import synthesize
@@ -492,7 +492,7 @@ def _corpus_encoders(settings: dict, corpus: Path, out: Path) -> tuple[list[dict
     return encoders, sources, wider
 
 
-def _shipped_encoders(settings: dict, recipe) -> tuple[list[dict], dict[float, dict], dict]:
+def _shipped_encoders(settings: dict, recipe: Config) -> tuple[list[dict], dict[float, dict], dict]:
     """The encoders shipped in the package of the recipe's family at the settings' eps (their held-out accuracy is
     on the model card: their classifier heads are not shipped), as :func:`_corpus_encoders` gives them."""
     from robust_ad.training.pretrained import at_eps
