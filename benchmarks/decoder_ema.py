@@ -40,7 +40,7 @@ def main() -> None:
         type=int,
         nargs=2,
         metavar=("GOOD", "PER_DEFECT"),
-        help="example data with this many normal test images and images per defect type (in DATA/test-GOOD-N)",
+        help="example data with this many normal test images and images per defect type (in DATA/test-GOOD-PER_DEFECT)",
     )
     parser.add_argument("--data", type=Path, default=Path("benchmarks/results"), help="where data, data-seedN are")
     parser.add_argument("--work", type=Path, default=Path("/tmp/decoder-ema"), help="run folders (replaced)")

@@ -124,6 +124,20 @@ def test_pretrained_section_runs_on_the_shipped_encoders(tmp_path: Path, synth_r
     assert "| robust-ad-r18w05-l2-eps1 | 1.000 | 0.500 |" in text and "MODEL_CARD.md" in text
 
 
+def test_components_table_reports_the_components_a_kept_section_measured() -> None:
+    """A section kept from before a component existed reports the components its rows have (it raised KeyError)."""
+    bench = _run_module()
+    rows = [
+        {"category": c, "encoder": e, "components": part, "image_auroc": auroc}
+        for c in ("bottle", "fabric")
+        for e, auroc in ((bench.TWIN, 0.5), ("pretrained eps=1", 0.9))
+        for part in ("pixel", "ssim", "pixel+ssim")
+    ]
+    text = "\n".join(bench._components_by_encoder(rows))
+    assert "| category | encoder | pixel | ssim | fused |" in text
+    assert "pretrained eps=1 beats the twin with pixel on 2, ssim on 2, fused on 2." in text
+
+
 def test_peer_predictions_are_scored_like_robust_ad(synth_root: Path) -> None:
     """raw_predict turns a peer's outputs into robust-ad's Prediction: maps resized to the images, scores kept."""
     import peers
