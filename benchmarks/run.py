@@ -204,22 +204,32 @@ def _names(values: dict, prefix: str = "") -> set[str]:
     return names
 
 
+def _train_or_reuse(config: Config, run_dir: Path, reuse: bool = False) -> float:
+    """Train ``config`` into ``run_dir`` unless ``reuse`` and it holds a finished run of it (:func:`_finished_as`);
+    the training minutes (the reused run's recorded ones)."""
+    if reuse and _finished_as(config, run_dir):
+        log.info("reusing the finished run %s", run_dir)
+        return rundir.read_training(run_dir).minutes
+    began = time.perf_counter()
+    api.train(config, run_dir, force=True)
+    return (time.perf_counter() - began) / 60
+
+
+def _at_size(config: Config, size: int) -> Config:
+    """``config`` with its images loaded at ``size``."""
+    return config.model_copy(update={"data": config.data.model_copy(update={"image_size": size})})
+
+
 def _train_and_measure(config, run_dir: Path, reuse: bool = False) -> dict:
     """Train a run (``reuse``: unless it holds a finished run of the same config, :func:`_finished_as`), then its
     detection metrics, the PSNR / SSIM of its normal reconstructions, its training minutes and its colour error
     (worst channel of held-out normal images, 8-bit levels): as scoring has it, the cast fitted in calibration
     removed, and the decoder's own."""
-    if reuse and _finished_as(config, run_dir):
-        run, minutes = run_dir, rundir.read_training(run_dir).minutes
-        log.info("reusing the finished run %s", run)
-    else:
-        began = time.perf_counter()
-        run = api.train(config, run_dir, force=True)
-        minutes = (time.perf_counter() - began) / 60
+    minutes = _train_or_reuse(config, run_dir, reuse)
     dataset = open_dataset(config)
-    metrics = _detect(rundir.load_scorer(run), dataset, config, rundir.read_calibration(run).threshold)
-    psnr, ssim = _reconstruction(run, dataset, config)
-    training = rundir.read_training(run)
+    metrics = _detect(rundir.load_scorer(run_dir), dataset, config, rundir.read_calibration(run_dir).threshold)
+    psnr, ssim = _reconstruction(run_dir, dataset, config)
+    training = rundir.read_training(run_dir)
     return {
         "psnr": psnr,
         "ssim": ssim,
@@ -275,7 +285,7 @@ def recalibrated_detection(run: Path, updates: list[dict], size: int | None = No
     with the scorer that gave them."""
     config = rundir.read_config(run)
     if size is not None:
-        config = config.model_copy(update={"data": config.data.model_copy(update={"image_size": size})})
+        config = _at_size(config, size)
     dataset = open_dataset(config)
     train, val = load_split(dataset, "train", config), load_split(dataset, "val", config)
     results = []
@@ -324,8 +334,7 @@ def resolution(profile: dict, root: Path, runs: Path, eps_values: list[float]) -
     for eps in eps_values:
         shipped = runs / f"{category}-shipped_eps{eps:g}"
         config = _config(profile, root, category, eps, shipped_encoder=True, autoencoder=autoencoder)
-        if not (profile.get("reuse_runs", False) and _finished_as(config, shipped)):
-            api.train(config, shipped, force=True)
+        _train_or_reuse(config, shipped, profile.get("reuse_runs", False))
         for encoder, run in (("category", runs / f"{category}-eps{eps:g}"), ("shipped", shipped)):
             rows += [{"category": category, "encoder": encoder, "eps": eps, **row} for row in _resolution_rows(run)]
     return rows
@@ -338,7 +347,7 @@ def _resolution_rows(run: Path) -> list[dict]:
     trained = config.data.image_size
     rows = []
     for size, calibration in ((trained, "of S"), (2 * trained, "of S"), (2 * trained, "refit at 2S")):
-        at = config.model_copy(update={"data": config.data.model_copy(update={"image_size": size})})
+        at = _at_size(config, size)
         if calibration == "of S":
             metrics = _detect(rundir.load_scorer(run), dataset, at, rundir.read_calibration(run).threshold)
         else:
