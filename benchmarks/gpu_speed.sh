@@ -2,31 +2,34 @@
 # Speed and scale on a lent GPU machine (torch + CUDA, no network), run from the project root. The wheels that
 # machine lacks go in .whl/ first (see the header of benchmarks/gpu_check.sh); then call the device tool with
 # carry ['.whl'] and command 'bash benchmarks/gpu_speed.sh'. It runs a full --recipe mvtec train + eval on the
-# example bottle in each precision (fp32, bf16) with the GPU to itself (the fp32 run also exported and scored
-# through onnxruntime), the whole suite with the GPU present (SUITE=0: not), benchmarks/profile_gpu.py and
+# example bottle in each of PRECISIONS (fp32, bf16; 'bf16-compile': bf16 with --compile) with the GPU to itself
+# (the fp32 run also exported and scored through onnxruntime), the whole suite with the GPU present (SUITE=0: not), benchmarks/profile_gpu.py and
 # benchmarks/speed.py (SPEED_ARGS, e.g. '--compile --batches 32 1') on the fp32 run, then the command THEN if one
 # is given (e.g. 'bash benchmarks/gpu_pretrain.sh'). Nothing runs side by side: on 2026-11-27 pretraining beside the suite
 # oversubscribed the 16 cores and both crawled. With DEADLINE=seconds, the speed step ends by then less a margin
 # for packing the logs (the device tool's time limit would otherwise cut the run before its files are written).
 # A test still running after 60 s has its stack dumped into the log (pytest's faulthandler_timeout).
 # Results land in $OUT: speed_gpu.json (commit it as benchmarks/speed_gpu.json: RESULTS.md shows its rows),
-# train_<precision>.json and logs.tar.gz.
+# train.jsonl (one line a training) and logs.tar.gz.
 OUT=${OUT:-/tmp/gpuspeed-out}; W=/tmp/gpuspeed
 source "$(dirname "$0")/gpu_setup.sh"
 L=$OUT/logs; mkdir -p $L
 $RA datasets synth --category bottle --out $W/data --seed 0 >/dev/null 2>&1
-for P in ${PRECISIONS:-fp32 bf16}; do
-  el "train --recipe mvtec --precision $P"
-  timeout ${TRAIN_S:-120} $RA train --recipe mvtec --category bottle --data-root $W/data --out $W/run-$P \
-    --device cuda --precision $P >$L/train-$P.log 2>&1 || tail -3 $L/train-$P.log
+for P in ${PRECISIONS:-fp32 bf16}; do  # a precision, or one with -compile: trained with --compile
+  FLAGS="--precision ${P%-compile}"; [ "$P" = "${P%-compile}" ] || FLAGS="$FLAGS --compile"
+  el "train --recipe mvtec $FLAGS"
+  timeout ${TRAIN_S:-150} $RA train --recipe mvtec --category bottle --data-root $W/data --out $W/run-$P \
+    --device cuda $FLAGS >$L/train-$P.log 2>&1 || tail -3 $L/train-$P.log
   timeout 90 $RA eval --category bottle --data-root $W/data --model $W/run-$P --out $W/eval-$P --device cuda >$L/eval-$P.log 2>&1
-  python3 - $W/run-$P $W/eval-$P $OUT/train_$P.json <<'PY'
+  python3 - $W/run-$P $W/eval-$P $OUT/train.jsonl <<'PY'
 import json, sys
+import yaml
 t = json.load(open(f"{sys.argv[1]}/training.json"))
 m = json.load(open(f"{sys.argv[2]}/metrics.json"))
 keep = {k: t[k] for k in ("minutes", "decoder_minutes", "precision", "processes", "machine", "device")}
 keep["metrics"] = {k: m.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "f1")}
-json.dump(keep, open(sys.argv[3], "w"), indent=1)
+keep["compile"] = yaml.safe_load(open(f"{sys.argv[1]}/config.yaml"))["compile"]
+print(json.dumps(keep), file=open(sys.argv[3], "a"))
 print(json.dumps({k: keep[k] for k in ("minutes", "precision")}), json.dumps(keep["metrics"])[:300])
 PY
 done
