@@ -2,6 +2,7 @@
 score), each recalibrated on the run's normal images (no retraining); then per category, the means over runs.
 
     python benchmarks/per_defect.py /tmp/decoder-ema/{fabric,gravel}-seed{0,1,2}-ema0.995
+    python benchmarks/per_defect.py RUNS --also colour   # and the default score with the colour component added
 
 Which defects a component sees, and which none does: where a new component is needed.
 """
@@ -19,28 +20,34 @@ import numpy as np
 from run import alone_then_all, recalibrated_detection, weight_updates
 
 from robust_ad import rundir
-from robust_ad.config import COMPONENTS
+from robust_ad.config import COMPONENTS, DEFAULT_COMPONENTS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS))
+    parser.add_argument(
+        "--also", nargs="+", choices=COMPONENTS, default=[], help="then the default components with these added"
+    )
     args = parser.parse_args()
     subsets = alone_then_all(args.components)
+    if args.also:
+        subsets.append([*DEFAULT_COMPONENTS, *(c for c in args.also if c not in DEFAULT_COMPONENTS)])
     updates = weight_updates(subsets)
     means: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for run in args.runs:
         category = rundir.read_config(run).category
         for subset, (_, metrics) in zip(subsets, recalibrated_detection(run, updates), strict=True):
-            name = "+".join(subset) if len(subset) < len(COMPONENTS) else "all"
-            row = {"all defects": metrics["image_auroc"]}
+            name = "all" if subset == list(DEFAULT_COMPONENTS) else "+".join(subset)
+            row = {"all defects": metrics["image_auroc"], "pixel AUROC": metrics["pixel_auroc"]}
             row |= {defect: m["image_auroc"] for defect, m in metrics["per_defect_type"].items()}
             print(json.dumps({"run": str(run), "components": name, **row}), flush=True)
             for defect, value in row.items():
                 means[(category, name, defect)].append(value)
+    names = list(dict.fromkeys(key[1] for key in means))  # in the order measured
     for category in sorted({key[0] for key in means}):
-        for name in [*args.components, "all"]:
+        for name in names:
             row = {d: round(float(np.mean(v)), 3) for (c, n, d), v in means.items() if (c, n) == (category, name)}
             print(json.dumps({"category": category, "components": name, **row}), flush=True)
 

@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from robust_ad import api, machine, rundir
-from robust_ad.config import Config, for_mode, from_scratch, load_config, merge
+from robust_ad.config import COMPONENTS, DEFAULT_COMPONENTS, Config, for_mode, from_scratch, load_config, merge
 from robust_ad.data.corpus import corpus_files
 from robust_ad.data.loading import labelled_images, load_split, open_dataset
 from robust_ad.data.synth import synthesize
@@ -39,7 +39,7 @@ from robust_ad.denoising import evaluate_denoising, image_quality
 from robust_ad.scoring.calibration import calibrate
 from robust_ad.scoring.evaluate import evaluate
 from robust_ad.scoring.inference import predict
-from robust_ad.scoring.scorer import COMPONENTS, AnomalyScorer
+from robust_ad.scoring.scorer import AnomalyScorer
 from robust_ad.tensors import to_tensor
 from robust_ad.training.encoder import EncoderRun, evaluate_encoder, train_encoder
 
@@ -258,8 +258,8 @@ DETECTION_KEYS = ("image_auroc", "pixel_auroc", "aupro")  # what the ablations r
 
 
 def alone_then_all(components: list[str] | tuple[str, ...] = COMPONENTS) -> list[list[str]]:
-    """Each of ``components`` alone, then every component together (the default score)."""
-    return [*[[c] for c in components], list(COMPONENTS)]
+    """Each of ``components`` alone, then the default components together (the default score)."""
+    return [*[[c] for c in components], list(DEFAULT_COMPONENTS)]
 
 
 def weight_updates(subsets: list[list[str]]) -> list[dict]:
@@ -807,7 +807,7 @@ def _pretrained_report(results: dict) -> list[str]:
         title,
         *about,
         f"Detection (decoder trained per category on each encoder for {_decoder_epochs(results['profile'])} "
-        f"epochs; otherwise the settings of the sections above; score: {', '.join(COMPONENTS)} with equal "
+        f"epochs; otherwise the settings of the sections above; score: {', '.join(DEFAULT_COMPONENTS)} with equal "
         f"weights, score_fusion {section.get('score_fusion', 'map')}):",
         _table(rows, ["category", "encoder", "eps", *DETECTION_COLUMNS]),
         f"Goals (image AUROC): {robust} beats per-category from scratch on {wins('scratch')}; beats its "

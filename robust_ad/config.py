@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from robust_ad.errors import ConfigError
 
-COMPONENTS = ("pixel", "ssim", "feature", "memory", "nearest", "energy")
+COMPONENTS = ("pixel", "ssim", "feature", "memory", "nearest", "energy", "colour")
 NOISES = ("gaussian", "poisson", "salt_pepper", "jpeg", "sensor")
 
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -92,6 +92,7 @@ class ScoringConfig(_Section):
         "memory": 1.0,
         "nearest": 1.0,
         "energy": 1.0,
+        "colour": 0.0,  # off by default: it helps on uniformly coloured textures only (benchmarks/FINDINGS.md)
     }
     smoothing_sigma: NonNegative = 4.0  # pixels at the model's image size
     ssim_window: Annotated[int, Field(ge=3, le=63)] = 11
@@ -133,6 +134,9 @@ class ScoringConfig(_Section):
         if window % 2 == 0:
             raise ValueError(f"must be odd, got {window}")
         return window
+
+
+DEFAULT_COMPONENTS = tuple(c for c, weight in ScoringConfig().weights.items() if weight > 0)  # what scores by default
 
 
 class DenoiseConfig(_Section):

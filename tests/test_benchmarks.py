@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from robust_ad.scoring.scorer import COMPONENTS
+from robust_ad.config import COMPONENTS, DEFAULT_COMPONENTS
 from tests.conftest import make_corpus, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
     assert [row["encoder"] for row in pretrained["detection"]] == encoders
     assert "beats per-category from scratch on" in text
     parts = [(row["encoder"], row["components"]) for row in pretrained["components"]]  # each alone, then fused
-    assert parts == [(e, c) for e in encoders[1:3] for c in [*COMPONENTS, "+".join(COMPONENTS)]]
+    assert parts == [(e, c) for e in encoders[1:3] for c in [*COMPONENTS, "+".join(DEFAULT_COMPONENTS)]]
     assert "pretrained eps=1 beats the twin with pixel on" in text
     others = [(row["encoder"], row["seed"]) for row in pretrained["seeds"]]  # the quick profile's seed 1
     assert others == [(encoder, 1) for encoder in encoders[1:]]

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from robust_ad import rundir
 from robust_ad.api import train
+from robust_ad.config import ScoringConfig
 from robust_ad.data.images import read_image
 from robust_ad.data.resize import crop_resize, resize, resize_image
 from robust_ad.errors import ModelError
@@ -284,15 +285,17 @@ def test_example_script_scores_a_folder(onnx_file: Path, synth_root: Path, tmp_p
     np.testing.assert_allclose([float(line.split("\t")[1]) for line in lines], scores, atol=1e-3)
 
 
-def test_export_follows_nearest_vectors_enlarged_images_and_map_fusion(synth_root: Path, tmp_path: Path) -> None:
-    """PatchCore-style nearest vectors (two layers joined, 3 x 3 means) of images enlarged twice, scored on the fused
-    map, export and pass the parity check."""
+def test_export_follows_nearest_vectors_colour_enlarged_images_and_map_fusion(synth_root: Path, tmp_path: Path) -> None:
+    """PatchCore-style nearest vectors (two layers joined, 3 x 3 means) and the optional colour component of images
+    enlarged twice, scored on the fused map, export and pass the parity check."""
     scoring = {"nearest_layers": ["layer1", "layer2"], "nearest_pool": 3, "upsample": 2, "score_fusion": "map"}
+    scoring["weights"] = {**ScoringConfig().weights, "colour": 1.0}
     config = tiny_config(synth_root, scoring=scoring)
     run = train(config, tmp_path / "run")
     meta = export(run, tmp_path / "model.onnx")  # export verifies against torch on the run's own images
     assert meta["parity_verdicts_identical"]
     scorer = rundir.load_scorer(run)
+    assert "colour" in scorer.components and scorer.memory_mean_colour.shape == (3, 16, 16)  # 128 px in 8 px cells
     assert scorer.memory_bank.shape[1] == sum(
         scorer.model.features(torch.zeros(1, 3, 64, 64))[k].shape[1] for k in ("layer1", "layer2")
     )

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from robust_ad import rundir
 from robust_ad.cli import app
-from robust_ad.config import COMPONENTS
+from robust_ad.config import DEFAULT_COMPONENTS
 from robust_ad.data.arrays import ImageSet
 from robust_ad.data.layouts import Sample
 from robust_ad.data.loading import load_split, open_dataset
@@ -82,7 +82,7 @@ def test_scoring_fuses_before_smoothing_yet_gives_the_calibrated_components_fuse
     with torch.no_grad():
         maps, _ = scorer.component_maps(x)
         fused, _, raw, _ = scorer(x)
-    assert len(scorer.components) == len(COMPONENTS) and scorer.config.smoothing_sigma > 0
+    assert scorer.components == list(DEFAULT_COMPONENTS) and scorer.config.smoothing_sigma > 0
     torch.testing.assert_close(fused, scorer.fuse(maps), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(raw, scorer.fuse(maps).flatten(1).amax(1), atol=1e-5, rtol=1e-5)
 

@@ -9,7 +9,7 @@ import torch
 
 from robust_ad.device import full_float32
 from robust_ad.scoring.coreset import ReservoirSample, greedy_coreset
-from robust_ad.scoring.scorer import AnomalyScorer, local_energy
+from robust_ad.scoring.scorer import AnomalyScorer, local_colour, local_energy
 from robust_ad.tensors import to_tensor
 
 
@@ -17,7 +17,8 @@ from robust_ad.tensors import to_tensor
 def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tensor]) -> None:
     """From the normal training images, streamed over batches of (N, 3, S, S) images (memory does not grow with
     their number): the per-location mean and variance of their features (at the training size) and, where the
-    ``energy`` component is used, of their residuals' local energy (:func:`local_energy`); the decoder's
+    ``energy`` and ``colour`` components are used, of their residuals' local energy (:func:`local_energy`) and their
+    local colour (:func:`local_colour`); the decoder's
     colour response (:func:`fit_colour_response`; corrected in every reconstruction unless the recipe's
     ``scoring.remove_colour_cast`` is false); and, where the ``nearest``
     component is used, its bank: a coreset of ``nearest_bank`` of the vectors it compares
@@ -26,7 +27,7 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     device = scorer.score_mean.device
     scorer.colour_offset.zero_()
     scorer.colour_matrix.copy_(torch.eye(3))
-    names = [*scorer.layers, *(["energy"] if "energy" in scorer.components else [])]
+    names = [*scorer.layers, *(c for c in ("energy", "colour") if c in scorer.components)]
     sums = {k: 0.0 for k in names}
     squares = {k: 0.0 for k in names}
     colours = []  # (N, 2, 3): each image's mean colour and its reconstruction's, six numbers an image
@@ -35,6 +36,7 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     for images in batches:
         images = scorer.enlarge(images.to(device))  # as the networks see them
         feats = dict(scorer.model.features(images))
+        feats["colour"] = local_colour(images, scorer.colour_cell)
         if scorer.config.remove_colour_cast or "energy" in names:  # the decoder runs for these alone
             reconstructed = scorer.reconstruction(feats, images.shape[-2:])
             colours.append(torch.stack([images.mean((2, 3)), reconstructed.mean((2, 3))], 1).double().cpu())

@@ -20,6 +20,12 @@ Components (each a per-pixel map at the input's size, smoothed):
   the decoder cannot repaint; where the texture is missing (smoothed, worn, glazed over) the residual goes quiet,
   which every other component, one-sided and coarser, scores as typical (benchmarks/FINDINGS.md, "Missing
   texture").
+- ``colour``: how far the local mean colour departs from its normal value at that location: the image's mean
+  colour over cells of 1/``COLOUR_GRID`` of the training size, less the whole image's mean colour (an image's
+  overall tint and lighting, which vary between normal parts, cancel), scored as ``memory`` scores features (per
+  location and channel, scaled by the variance; :func:`local_colour`). It looks at the image alone, not at the
+  networks: a stain or discoloured patch keeps its texture, which a robust encoder pretrained on photographs
+  describes, and its decoder repaints, colour included (benchmarks/FINDINGS.md, "Colour defects").
 
 With ``scoring.upsample`` k > 1 the networks see each image enlarged k times (bilinear) and every map is brought
 back to the image's size: a finer grid of feature vectors for small images (the feature statistics and the bank are
@@ -83,6 +89,7 @@ ENERGY_WINDOW = 5  # px (odd): the square over which local_energy averages the r
 # added before the logarithm: about eight times the energy of 8-bit rounding ((1/255)² / 12), so that flat and
 # saturated parts read as a steady floor, not as the logarithm of their rounding
 ENERGY_FLOOR = 1e-5
+COLOUR_GRID = 16  # the colour component's cells: 1/16 of the training size (4 px at 64, 16 px at 256)
 
 
 def local_energy(residual: torch.Tensor) -> torch.Tensor:
@@ -93,6 +100,11 @@ def local_energy(residual: torch.Tensor) -> torch.Tensor:
     r = ENERGY_WINDOW // 2
     energy = F.avg_pool2d(F.pad(detail.square(), (r, r, r, r), mode="reflect"), ENERGY_WINDOW, stride=1)
     return torch.log(energy + ENERGY_FLOOR)
+
+
+def local_colour(x: torch.Tensor, cell: int) -> torch.Tensor:
+    """(N, 3, H // cell, W // cell): each ``cell`` x ``cell`` square's mean colour less the image's mean colour."""
+    return F.avg_pool2d(x, cell) - x.mean((2, 3), keepdim=True)
 
 
 def correct_colour(x_hat: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -159,9 +171,18 @@ class AnomalyScorer(nn.Module):
         """The shapes of the per-location statistics for images of ``size``: each feature layer's and, where the
         ``energy`` component is used, its own (one channel at the enlarged images' size)."""
         shapes = self._feature_shapes(size)
+        height, width = size[0] * self.config.upsample, size[1] * self.config.upsample
         if "energy" in self.components:
-            shapes["energy"] = (1, size[0] * self.config.upsample, size[1] * self.config.upsample)
+            shapes["energy"] = (1, height, width)
+        if "colour" in self.components:
+            shapes["colour"] = (3, height // self.colour_cell, width // self.colour_cell)
         return shapes
+
+    @property
+    def colour_cell(self) -> int:
+        """The ``colour`` component's cell side in pixels of the (enlarged) images: the same at every input size, as
+        the features' cells are."""
+        return max(1, self.train_size * self.config.upsample // COLOUR_GRID)
 
     def enlarge(self, x: torch.Tensor) -> torch.Tensor:
         """The images as the networks see them: enlarged ``upsample`` times (bilinear), or as they are."""
@@ -201,9 +222,10 @@ class AnomalyScorer(nn.Module):
         return rows.T @ maps @ cols
 
     def _terms(self, x: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
-        """Per active component, its raw maps (N, 1, h, w): one at the (enlarged) input's size (pixel, ssim, energy) or
-        one per feature layer at that layer's resolution (feature, memory, nearest), each component the mean of its maps
-        once resampled to the input's size; and the reconstruction, at the input's size."""
+        """Per active component, its raw maps (N, 1, h, w): one at the (enlarged) input's size (pixel, ssim, energy),
+        one of colour cells (colour) or one per feature layer at that layer's resolution (feature, memory, nearest),
+        each component the mean of its maps once resampled to the input's size; and the reconstruction, at the
+        input's size."""
         size = x.shape[-2:]
         x = self.enlarge(x)
         feats = self._features(x)
@@ -221,6 +243,8 @@ class AnomalyScorer(nn.Module):
                 terms[name] = [self._nearest_distance(self.nearest_features(feats))]
             elif name == "energy":
                 terms[name] = [self._memory_distance(local_energy(x - x_hat), "energy")]
+            elif name == "colour":
+                terms[name] = [self._memory_distance(local_colour(x, self.colour_cell), "colour")]
             else:
                 terms[name] = [self._memory_distance(feats[k], k) for k in self.layers]
         return terms, _resize(x_hat, size)
