@@ -17,11 +17,10 @@ from robust_ad.tensors import to_tensor
 def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tensor]) -> None:
     """From the normal training images, streamed over batches of (N, 3, S, S) images (memory does not grow with
     their number): the per-location mean and variance of their features (at the training size) and, where the
-    ``energy`` and ``colour`` components are used, of their residuals' local energy (:func:`local_energy`) and their
-    local colour (:func:`local_colour`); the decoder's
-    colour response (:func:`fit_colour_response`; corrected in every reconstruction unless the recipe's
-    ``scoring.remove_colour_cast`` is false); and, where the ``nearest``
-    component is used, its bank: a coreset of ``nearest_bank`` of the vectors it compares
+    ``energy`` and ``colour`` components are used, of their residuals' local energy (:func:`local_energy`) and of
+    their own local colour (:func:`local_colour`); the decoder's colour response (:func:`fit_colour_response`;
+    corrected in every reconstruction unless the recipe's ``scoring.remove_colour_cast`` is false); and, where the
+    ``nearest`` component is used, its bank: a coreset of ``nearest_bank`` of the vectors it compares
     (:meth:`AnomalyScorer.nearest_features`), chosen from a uniform sample of ten times as many."""
     scorer.eval()
     device = scorer.score_mean.device
@@ -36,7 +35,8 @@ def fit_training_statistics(scorer: AnomalyScorer, batches: Iterable[torch.Tenso
     for images in batches:
         images = scorer.enlarge(images.to(device))  # as the networks see them
         feats = dict(scorer.model.features(images))
-        feats["colour"] = local_colour(images, scorer.colour_cell)
+        if "colour" in names:
+            feats["colour"] = local_colour(images, scorer.colour_cell)
         if scorer.config.remove_colour_cast or "energy" in names:  # the decoder runs for these alone
             reconstructed = scorer.reconstruction(feats, images.shape[-2:])
             colours.append(torch.stack([images.mean((2, 3)), reconstructed.mean((2, 3))], 1).double().cpu())

@@ -168,8 +168,9 @@ class AnomalyScorer(nn.Module):
         return {layer: tuple(feats[layer].shape[1:]) for layer in self.layers}
 
     def _statistic_shapes(self, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
-        """The shapes of the per-location statistics for images of ``size``: each feature layer's and, where the
-        ``energy`` component is used, its own (one channel at the enlarged images' size)."""
+        """The shapes of the per-location statistics for images of ``size``: each feature layer's and, where they are
+        used, the ``energy`` component's (one channel at the enlarged images' size) and the ``colour`` component's
+        (three channels, one value a cell)."""
         shapes = self._feature_shapes(size)
         height, width = size[0] * self.config.upsample, size[1] * self.config.upsample
         if "energy" in self.components:
