@@ -3,6 +3,7 @@ score), each recalibrated on the run's normal images (no retraining); then per c
 
     python benchmarks/per_defect.py /tmp/decoder-ema/{fabric,gravel}-seed{0,1,2}-ema0.995
     python benchmarks/per_defect.py RUNS --also colour   # and the default score with the colour component added
+    python benchmarks/per_defect.py RUNS --components colour --also colour --also-weight 0.5   # added at weight 0.5
 
 Which defects a component sees, and which none does: where a new component is needed.
 """
@@ -30,22 +31,25 @@ def main() -> None:
     parser.add_argument(
         "--also", nargs="+", choices=COMPONENTS, default=[], help="then the default components with these added"
     )
+    parser.add_argument("--also-weight", type=float, default=1.0, help="the added components' weight (the rest: 1)")
     args = parser.parse_args()
     subsets = alone_then_all(args.components)
     if args.also:
         subsets.append([*DEFAULT_COMPONENTS, *(c for c in args.also if c not in DEFAULT_COMPONENTS)])
     updates = weight_updates(subsets)
+    names = ["all" if subset == list(DEFAULT_COMPONENTS) else "+".join(subset) for subset in subsets]
+    if args.also:
+        updates[-1]["weights"].update({c: args.also_weight for c in args.also if c not in DEFAULT_COMPONENTS})
+        names[-1] += f"@{args.also_weight:g}" if args.also_weight != 1 else ""
     means: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for run in args.runs:
         category = rundir.read_config(run).category
-        for subset, (_, metrics) in zip(subsets, recalibrated_detection(run, updates), strict=True):
-            name = "all" if subset == list(DEFAULT_COMPONENTS) else "+".join(subset)
+        for name, (_, metrics) in zip(names, recalibrated_detection(run, updates), strict=True):
             row = {"all defects": metrics["image_auroc"], "pixel AUROC": metrics["pixel_auroc"]}
             row |= {defect: m["image_auroc"] for defect, m in metrics["per_defect_type"].items()}
             print(json.dumps({"run": str(run), "components": name, **row}), flush=True)
             for defect, value in row.items():
                 means[(category, name, defect)].append(value)
-    names = list(dict.fromkeys(key[1] for key in means))  # in the order measured
     for category in sorted({key[0] for key in means}):
         for name in names:
             row = {d: round(float(np.mean(v)), 3) for (c, n, d), v in means.items() if (c, n) == (category, name)}
