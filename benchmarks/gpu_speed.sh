@@ -3,8 +3,8 @@
 # machine lacks go in .whl/ first (see the header of benchmarks/gpu_check.sh); then call the device tool with
 # carry ['.whl'] and command 'bash benchmarks/gpu_speed.sh'. It runs a full --recipe mvtec train + eval on the
 # example bottle in each of PRECISIONS (fp32, bf16; 'bf16-compile': bf16 with --compile) with the GPU to itself
-# (the fp32 run also exported and scored through onnxruntime), the whole suite with the GPU present (SUITE=0: not), benchmarks/profile_gpu.py and
-# benchmarks/speed.py (SPEED_ARGS, e.g. '--compile --batches 32 1') on the fp32 run, then the command THEN if one
+# (the fp32 run also exported and scored through onnxruntime), the whole suite with the GPU present (SUITE=0: not),
+# benchmarks/profile_gpu.py and benchmarks/speed.py (SPEED_ARGS, e.g. '--compile --batches 32 1') on the fp32 run, then the command THEN if one
 # is given (e.g. 'bash benchmarks/gpu_pretrain.sh'). Nothing runs side by side: on 2026-11-27 pretraining beside the suite
 # oversubscribed the 16 cores and both crawled. With DEADLINE=seconds, the speed step ends by then less a margin
 # for packing the logs (the device tool's time limit would otherwise cut the run before its files are written).

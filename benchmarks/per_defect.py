@@ -34,12 +34,13 @@ def main() -> None:
     parser.add_argument("--also-weight", type=float, default=1.0, help="the added components' weight (the rest: 1)")
     args = parser.parse_args()
     subsets = alone_then_all(args.components)
+    added = [c for c in args.also if c not in DEFAULT_COMPONENTS]
     if args.also:
-        subsets.append([*DEFAULT_COMPONENTS, *(c for c in args.also if c not in DEFAULT_COMPONENTS)])
+        subsets.append([*DEFAULT_COMPONENTS, *added])
     updates = weight_updates(subsets)
     names = ["all" if subset == list(DEFAULT_COMPONENTS) else "+".join(subset) for subset in subsets]
     if args.also:
-        updates[-1]["weights"].update({c: args.also_weight for c in args.also if c not in DEFAULT_COMPONENTS})
+        updates[-1]["weights"].update(dict.fromkeys(added, args.also_weight))
         names[-1] += f"@{args.also_weight:g}" if args.also_weight != 1 else ""
     means: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for run in args.runs:
