@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from sklearn.metrics import f1_score, roc_auc_score
 from torch import nn
@@ -182,6 +183,23 @@ def test_smoothing_is_the_gaussian_blur_with_reflected_borders() -> None:
     )
     expected = gaussian_blur2d(maps, (17, 17), (2.5, 2.5), border_type="reflect")
     torch.testing.assert_close(rows.T @ maps @ cols, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(8, 6), (30, 23), (61, 47)])  # up, the same size, down
+def test_resampling_matrix_is_bilinear_resizing_then_the_gaussian_blur(shape: tuple[int, int]) -> None:
+    from kornia.filters import gaussian_blur2d
+
+    from robust_ad.scoring.scorer import resampling_matrix
+
+    maps = torch.rand(2, 3, *shape, generator=torch.Generator().manual_seed(0))
+    resized = F.interpolate(maps, size=(30, 23), mode="bilinear", align_corners=False)
+    blurred = gaussian_blur2d(resized, (17, 17), (2.5, 2.5), border_type="reflect")
+    for sigma, radius, expected in ((2.5, 8, blurred), (0.0, 0, resized)):
+        rows, cols = (
+            resampling_matrix(n, m, sigma, radius, maps.device, maps.dtype)
+            for n, m in zip(shape, (30, 23), strict=True)
+        )
+        torch.testing.assert_close(rows.T @ (maps @ cols), expected, atol=1e-5, rtol=0)  # float32 rounding
 
 
 def test_memory_resampled_once_for_a_fixed_size_scores_as_resampling_per_call(tiny_run: Path) -> None:

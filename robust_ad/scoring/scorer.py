@@ -54,7 +54,10 @@ Either is then standardised by the scores of held-out normal images: the *normal
 With ``map``, scoring (``forward``) computes the fused map in fewer operations than calibration, which needs each
 smoothed component (``component_maps``): standardising and weighting are affine, resampling and smoothing linear
 and constant-preserving, so the terms are weighted and summed at each resolution first, then resampled and
-smoothed once (one channel instead of one per component; the same map up to rounding).
+smoothed once per resolution (one channel instead of one per component; the same map up to rounding).
+
+Resampling a map to the image's size and smoothing it there are both linear and separable, so they are done
+together, as one matrix product per axis (:func:`resampling_matrix`).
 """
 
 from __future__ import annotations
@@ -126,6 +129,21 @@ def smoothing_matrix(n: int, sigma: float, radius: int, device: torch.device, dt
     padded = np.pad(np.eye(n), ((0, 0), (radius, radius)), mode="reflect")
     matrix = np.lib.stride_tricks.sliding_window_view(padded, 2 * radius + 1, axis=1) @ kernel
     return torch.from_numpy(matrix).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def resampling_matrix(
+    n: int, size: int, sigma: float, radius: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """(n, size) matrix A such that ``x @ A`` resamples the rows of x to ``size`` (bilinear, as :func:`_resize`),
+    then filters them as :func:`smoothing_matrix` does (``sigma`` 0: not at all). Both are linear, so one product
+    per axis does what an upsampling of a coarse map to full size and a smoothing there did, in fewer operations
+    and with no full-size intermediate (PyTorch's CUDA upsampling of one-channel channels-last maps was slow)."""
+    unit = torch.eye(n, dtype=torch.float64)[:, None]  # n one-pixel rows
+    resampled = F.interpolate(unit, size=size, mode="linear", align_corners=False)[:, 0]
+    if sigma > 0:
+        resampled = resampled @ smoothing_matrix(size, sigma, radius, resampled.device, resampled.dtype)
+    return resampled.to(device=device, dtype=dtype)
 
 
 class AnomalyScorer(nn.Module):
@@ -211,16 +229,19 @@ class AnomalyScorer(nn.Module):
         mean, var = getattr(self, f"memory_mean_{layer}"), getattr(self, f"memory_var_{layer}")
         return _resize(mean[None], shape)[0], _resize(var[None], shape)[0]
 
-    def _smooth(self, maps: torch.Tensor) -> torch.Tensor:
-        """Gaussian smoothing (sigma ``smoothing_sigma`` at the training size, reflected borders) as one matrix
-        product per axis (:func:`smoothing_matrix`)."""
-        sigma = self.config.smoothing_sigma * maps.shape[-1] / self.train_size
-        if sigma <= 0:
+    def _resample_smooth(self, maps: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """Maps (N, C, h, w) resampled to ``size`` (bilinear) and smoothed there (a Gaussian of sigma
+        ``smoothing_sigma`` at the training size, reflected borders) as one matrix product per axis
+        (:func:`resampling_matrix`)."""
+        (h, w), (height, width) = (int(n) for n in maps.shape[-2:]), (int(n) for n in size)  # fixed sizes in graphs
+        sigma = max(0.0, self.config.smoothing_sigma * width / self.train_size)
+        if sigma == 0 and (h, w) == (height, width):
             return maps
-        h, w = (int(n) for n in maps.shape[-2:])  # fixed sizes: exported graphs resize to theirs first
-        radius = min(math.ceil(3 * sigma), (min(h, w) - 1) // 2)
-        rows, cols = (smoothing_matrix(n, float(sigma), radius, maps.device, maps.dtype) for n in (h, w))
-        return rows.T @ maps @ cols
+        radius = min(math.ceil(3 * sigma), (min(height, width) - 1) // 2)
+        rows, cols = (
+            resampling_matrix(n, m, sigma, radius, maps.device, maps.dtype) for n, m in ((h, height), (w, width))
+        )
+        return rows.T @ (maps @ cols)
 
     def _terms(self, x: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
         """Per active component, its raw maps (N, 1, h, w): one at the (enlarged) input's size (pixel, ssim, energy),
@@ -254,12 +275,12 @@ class AnomalyScorer(nn.Module):
         """Raw (unstandardised) smoothed maps (N, K, H, W) of the active components, and the reconstruction."""
         size = x.shape[-2:]
         terms, x_hat = self._terms(x)
-        maps = [torch.stack([_resize(m, size) for m in terms[name]]).mean(0) for name in self.components]
-        return self._smooth(torch.cat(maps, 1)), x_hat
+        maps = [sum(self._resample_smooth(m, size) for m in terms[name]) / len(terms[name]) for name in self.components]
+        return torch.cat(maps, 1), x_hat
 
     def fused_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``fuse(component_maps(x)[0])`` (N, H, W) and the reconstruction, with one resampling per resolution
-        and one smoothing of one channel: fuse(G m) = G(sum_k a_k m_k) - sum_k a_k mean_k, a_k = w_k / std_k."""
+        """``fuse(component_maps(x)[0])`` (N, H, W) and the reconstruction, with one resampling and smoothing of one
+        channel per resolution: fuse(G m) = G(sum_k a_k m_k) - sum_k a_k mean_k, a_k = w_k / std_k."""
         terms, x_hat = self._terms(x)
         scale = self.weights / self.map_std
         by_size: dict[tuple[int, int], torch.Tensor] = {}
@@ -268,8 +289,8 @@ class AnomalyScorer(nn.Module):
                 key = (int(m.shape[-2]), int(m.shape[-1]))  # ints: traced sizes are distinct tensors
                 weighted = m * (scale[k] / len(terms[name]))
                 by_size[key] = by_size[key] + weighted if key in by_size else weighted
-        summed = functools.reduce(torch.add, [_resize(m, x.shape[-2:]) for m in by_size.values()])
-        return self._smooth(summed)[:, 0] - (scale * self.map_mean).sum(), x_hat
+        summed = functools.reduce(torch.add, [self._resample_smooth(m, x.shape[-2:]) for m in by_size.values()])
+        return summed[:, 0] - (scale * self.map_mean).sum(), x_hat
 
     def reconstruction(self, feats: dict[str, torch.Tensor], size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """The decoder's image (float32) from the encoder's features, its colour response corrected."""
