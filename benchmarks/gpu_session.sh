@@ -4,7 +4,8 @@
 # benchmarks/gpu_check.sh and gpu_denoise.sh) and command 'DEADLINE=540 bash benchmarks/gpu_session.sh':
 #   1. alone, since they are timed (TIMED=0 leaves them out): benchmarks/gpu_speed.sh without its suite: the mvtec
 #      recipe trained and evaluated in fp32 and bf16 (PRECISIONS; bf16-compile: with --compile), exported and scored
-#      through onnxruntime, scored in torch from CUDA graphs, the speed rows;
+#      through onnxruntime, scored in torch from CUDA graphs, the speed rows (PROFILE=1: benchmarks/profile_gpu.py too,
+#      with PROFILE_ARGS, e.g. '--batch 32 --parts'; its profile.txt lands in speed/logs.tar.gz);
 #   2. then the whole suite (GPU present; the cuda tests must run, not skip) beside the denoisers' long trainings
 #      (benchmarks/gpu_denoise.sh, RUNS of category:eps[:depth]), measured at a third, two thirds and the end of the
 #      time left before DEADLINE (seconds from this script's start; less a margin for their last measurement).
@@ -14,7 +15,7 @@
 OUT=${OUT:-/tmp/gpusession-out}; W=/tmp/gpusession
 source "$(dirname "$0")/gpu_setup.sh"
 export PRECISIONS=${PRECISIONS:-"fp32 bf16"}  # "fp32 bf16 bf16-compile": +125 s, too long for the suite after it
-[ "${TIMED:-1}" = 0 ] || DEADLINE=$(( $(left) + 15 )) OUT=$OUT/speed SUITE=0 PROFILE=0 SPEED_S=${SPEED_S:-70} \
+[ "${TIMED:-1}" = 0 ] || DEADLINE=$(( $(left) + 15 )) OUT=$OUT/speed SUITE=0 PROFILE=${PROFILE:-0} SPEED_S=${SPEED_S:-70} \
   SPEED_ARGS=${SPEED_ARGS:-"--gpu-only --batches 32 1"} bash benchmarks/gpu_speed.sh
 R=$(( $(left) - ${MARGIN:-45} ))  # the denoisers' seconds: their clock starts after their first epoch
 R=$(( R < 60 ? 60 : R ))

@@ -4,9 +4,10 @@
 # carry ['.whl'] and command 'bash benchmarks/gpu_speed.sh'. It runs a full --recipe mvtec train + eval on the
 # example bottle in each of PRECISIONS (fp32, bf16; 'bf16-compile': bf16 with --compile) with the GPU to itself
 # (the fp32 run also exported and scored through onnxruntime), the whole suite with the GPU present (SUITE=0: not),
-# benchmarks/profile_gpu.py and benchmarks/speed.py (SPEED_ARGS, e.g. '--compile --batches 32 1') on the fp32 run, then the command THEN if one
-# is given (e.g. 'bash benchmarks/gpu_pretrain.sh'). Nothing runs side by side: on 2026-11-27 pretraining beside the suite
-# oversubscribed the 16 cores and both crawled. With DEADLINE=seconds, the speed step ends by then less a margin
+# benchmarks/profile_gpu.py (PROFILE=0: not; PROFILE_ARGS, e.g. '--batch 32 --parts') and benchmarks/speed.py
+# (SPEED_ARGS, e.g. '--compile --batches 32 1') on the fp32 run, then the command THEN if one is given (e.g. 'bash
+# benchmarks/gpu_pretrain.sh'). Nothing runs side by side: on 2026-11-27 pretraining beside the suite oversubscribed
+# the 16 cores and both crawled. With DEADLINE=seconds, the speed step ends by then less a margin
 # for packing the logs (the device tool's time limit would otherwise cut the run before its files are written).
 # A test still running after 60 s has its stack dumped into the log (pytest's faulthandler_timeout).
 # Results land in $OUT: speed_gpu.json (commit it as benchmarks/speed_gpu.json: RESULTS.md shows its rows),
@@ -51,7 +52,7 @@ OMP_NUM_THREADS=2 timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovide
   -o faulthandler_timeout=60 >$L/pytest.log 2>&1
 tail -4 $L/pytest.log; }
 [ "${PROFILE:-1}" = 0 ] || { el "profile (benchmarks/profile_gpu.py)"  # PROFILE=0 skips it
-timeout 90 python3 benchmarks/profile_gpu.py --run $R --out $L/profile.txt 2>$L/profile.err || tail -3 $L/profile.err; }
+timeout 90 python3 benchmarks/profile_gpu.py --run $R --out $L/profile.txt $PROFILE_ARGS 2>$L/profile.err || tail -3 $L/profile.err; }
 el "speed (benchmarks/speed.py $SPEED_ARGS)"  # last but THEN: its file is rewritten after every group of rows
 timeout $(( ${SPEED_S:-150} < $(left) ? ${SPEED_S:-150} : $(left) )) python3 benchmarks/speed.py --run $R --sizes 256 \
   --out $OUT/speed_gpu.json $SPEED_ARGS 2>$L/speed.err | cut -c1-220 || tail -3 $L/speed.err

@@ -5,7 +5,9 @@ graph, in both memory formats, then the top CUDA kernels (torch.profiler) with c
 
 With --parts, also what each part of the scoring costs: the replayed channels-last rate with one part changed at a
 time (the nearest search in one block instead of NEAREST_BLOCK-sized ones, the image score of the fused map instead
-of per component, no nearest search, no smoothing); the outputs of the last two are wrong, their rates are not.
+of per component, coarse maps upsampled to full size before they are smoothed (as before resampling and smoothing
+became one product per axis), no nearest search, no smoothing); the outputs of the last two are wrong, their rates
+are not.
 
 Diagnostic only (run by hand on a GPU machine); benchmarks/speed.py writes the rows RESULTS.md reports.
 """
@@ -47,7 +49,8 @@ def _parts(run: Path, size: int, batch: int) -> str:
     """The replayed channels-last rate (fp16 networks) as it is, then with one part of the scoring changed."""
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device="cuda")
     rates = {}
-    for part in ("as it is", "nearest in one block", "fused-map image score", "no nearest", "no smoothing"):
+    parts = ("as it is", "nearest in one block", "fused-map image score", "upsampled, then smoothed", "no nearest")
+    for part in (*parts, "no smoothing"):
         graph = speed._graph(run, size, True, "cuda")
         graph.scorer.model.to(memory_format=torch.channels_last)
         scorer = graph.scorer
@@ -58,8 +61,11 @@ def _parts(run: Path, size: int, batch: int) -> str:
             scorer.config = scorer.config.model_copy(update={"score_fusion": "map"})
         elif part == "no nearest":
             scorer._nearest_distance = lambda feat: feat[:, :1] * 0
+        elif part == "upsampled, then smoothed":
+            resample_smooth = scorer._resample_smooth
+            scorer._resample_smooth = lambda maps, size, f=resample_smooth: f(scorer_module._resize(maps, size), size)
         elif part == "no smoothing":
-            scorer._smooth = lambda maps: maps
+            scorer.config = scorer.config.model_copy(update={"smoothing_sigma": 0.0})
         try:  # captured while the part is changed
             rates[part] = _try(lambda g=graph: speed._rate(speed._cuda_graph(g, images), batch, torch.cuda.synchronize))
         finally:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from robust_ad import rundir
 from robust_ad.cli import app
+from robust_ad.config import COMPONENTS, ScoringConfig
 from robust_ad.data.images import read_image
 from robust_ad.data.resize import resize_image
 from robust_ad.data.torchdata import ArrayImages
@@ -35,10 +36,15 @@ def _test_images(synth_root: Path) -> np.ndarray:
 
 
 def test_cuda_train_eval_export_score(synth_root: Path, tmp_path: Path) -> None:
+    """Trained, evaluated, exported and scored on CUDA with every score component on (colour, off by default,
+    included); the CUDA scores are the CPU's."""
     from robust_ad.api import train
     from robust_ad.runtime import InferenceSession
 
-    run = train(tiny_config(synth_root, device="cuda"), tmp_path / "run")
+    weights = {**ScoringConfig().weights, "colour": 1.0}
+    config = tiny_config(synth_root, device="cuda", scoring={"weights": weights})
+    run = train(config, tmp_path / "run")
+    assert set(rundir.load_scorer(run, "cpu").components) == set(COMPONENTS)
     assert (run / rundir.MODEL).is_file() and (run / rundir.CALIBRATION).is_file()
     assert "cuda" in (run / rundir.TRAINING).read_text()
     args = ["--model", str(run), "--device", "cuda"]
@@ -51,12 +57,17 @@ def test_cuda_train_eval_export_score(synth_root: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     maps, scores, _ = InferenceSession(run / "model.onnx", device="cpu").predict(_test_images(synth_root))
     assert np.isfinite(scores).all() and np.isfinite(maps).all()
+    _assert_cpu_and_cuda_agree(run, synth_root)
 
 
 def test_cuda_and_cpu_scores_agree(tiny_run: Path, synth_root: Path) -> None:
+    _assert_cpu_and_cuda_agree(tiny_run, synth_root)
+
+
+def _assert_cpu_and_cuda_agree(run: Path, synth_root: Path) -> None:
     images = _test_images(synth_root)
-    cpu = predict(rundir.load_scorer(tiny_run, "cpu"), images)
-    cuda = predict(rundir.load_scorer(tiny_run, "cuda"), images)
+    cpu = predict(rundir.load_scorer(run, "cpu"), images)
+    cuda = predict(rundir.load_scorer(run, "cuda"), images)
     assert np.abs(cpu.scores - cuda.scores).max() <= CPU_CUDA_SCORE_BOUND
     assert np.abs(cpu.maps - cuda.maps).max() <= 10 * CPU_CUDA_SCORE_BOUND
 
