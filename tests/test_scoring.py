@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -200,6 +201,23 @@ def test_resampling_matrix_is_bilinear_resizing_then_the_gaussian_blur(shape: tu
             for n, m in zip(shape, (30, 23), strict=True)
         )
         torch.testing.assert_close(rows.T @ (maps @ cols), expected, atol=1e-5, rtol=0)  # float32 rounding
+
+
+def test_each_component_map_is_the_mean_of_its_terms_resized_then_blurred(tiny_run: Path) -> None:
+    from kornia.filters import gaussian_blur2d
+
+    scorer = rundir.load_scorer(tiny_run)
+    x = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        maps, _ = scorer.component_maps(x)
+        terms, _ = scorer._terms(x)
+    sigma = scorer.config.smoothing_sigma * 48 / scorer.train_size
+    side = 2 * min(math.ceil(3 * sigma), (40 - 1) // 2) + 1
+    assert len({m.shape[-2:] for name in scorer.components for m in terms[name]}) > 2  # terms of several sizes
+    for k, name in enumerate(scorer.components):
+        resized = [F.interpolate(m, size=(40, 48), mode="bilinear", align_corners=False) for m in terms[name]]
+        expected = gaussian_blur2d(torch.stack(resized).mean(0), (side, side), (sigma, sigma), border_type="reflect")
+        torch.testing.assert_close(maps[:, k : k + 1], expected, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_memory_resampled_once_for_a_fixed_size_scores_as_resampling_per_call(tiny_run: Path) -> None:

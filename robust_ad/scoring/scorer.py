@@ -272,10 +272,23 @@ class AnomalyScorer(nn.Module):
         return terms, _resize(x_hat, size)
 
     def component_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw (unstandardised) smoothed maps (N, K, H, W) of the active components, and the reconstruction."""
+        """Raw (unstandardised) smoothed maps (N, K, H, W) of the active components, and the reconstruction. Each
+        component is the mean of its terms resampled and smoothed; the terms of one resolution are resampled and
+        smoothed together (three products per axis for six components: fewer, larger kernels)."""
         size = x.shape[-2:]
         terms, x_hat = self._terms(x)
-        maps = [sum(self._resample_smooth(m, size) for m in terms[name]) / len(terms[name]) for name in self.components]
+        flat = [(name, m) for name in self.components for m in terms[name]]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, (_, m) in enumerate(flat):
+            by_size.setdefault((int(m.shape[-2]), int(m.shape[-1])), []).append(index)
+        smoothed: dict[int, torch.Tensor] = {}
+        for indices in by_size.values():
+            stacked = flat[indices[0]][1] if len(indices) == 1 else torch.cat([flat[i][1] for i in indices], 1)
+            smoothed.update(zip(indices, self._resample_smooth(stacked, size).split(1, 1), strict=True))
+        maps = []
+        for name in self.components:
+            own = [smoothed[i] for i, (owner, _) in enumerate(flat) if owner == name]
+            maps.append(own[0] if len(own) == 1 else functools.reduce(torch.add, own) / len(own))
         return torch.cat(maps, 1), x_hat
 
     def fused_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
