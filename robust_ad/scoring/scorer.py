@@ -138,7 +138,7 @@ def resampling_matrix(
     """(n, size) matrix A such that ``x @ A`` resamples the rows of x to ``size`` (bilinear, as :func:`_resize`),
     then filters them as :func:`smoothing_matrix` does (``sigma`` 0: not at all). Both are linear, so one product
     per axis does what an upsampling of a coarse map to full size and a smoothing there did, in fewer operations
-    and with no full-size intermediate (PyTorch's CUDA upsampling of one-channel channels-last maps was slow)."""
+    and with no full-size intermediate (benchmarks/FINDINGS.md, "The inference speed section, in detail")."""
     unit = torch.eye(n, dtype=torch.float64)[:, None]  # n one-pixel rows
     resampled = F.interpolate(unit, size=size, mode="linear", align_corners=False)[:, 0]
     if sigma > 0:
@@ -274,7 +274,7 @@ class AnomalyScorer(nn.Module):
     def component_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (unstandardised) smoothed maps (N, K, H, W) of the active components, and the reconstruction. Each
         component is the mean of its terms resampled and smoothed; the terms of one resolution are resampled and
-        smoothed together (three products per axis for six components: fewer, larger kernels)."""
+        smoothed together (fewer, larger kernels: three products per axis for the default components)."""
         size = x.shape[-2:]
         terms, x_hat = self._terms(x)
         flat = [(name, m) for name in self.components for m in terms[name]]
