@@ -638,10 +638,10 @@ def denoise(
     files = resolve_paths(paths)
     names = Counter(p.name for p in files)
     if max(names.values()) > 1:  # outputs keep the input names: one would silently replace the other
-        clash = [str(p) for p in files if names[p.name] > 1][:2]
+        shared = next(name for name, count in names.items() if count > 1)
+        clash = [str(p) for p in files if p.name == shared][:2]
         raise DataError(
-            f"two inputs share the file name {Path(clash[0]).name} ({', '.join(clash)}): denoise them "
-            "into separate --out folders"
+            f"two inputs share the file name {shared} ({', '.join(clash)}): denoise them into separate --out folders"
         )
     with output_folder(out, force, "output folder", inputs=_input_paths(paths, files), models=[model]) as folder:
         return denoise_files(files, model, folder, compare, resolve_device(device), sigma, guard)

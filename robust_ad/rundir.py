@@ -190,7 +190,17 @@ def _record(cls: type[BaseModel], path: Path) -> Any:
 
 def read_calibration(run_dir: str | Path) -> Calibration:
     """calibration.json, refused when a number that decides verdicts is missing or not finite."""
+    _refuse_denoiser(run_dir)
     return _record(Calibration, Path(run_dir) / CALIBRATION)
+
+
+def _refuse_denoiser(run_dir: str | Path) -> None:
+    """Scores, evaluations and thresholds need a detector: a denoising run has neither scorer nor calibration."""
+    if (Path(run_dir) / CONFIG).is_file() and read_config(run_dir).mode == "denoise":
+        raise ModelError(
+            f"{run_dir} is a denoising model (--mode denoise): this needs a detection model ('robust-ad train' "
+            f"without --mode denoise); denoise with 'robust-ad denoise --model {run_dir}'"
+        )
 
 
 def write_calibration(run_dir: str | Path, calibration: Calibration) -> Path:
@@ -278,6 +288,7 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu"):
 def load_scorer(run_dir: str | Path, device: torch.device | str = "cpu"):
     """The calibrated detector of a run folder, in eval mode on ``device``: memory statistics from model.pt,
     normalisation from calibration.json."""
+    _refuse_denoiser(run_dir)
     model, payload, path, config = _load(run_dir)
     if "memory" not in payload:
         raise ModelError(f"{path}: not a calibrated detector of this robust-ad version (retrain it: 'robust-ad train')")

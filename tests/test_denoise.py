@@ -152,7 +152,24 @@ def test_denoise_refuses_inputs_that_would_share_an_output_name(denoiser: Path, 
         ["denoise", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(denoiser), "--out", str(tmp_path / "out")],
     )
     assert result.exit_code == 2 and "share the file name" in result.output
+    first = sorted(p.name for p in (tmp_path / "a").iterdir())[0]  # the clash named is of two files of that name
+    assert f"share the file name {first} ({tmp_path / 'a' / first}, {tmp_path / 'b' / first})" in " ".join(
+        result.output.split()
+    )
     assert not (tmp_path / "out").exists()
+
+
+def test_detection_commands_name_a_denoising_model_for_what_it_is(
+    denoiser: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    test = str(synth_root / "bottle" / "test" / "good")
+    for args in (
+        ["score", test, "--model", str(denoiser), "--out", str(tmp_path / "scores")],
+        ["eval", "--model", str(denoiser), "--out", str(tmp_path / "eval")],
+        ["threshold", "--model", str(denoiser), "--value", "3"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "is a denoising model" in result.output, (args, result.output)
 
 
 def test_denoise_rejects_a_detection_model(tiny_run: Path, tmp_path: Path) -> None:
