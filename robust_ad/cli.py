@@ -532,7 +532,12 @@ def export(
     fp16: bool = typer.Option(False, "--fp16", help="Networks in half precision (for GPUs); scoring stays fp32."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
-    size: tuple[int, int] = typer.Option(None, "--size", help="Processing size H W (default: the training size)."),
+    size: tuple[int, int] = typer.Option(
+        None,
+        "--size",
+        help="Square processing size H W (default: the training size); another size is recalibrated there on the "
+        "run's normal images.",
+    ),
     input_format: str = typer.Option("uint8", "--input-format", help="uint8 (0-255) or float ([0, 1])."),
     reconstruction: bool = typer.Option(False, "--reconstruction", help="Also output the reconstruction."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the onnxruntime-vs-torch parity check."),

@@ -83,8 +83,21 @@ def _graph(run_dir: Path, size: tuple[int, int] | None, uint8: bool, reconstruct
     if config.mode == "denoise":
         return DenoisingGraph(rundir.load_model(run_dir), uint8).eval(), {**meta, "outputs": "clean"}
     calibration = rundir.read_calibration(run_dir)
-    size = size or (config.data.image_size, config.data.image_size)
-    graph = ScoringGraph(rundir.load_scorer(run_dir), size, uint8, reconstruction).eval()
+    trained = config.data.image_size
+    size = size or (trained, trained)
+    if size == (trained, trained):
+        scorer, record = rundir.load_scorer(run_dir), calibration.model_dump()
+        meta["calibration"] = "the run's own (calibration.json)"
+    else:
+        scorer, record = recalibrated(run_dir, size)
+        meta["calibration"] = f"recalibrated at export at {size[0]}x{size[1]}: {record['threshold_rule']}"
+        if calibration.previous_thresholds:  # a threshold chosen at the training size means nothing at this one
+            log.warning(
+                "the run's threshold was set by hand (%s); at %dx%d it is the calibration's rule again",
+                calibration.threshold_rule,
+                *size,
+            )
+    graph = ScoringGraph(scorer, size, uint8, reconstruction).eval()
     outputs = "anomaly_map,score" + (",reconstruction" if reconstruction else "")
     return graph, {
         **meta,
@@ -95,12 +108,42 @@ def _graph(run_dir: Path, size: tuple[int, int] | None, uint8: bool, reconstruct
         "train_aspect_ratio": calibration.train_aspect_ratio,
         "image_size": size[0],
         "map_size": f"{size[0]},{size[1]}",
-        "threshold": calibration.threshold,
-        "map_vmax": calibration.map_vmax,
-        "score_mean": calibration.score_mean,
-        "score_std": calibration.score_std,
-        "components": json.dumps({k: v.model_dump() for k, v in calibration.components.items()}),
+        **{key: record[key] for key in ("threshold", "map_vmax", "score_mean", "score_std")},
+        "components": json.dumps(record["components"]),
     }
+
+
+def recalibrated(run_dir: Path, size: tuple[int, int]) -> tuple[nn.Module, dict]:
+    """The run's scorer with every statistic refit at the square processing ``size`` (the networks unchanged) on
+    the run's own normal images, and its calibration record: a threshold and normalisation fitted at the training
+    size do not hold at another (the maps' statistics change with the scale of the features)."""
+    from robust_ad.data.arrays import load_samples
+    from robust_ad.data.loading import load_split, open_dataset
+    from robust_ad.errors import DataError
+    from robust_ad.scoring.calibration import calibrate
+    from robust_ad.scoring.scorer import AnomalyScorer
+    from robust_ad.tensors import to_tensor
+
+    config = rundir.read_config(run_dir)
+    trained = config.data.image_size
+    if size[0] != size[1]:
+        raise ConfigError(
+            f"--size {size[0]} {size[1]}: the model is calibrated at {trained}x{trained}; another processing size "
+            "is recalibrated there, which needs a square size (frames of any shape are resized to it)"
+        )
+    config = config.model_copy(update={"data": config.data.model_copy(update={"image_size": size[0]})})
+    try:
+        dataset = open_dataset(config)
+    except DataError as exc:
+        raise DataError(
+            f"--size {size[0]} {size[1]} recalibrates at that size on the run's normal images: {exc}"
+        ) from exc
+    log.info("recalibrating at %dx%d on the normal images of %s (trained at %d)", *size, dataset.root, trained)
+    train = load_split(dataset, "train", config)
+    held_out = load_split(dataset, "val", config) if dataset.val else load_samples(dataset.train[:16], size[0])
+    scorer = AnomalyScorer(rundir.load_model(run_dir), config.scoring, size[0])
+    record = calibrate(scorer, to_tensor(train.images).split(config.data.batch_size), held_out.images)
+    return scorer, record
 
 
 def _sample(uint8: bool, batch: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:

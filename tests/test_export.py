@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -299,3 +300,31 @@ def test_export_follows_nearest_vectors_colour_enlarged_images_and_map_fusion(sy
     assert scorer.memory_bank.shape[1] == sum(
         scorer.model.features(torch.zeros(1, 3, 64, 64))[k].shape[1] for k in ("layer1", "layer2")
     )
+
+
+def test_export_at_another_size_is_recalibrated_there(tiny_run: Path, tmp_path: Path) -> None:
+    """The run is calibrated at 32 px. Exported at 48 px, its statistics, normalisation and threshold are refit at
+    48 px on its own normal images: its held-out normal images, at 48 px, score as at calibration (mean 0, std 1),
+    and the threshold is their quantile. Kept from 32 px, every part scored far from normal."""
+    from robust_ad.data.loading import load_split, open_dataset
+    from robust_ad.errors import ConfigError, DataError
+
+    meta = export(tiny_run, tmp_path / "m48.onnx", size=(48, 48))
+    assert "recalibrated at export at 48x48" in meta["calibration"]
+    config = rundir.read_config(tiny_run)
+    at48 = config.model_copy(update={"data": config.data.model_copy(update={"image_size": 48})})
+    held_out = load_split(open_dataset(at48), "val", at48).images
+    # the file takes 8-bit frames: the held-out images rounded to 8 bits move the scores by a few hundredths
+    scores = InferenceSession(tmp_path / "m48.onnx", device="cpu").predict(held_out)[1]
+    assert abs(scores.mean()) < 0.1 and abs(scores.std() - 1) < 0.1
+    assert meta["threshold"] == pytest.approx(np.quantile(scores, config.scoring.threshold_quantile), abs=0.1)
+    with pytest.raises(ConfigError, match="needs a square size"):
+        export(tiny_run, tmp_path / "r.onnx", size=(48, 64))
+    moved = tmp_path / "moved"  # a run whose training data is no longer where it was
+    shutil.copytree(tiny_run, moved)
+    (moved / rundir.CONFIG).write_text(
+        (moved / rundir.CONFIG).read_text().replace(str(config.data_root), str(tmp_path / "gone"))
+    )
+    with pytest.raises(DataError, match="recalibrates at that size on the run's normal images"):
+        export(moved, tmp_path / "g.onnx", size=(48, 48))
+    assert not (tmp_path / "r.onnx").exists() and not (tmp_path / "g.onnx").exists()
