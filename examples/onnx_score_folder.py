@@ -4,8 +4,10 @@ Copy this file into your inspection pipeline; robust_ad does not need to be inst
 
     python onnx_score_folder.py model.onnx ./images [--heatmaps out/]
 
-Prints one line per image: path, normalised score, verdict (threshold from the file's metadata).
-Exit code 1 when any image is anomalous, so a line controller can act on it.
+Prints one line per image: path, normalised score, verdict (threshold from the file's metadata). A file that
+cannot be read is listed as `path  -  unreadable` (the reason on stderr) and the rest are still scored; a score
+that is not a number is anomalous, never a pass. Exit code, as `robust-ad score --fail-on-anomaly`: 0 all
+normal, 1 any image anomalous, 3 any file unreadable, so a line controller can tell a defect from a bad frame.
 """
 
 import argparse
@@ -53,16 +55,22 @@ def main() -> int:
     meta = session.get_modelmeta().custom_metadata_map
     threshold, vmax = float(meta["threshold"]), float(meta["map_vmax"])
     name = session.get_inputs()[0].name
-    anomalous = 0
+    anomalous = unreadable = 0
     for path in sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in SUFFIXES):
-        image = load_rgb_uint8(path)
+        try:
+            image = load_rgb_uint8(path)
+        except ValueError as exc:
+            print(f"# {exc}", file=sys.stderr)
+            print(f"{path}\t-\tunreadable")
+            unreadable += 1
+            continue
         # The whole frame goes in: the graph resizes it exactly as training and calibration did (metadata
         # 'resize'); resizing here with another method would move the scores.
         batch = image.transpose(2, 0, 1)[None]
         if meta["input_format"] != "uint8":
             batch = batch.astype(np.float32) / 255.0
         anomaly_map, score = session.run(None, {name: np.ascontiguousarray(batch)})[:2]
-        verdict = "anomalous" if score[0] > threshold else "normal"
+        verdict = "normal" if score[0] <= threshold else "anomalous"  # NaN compares false: anomalous
         anomalous += verdict == "anomalous"
         print(f"{path}\t{score[0]:.3f}\t{verdict}")
         if args.heatmaps:
@@ -70,7 +78,7 @@ def main() -> int:
             heat = cv2.resize((heat * 255).astype(np.uint8), image.shape[1::-1])
             Path(args.heatmaps).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(Path(args.heatmaps) / f"{path.stem}.png"), cv2.applyColorMap(heat, cv2.COLORMAP_JET))
-    return 1 if anomalous else 0
+    return 3 if unreadable else 1 if anomalous else 0
 
 
 if __name__ == "__main__":

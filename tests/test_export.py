@@ -260,21 +260,14 @@ def test_score_with_onnx_gives_the_torch_scores(
         assert a["verdict"] == b["verdict"]
 
 
+def _example_script(onnx_file: Path, folder: Path, *args: str) -> subprocess.CompletedProcess:
+    script = str(REPO / "examples" / "onnx_score_folder.py")
+    command = [sys.executable, script, str(onnx_file), str(folder), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ})
+
+
 def test_example_script_scores_a_folder(onnx_file: Path, synth_root: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "examples" / "onnx_score_folder.py"),
-            str(onnx_file),
-            str(synth_root / "bottle" / "test" / "good"),
-            "--heatmaps",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ},
-    )
+    result = _example_script(onnx_file, synth_root / "bottle" / "test" / "good", "--heatmaps", str(tmp_path))
     assert result.returncode in (0, 1), result.stderr
     assert result.stderr.strip() == "# onnxruntime on CPUExecutionProvider"  # no provider error on a CPU machine
     lines = result.stdout.strip().splitlines()
@@ -284,6 +277,19 @@ def test_example_script_scores_a_folder(onnx_file: Path, synth_root: Path, tmp_p
         np.stack([read_image(Path(line.split("\t")[0])) for line in lines])
     )[1]
     np.testing.assert_allclose([float(line.split("\t")[1]) for line in lines], scores, atol=1e-3)
+
+
+def test_example_script_lists_an_unreadable_file_scores_the_rest_and_exits_3(
+    onnx_file: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "frames"
+    shutil.copytree(synth_root / "bottle" / "test" / "good", folder)
+    (folder / "truncated.png").write_bytes((folder / "000.png").read_bytes()[:60])
+    result = _example_script(onnx_file, folder)
+    assert result.returncode == 3, result.stderr
+    lines = dict(line.split("\t", 1) for line in result.stdout.strip().splitlines())
+    assert len(lines) == 7 and lines[str(folder / "truncated.png")] == "-\tunreadable"
+    assert "truncated.png: unreadable image" in result.stderr
 
 
 def test_export_follows_nearest_vectors_colour_enlarged_images_and_map_fusion(synth_root: Path, tmp_path: Path) -> None:
