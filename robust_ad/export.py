@@ -35,6 +35,7 @@ PARITY_MAP = {"fp32": (1e-3, 1e-5), "fp16": (0.25, 0.02)}
 # The extra check on uniform random noise, far outside the operating range (maps reach ~1000 std there, where
 # float32 rounding alone exceeds 1e-4): elementwise |a - b| <= ATOL + RTOL * |b|.
 PARITY_NOISE = {"fp32": (1e-4, 1e-5), "fp16": (0.25, 0.02)}
+MIN_OPSET = 12  # the scoring graph exports from 11, the denoising graph from 12 (onnxruntime refused its opset 11)
 
 
 class ScoringGraph(nn.Module):
@@ -173,6 +174,8 @@ def export(
     check_writable(out, force)
     if batch != "dynamic" and (not str(batch).isdigit() or int(batch) < 1):
         raise ConfigError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
+    if opset < MIN_OPSET:
+        raise ConfigError(f"--opset must be at least {MIN_OPSET} (the first the graphs export at), got {opset}")
     if size is not None and (len(size) != 2 or min(size) < 16 or max(size) > 4096):
         raise ConfigError(f"--size must be two sides between 16 and 4096 pixels, got {' '.join(map(str, size))}")
     graph, meta = _graph(run_dir, size, uint8, reconstruction)
@@ -190,16 +193,21 @@ def export(
     meta.update({"precision": "fp16" if fp16 else "fp32", "batch": str(batch)})
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(tmp),
-            input_names=["images"],
-            output_names=names,
-            opset_version=opset,
-            dynamic_axes=axes,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(tmp),
+                input_names=["images"],
+                output_names=names,
+                opset_version=opset,
+                dynamic_axes=axes,
+                dynamo=False,
+            )
+        except RuntimeError as exc:
+            if "Unsupported onnx_opset_version" not in str(exc):
+                raise
+            raise ConfigError(f"--opset {opset} is newer than this torch's ONNX exporter supports ({exc})") from exc
         if verify:
             meta.update(verify_parity(reference, tmp, run_dir, meta, example_size, batch, fp16))
         proto = onnx.load(str(tmp))
