@@ -62,7 +62,7 @@ class EncoderConfig(_Section):
 
 
 class AutoencoderConfig(_Section):
-    epochs: Annotated[int, Field(ge=0)] = 30
+    epochs: Count = 30  # at least one: an untrained decoder reconstructs nothing, and its run would score as any other
     lr: Positive = 1e-3  # decoder (generator) Adam
     disc_lr: Positive = 1.2e-3  # discriminator Adam, betas (0, 0.9), as in the paper's code
     pixel_loss: Literal["l1", "l2"] = "l1"

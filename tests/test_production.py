@@ -63,6 +63,9 @@ def test_bad_flag_values_are_one_line_errors(tiny_run: Path, synth_root: Path, t
     image = str(synth_root / "bottle" / "test" / "good" / "000.png")
     train = ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(tmp_path / "r")]
     assert "data.image_size = 0" in _one_line_error(runner.invoke(app, [*train, "--image-size", "0"]))
+    assert "autoencoder.epochs = 0" in _one_line_error(runner.invoke(app, [*train, "--epochs", "0"]))
+    synth = ["datasets", "synth", "--category", "bottle", "--out", str(tmp_path / "d"), "--n-train", "0"]
+    assert "--n-train must be at least 1" in _one_line_error(runner.invoke(app, synth))
     assert "--batch must be at least 1" in _one_line_error(
         runner.invoke(app, ["score", image, "--model", str(tiny_run), "--batch", "0", "--out", str(tmp_path / "s")])
     )

@@ -199,6 +199,11 @@ def synthesize(
         raise DataError(f"unknown example category '{category}' (choose from {', '.join(GENERATORS)})")
     if size < 32:
         raise DataError("example images need --size of at least 32 px")
+    if n_train < 1 or min(n_test_good, n_per_defect) < 0:
+        raise DataError(
+            f"--n-train must be at least 1 and --n-test-good, --n-per-defect at least 0, got {n_train}, "
+            f"{n_test_good}, {n_per_defect}"
+        )
     target = Path(out) / category
     if has_content(target) and not (target / "synth.json").is_file():  # a real dataset: never cleared
         raise OverwriteError(f"{target} holds a dataset not written by 'datasets synth': choose another --out")
