@@ -337,9 +337,12 @@ def test_score_cli_reports_corrupt_file_and_scores_the_rest(tiny_run: Path, synt
     result = runner.invoke(app, ["score", str(folder), "--model", str(tiny_run), "--out", str(out)])
     assert result.exit_code == 3, result.output
     assert "broken.png" in result.output
-    rows = list(csv.DictReader((out / "scores.csv").open()))
-    assert list(rows[0]) == ["path", "score", "normalized_score", "verdict"] and len(rows) == 3
-    assert {r["verdict"] for r in rows} <= {"normal", "anomalous"}
+    rows = list(csv.DictReader((out / "scores.csv").open()))  # every input, in order: a line system sees the gap
+    assert list(rows[0]) == ["path", "score", "normalized_score", "verdict", "error"] and len(rows) == 4
+    assert [Path(r["path"]).name for r in rows] == sorted(before)
+    broken = next(r for r in rows if r["path"].endswith("broken.png"))
+    assert broken["verdict"] == "unreadable" and broken["score"] == "" and "broken.png" in broken["error"]
+    assert {r["verdict"] for r in rows if r is not broken} <= {"normal", "anomalous"}
     assert len(list((out / "overlays").iterdir())) == 3
     assert json.loads((out / "scores.json").read_text())["errors"][0]["path"].endswith("broken.png")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 # normalised scores, raw scores). Each predictor resizes with the product's one resize (robust_ad.data.resize):
 # the torch one on the host, the ONNX one inside the graph.
 Predictor = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray]]
-COLUMNS = ("path", "score", "normalized_score", "verdict")
+# scores.csv: a row per input file, in input order; an unreadable one has the verdict 'unreadable' and its reason
+COLUMNS = ("path", "score", "normalized_score", "verdict", "error")
 
 
 @dataclass
@@ -86,6 +87,7 @@ def score_files(
 ) -> ScoreRun:
     """Score ``paths``; unreadable files are reported in the result and skipped, never fatal."""
     run = ScoreRun()
+    lines: dict[int, dict] = {}  # scores.csv's rows by input position
     numbered = list(enumerate(paths))
     batches = [numbered[i : i + batch_size] for i in range(0, len(numbered), batch_size)]
     for batch in track(batches, "scoring images"):
@@ -97,6 +99,7 @@ def score_files(
             except ImageReadError as exc:
                 log.warning("%s", exc)
                 run.errors.append({"path": str(path), "error": str(exc)})
+                lines[index] = {"path": str(path), "verdict": "unreadable", "error": str(exc)}
         if not kept:
             continue
         maps, scores, raw = predict(images)
@@ -112,10 +115,11 @@ def score_files(
                 row["overlay"] = f"overlays/{_overlay_name(path, index)}"
                 write_image(out / row["overlay"], overlay(image, full, vmax))
             run.rows.append(row)
+            lines[index] = row
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(run.rows)
+    writer.writerows(lines[index] for index in sorted(lines))
     write_text(out / "scores.csv", buffer.getvalue())
     write_json(out / "scores.json", {"threshold": threshold, "images": run.rows, "errors": run.errors})
     return run
