@@ -445,14 +445,14 @@ def _torch_predictor(scorer, batch_size: int, train_aspect: float | None):
     import numpy as np
 
     from robust_ad.data.resize import resize_image
-    from robust_ad.runtime import AspectCheck
+    from robust_ad.runtime import FrameCheck
     from robust_ad.scoring.inference import predict
 
-    check_aspect = AspectCheck(train_aspect)
+    check_frames = FrameCheck(train_aspect, scorer.train_size)
 
     def run(images):
         for image in images:
-            check_aspect(image.shape)
+            check_frames(image.shape)
         resized = np.stack([resize_image(image, scorer.train_size) for image in images])
         prediction = predict(scorer, resized, batch_size)
         return prediction.maps, prediction.scores, prediction.raw_scores

@@ -59,19 +59,20 @@ def _metadata(raw: dict[str, str], path: Path) -> dict:
     return meta
 
 
-class AspectCheck:
-    """Warns once per frame size whose width/height differs from the training images' (see aspect_warning)."""
+class FrameCheck:
+    """Warns once per frame size that the model will not see as it was trained: width/height unlike the training
+    images' (:func:`aspect_warning`), or a side smaller than the model's processing size (:func:`size_warning`)."""
 
-    def __init__(self, train_aspect: float | None) -> None:
-        self.train_aspect, self.seen = train_aspect, set()
+    def __init__(self, train_aspect: float | None, size: int | None) -> None:
+        self.train_aspect, self.size, self.seen = train_aspect, size, set()
 
     def __call__(self, shape: tuple[int, ...]) -> None:
         if shape[:2] in self.seen:
             return
         self.seen.add(shape[:2])
-        warning = aspect_warning(shape, self.train_aspect)
-        if warning:
-            log.warning("%s", warning)
+        for warning in (aspect_warning(shape, self.train_aspect), size_warning(shape, self.size)):
+            if warning:
+                log.warning("%s", warning)
 
 
 def aspect_warning(shape: tuple[int, ...], train_aspect: float | None) -> str | None:
@@ -85,6 +86,17 @@ def aspect_warning(shape: tuple[int, ...], train_aspect: float | None) -> str | 
         f"input frames of {shape[1]}x{shape[0]} px (aspect {aspect:.2f}) differ from the training images' aspect "
         f"{train_aspect:.2f}: the square resize distorts them, so scores may rise; crop the frames like the "
         "training images"
+    )
+
+
+def size_warning(shape: tuple[int, ...], size: int | None) -> str | None:
+    """A warning when a (H, W, ...) frame is smaller than the model's processing size on either side: enlarged,
+    it holds less detail than the training images had (a wrong camera region, or a thumbnail?)."""
+    if not size or min(shape[:2]) >= size:
+        return None
+    return (
+        f"input frames of {shape[1]}x{shape[0]} px are smaller than the model's {size}x{size}: they are enlarged "
+        "to be scored, so scores may rise; send the full camera frames"
     )
 
 
@@ -134,7 +146,8 @@ class InferenceSession:
         self.metadata = _metadata(raw, path) if require_robust_ad else raw
         self.input = self.session.get_inputs()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.check_aspect = AspectCheck(self.metadata.get("train_aspect_ratio") if require_robust_ad else None)
+        known = self.metadata if require_robust_ad else {}
+        self.check_frames = FrameCheck(known.get("train_aspect_ratio"), known.get("image_size"))
 
     def run_raw(self, images: np.ndarray) -> list[np.ndarray]:
         """Run the graph on an (N, 3, H, W) batch in the input format the file declares."""
@@ -151,7 +164,7 @@ class InferenceSession:
         """(N, H, W, 3) float RGB frames in [0, 1], any size → (anomaly maps, normalised scores, raw scores)."""
         if self.metadata.get("mode") != "detect":
             raise ModelError("this ONNX file is a denoising model: it has no anomaly scores")
-        self.check_aspect(images.shape[1:3])
+        self.check_frames(images.shape[1:3])
         maps, scores = self.run_raw(self._to_input(images))[:2]
         raw = scores * self.metadata["score_std"] + self.metadata["score_mean"]
         return maps.astype(np.float32), scores.astype(np.float32), raw.astype(np.float32)

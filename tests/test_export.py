@@ -177,6 +177,11 @@ def test_runtime_warns_when_frames_have_another_aspect_ratio(onnx_file: Path, ca
         session.predict(np.zeros((1, 32, 64, 3), np.float32))
         session.predict(np.zeros((2, 32, 64, 3), np.float32))
     assert len([r for r in caplog.records if "aspect" in r.message]) == 1  # once per frame size, not per frame
+    assert "smaller than" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # smaller than the model's 32 px: enlarged, so less detail than in training
+        session.predict(np.zeros((1, 20, 20, 3), np.float32))
+    assert "input frames of 20x20 px are smaller than the model's 32x32" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from robust_ad import rundir
 from robust_ad.cli import app
 from robust_ad.config import DEFAULT_COMPONENTS
 from robust_ad.data.arrays import ImageSet
+from robust_ad.data.images import read_image
 from robust_ad.data.layouts import Sample
 from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.errors import ModelError
@@ -526,3 +527,15 @@ def test_calibration_fits_the_decoders_colour_cast_and_scoring_removes_it(tiny_r
     (old / rundir.CALIBRATION).write_text(json.dumps(calibration))
     assert rundir.load_scorer(old).colour_offset.abs().max() == 0
     assert torch.equal(rundir.load_scorer(old).colour_matrix, torch.eye(3))
+
+
+def test_torch_scoring_warns_of_frames_smaller_than_the_model(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, caplog
+) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    image = read_image(synth_root / "bottle" / "test" / "good" / "000.png")
+    cv2.imwrite(str(small / "thumb.png"), cv2.resize((image * 255).astype(np.uint8)[..., ::-1], (20, 20)))
+    with caplog.at_level("WARNING"):
+        result = runner.invoke(app, ["score", str(small), "--model", str(tiny_run), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0 and "input frames of 20x20 px are smaller than the model's 32x32" in caplog.text
