@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from robust_ad.config import Config, for_mode, from_scratch, load_config
-from robust_ad.errors import ConfigError
+from robust_ad.errors import ConfigError, RobustADError
 from robust_ad.fileio import check_writable, write_json
 
 log = logging.getLogger(__name__)
@@ -500,6 +500,7 @@ def score(
         session = InferenceSession(onnx, device=device)
         predictor, meta = session.predictor(batch_size), session.metadata
         calibrated, vmax = meta["threshold"], meta["map_vmax"]
+        _warn_if_stale(Path(onnx), meta)
     else:
         if model is None:
             model = rundir.find_run(category)
@@ -514,6 +515,27 @@ def score(
         result = score_files(files, predictor, calibrated if threshold is None else threshold, folder, vmax, batch_size)
     result.model = str(onnx or model)
     return result
+
+
+def _warn_if_stale(onnx: Path, meta: dict) -> None:
+    """Warns when an ONNX file sits in a run folder whose threshold has changed since it was exported (it carries
+    the threshold of its export; a file recalibrated at another size carries its own)."""
+    from robust_ad import rundir
+
+    if not (onnx.parent / rundir.CALIBRATION).is_file() or str(meta.get("calibration", "")).startswith("recalibrated"):
+        return
+    try:
+        current = rundir.read_calibration(onnx.parent).threshold
+    except RobustADError:  # not this file's run after all: nothing to compare with
+        return
+    if abs(current - meta["threshold"]) > 1e-6:
+        log.warning(
+            "%s carries the threshold %.3f, its run folder's calibration.json now %.3f: export again to score with "
+            "the new one",
+            onnx,
+            meta["threshold"],
+            current,
+        )
 
 
 def evaluate(
@@ -602,6 +624,14 @@ def set_threshold(
             }
         )
         rundir.write_calibration(model, updated)
+    above = sum(score > updated.threshold for score in updated.normal_scores)
+    if above > len(updated.normal_scores) / 2:
+        log.warning(
+            "the threshold %.3f flags %d of %d held-out normal images as anomalous",
+            updated.threshold,
+            above,
+            len(updated.normal_scores),
+        )
     return updated
 
 

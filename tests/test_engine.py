@@ -210,3 +210,20 @@ def test_threshold_is_adopted_explicitly_and_the_old_one_kept(tiny_run: Path, tm
     assert result.exit_code == 2 and "finite" in result.output
     assert runner.invoke(app, ["threshold", "--model", str(run), "--value", "2.5"]).exit_code == 0
     assert rundir.read_calibration(run).threshold == 2.5 and len(rundir.read_calibration(run).previous_thresholds) == 2
+
+
+def test_threshold_says_how_many_normal_images_it_flags_and_a_stale_onnx_file_warns(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, caplog
+) -> None:
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(LOCK_NAME, "*.onnx")))
+    assert runner.invoke(app, ["export", "--model", str(run)]).exit_code == 0
+    normal = rundir.read_calibration(run).normal_scores
+    with caplog.at_level("WARNING"):
+        result = runner.invoke(app, ["threshold", "--model", str(run), "--value", "-1e9"])
+    assert f"{len(normal)} of {len(normal)} held-out normal images score above it" in " ".join(result.output.split())
+    assert f"flags {len(normal)} of {len(normal)} held-out normal images as anomalous" in caplog.text
+    caplog.clear()
+    folder = str(synth_root / "bottle" / "test" / "good")
+    with caplog.at_level("WARNING"):  # the file carries the threshold of its export
+        result = runner.invoke(app, ["score", folder, "--onnx", str(run / "model.onnx"), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0 and "its run folder's calibration.json now -1000000000.000" in caplog.text
