@@ -127,6 +127,20 @@ def test_image_conversion(tmp_path: Path, make, expected) -> None:
     np.testing.assert_allclose(image[0, 0], expected, atol=1e-6)
 
 
+def test_twelve_bit_data_in_a_sixteen_bit_file_is_warned_of_once(tmp_path: Path, caplog, monkeypatch) -> None:
+    from robust_ad.data import images
+
+    monkeypatch.setattr(images, "_WARNED", set())
+    cv2.imwrite(str(tmp_path / "full.png"), np.full((8, 8), 60000, np.uint16))
+    cv2.imwrite(str(tmp_path / "p12.png"), np.full((8, 8), 4095, np.uint16))
+    with caplog.at_level("WARNING"):
+        read_image(tmp_path / "full.png")
+        assert "below 4096" not in caplog.text
+        read_image(tmp_path / "p12.png")
+        read_image(tmp_path / "p12.png")
+    assert len([r for r in caplog.records if "below 4096" in r.message]) == 1
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [(b"", "empty file"), (b"not an image at all", "not a readable image"), (None, "truncated PNG")],

@@ -1,13 +1,15 @@
 """Image I/O with OpenCV. No torch here: the ONNX runtime path uses it too.
 
 Conversion rules (documented in the README):
-- 8-bit images are divided by 255, 16-bit by 65535, float images are clipped to [0, 1].
+- 8-bit images are divided by 255, 16-bit by 65535 (a warning, once, when 16-bit values stay below 4096: 12-bit
+  camera data), float images are clipped to [0, 1].
 - Grayscale is replicated to three channels; RGBA drops its alpha channel; OpenCV's BGR becomes RGB.
 - Masks: any non-zero pixel is a defect pixel.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -16,7 +18,9 @@ import numpy as np
 from robust_ad.errors import ImageReadError
 from robust_ad.fileio import atomic_path
 
+log = logging.getLogger(__name__)
 SKIP_BAD_HINT = "data.skip_bad: true in the recipe skips unreadable files"
+_WARNED: set[str] = set()  # warnings given once per process
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _PNG_END = b"IEND\xaeB`\x82"
 _JPEG_END = b"\xff\xd9"
@@ -61,6 +65,12 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
         out = image.astype(np.float32) / 255.0
     elif image.dtype == np.uint16:
         out = image.astype(np.float32) / 65535.0
+        if 0 < image.max() < 4096 and "12-bit" not in _WARNED:  # 12-bit camera data stored in 16-bit files
+            _WARNED.add("12-bit")
+            log.warning(
+                "16-bit images whose values stay below 4096: if they hold 10- or 12-bit camera data, they are read "
+                "as 16-bit (value / 65535) and come out nearly black; scale them to the full 16-bit range first"
+            )
     else:
         out = np.clip(image.astype(np.float32), 0.0, 1.0)
     if out.ndim == 2:
