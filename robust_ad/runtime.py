@@ -116,6 +116,11 @@ def choose_providers(device: str = "auto") -> list[str]:
     return [*gpu, "CPUExecutionProvider"]
 
 
+def _gpu_driver_installed() -> bool:
+    """Whether this machine has an NVIDIA driver (its CUDA library), i.e. a GPU that onnxruntime could use."""
+    return any(ctypes.util.find_library(name) for name in ("cuda", "nvcuda"))
+
+
 class InferenceSession:
     """An exported robust-ad model in onnxruntime."""
 
@@ -136,7 +141,10 @@ class InferenceSession:
             raise ModelError(f"{path}: not a loadable ONNX model ({first})") from exc
         used = self.session.get_providers()
         if device in ("auto", "cuda") and not any(p in used for p in GPU_PROVIDERS):
-            log.warning("no usable GPU execution provider: running on CPU")
+            # a warning where a GPU was asked for, or where one is installed (its driver) and could not be used; on
+            # a machine without a GPU (device auto) the CPU is expected: said quietly
+            level = logging.WARNING if device == "cuda" or _gpu_driver_installed() else logging.INFO
+            log.log(level, "no usable GPU execution provider: running on CPU")
         self.providers = used
         raw = dict(self.session.get_modelmeta().custom_metadata_map)
         if require_robust_ad and raw.get("format") != "robust-ad":

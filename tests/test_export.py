@@ -169,6 +169,21 @@ def test_batched_crops_resize_as_each_crop_alone() -> None:
         torch.testing.assert_close(crops[i], resize(images[i, :, t : t + s, x : x + s], (16, 16)))
 
 
+def test_onnx_on_a_machine_without_a_gpu_runs_quietly_unless_a_gpu_is_asked_for(
+    onnx_file: Path, caplog, monkeypatch
+) -> None:
+    from robust_ad import runtime
+
+    monkeypatch.setattr(runtime, "_gpu_driver_installed", lambda: False)  # onnxruntime-gpu lists CUDA regardless
+    with caplog.at_level("INFO"):
+        InferenceSession(onnx_file, device="auto")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    with caplog.at_level("WARNING"):
+        session = InferenceSession(onnx_file, device="cuda")
+    if session.session.get_providers() == ["CPUExecutionProvider"]:  # a GPU asked for and not there: said loudly
+        assert "no usable GPU execution provider" in caplog.text
+
+
 def test_runtime_warns_when_frames_have_another_aspect_ratio(onnx_file: Path, caplog) -> None:
     session = InferenceSession(onnx_file, device="cpu")
     with caplog.at_level("WARNING"):
