@@ -54,7 +54,8 @@ def html_report(out: Path, metrics: dict, test: ImageSet, prediction: Prediction
         cells = []
         for i in chosen:
             name = f"overlays/{i:04d}_{test.samples[i].path.stem}.png"
-            write_image(out / name, overlay(test.images[i], prediction.maps[i], vmax))
+            verdict = "anomalous" if scores[i] > threshold else "normal"
+            write_image(out / name, overlay(test.images[i], prediction.maps[i], vmax, f"{verdict} {scores[i]:.2f}"))
             cells.append(
                 f'<figure><img src="{html.escape(name)}" width="480"><figcaption>'
                 f"{html.escape(str(test.samples[i].path))}<br>{test.samples[i].defect_type}, "
@@ -66,7 +67,8 @@ def html_report(out: Path, metrics: dict, test: ImageSet, prediction: Prediction
         f"<tr><td>{html.escape(t)}</td><td>{m['n']}</td>" + "".join(f"<td>{_fmt(m[k])}</td>" for k in keys) + "</tr>"
         for t, m in metrics["per_defect_type"].items()
     )
-    overall = "".join(f"<tr><th>{k}</th><td>{_fmt(metrics[k])}</td></tr>" for k in [*keys, "f1_max", "threshold"])
+    shown = [*keys, "false_positive_rate", "f1_max", "threshold"]  # false alarms: the cost on a line
+    overall = "".join(f"<tr><th>{k}</th><td>{_fmt(metrics.get(k))}</td></tr>" for k in shown)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>robust-ad evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:left}}
 figure{{display:inline-block;margin:6px}}</style></head><body>

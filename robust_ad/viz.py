@@ -31,8 +31,19 @@ def heatmap(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
     return cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
 
 
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float = 0.45) -> np.ndarray:
-    """The image with its heat map blended on top, and the heat map beside it."""
+def overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, vmax: float, caption: str | None = None, alpha: float = 0.45
+) -> np.ndarray:
+    """The image with its heat map blended on top, and the heat map beside it; with a ``caption`` (e.g. the verdict
+    and score), a strip above them that says it, red when it starts with 'anomalous'."""
     heat = heatmap(anomaly_map, vmax)
     blended = (1 - alpha) * image + alpha * heat
-    return np.concatenate([image, blended, heat], axis=1)
+    panels = np.concatenate([image, blended, heat], axis=1)
+    if caption is None:
+        return panels
+    height = max(14, panels.shape[0] // 10)
+    strip = np.full((height, panels.shape[1], 3), 30, np.uint8)  # OpenCV draws text on 8-bit images only
+    colour = (255, 80, 80) if caption.startswith("anomalous") else (100, 255, 100)
+    scale = height / 30
+    cv2.putText(strip, caption, (4, int(height * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return np.concatenate([strip.astype(np.float32) / 255, panels], axis=0)

@@ -394,6 +394,9 @@ def test_eval_cli_writes_metrics_report_and_roc(tiny_run: Path, tmp_path: Path) 
         assert 0 <= saved[key] <= 1
     assert set(saved["per_defect_type"]) == {"scratch", "hole", "contamination", "color", "deformed"}
     assert (out / "roc.png").stat().st_size > 0 and "<html>" in (out / "report.html").read_text()
+    assert (
+        f"<th>false_positive_rate</th><td>{saved['false_positive_rate']:.3f}</td>" in (out / "report.html").read_text()
+    )
     assert saved["f1_max_threshold"] is not None and "optimistic" in saved["f1_max_threshold_rule"]
     # eval writes into its own --out only: the deployed model's files stay as they are
     assert {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()} == model_files
@@ -539,3 +542,21 @@ def test_torch_scoring_warns_of_frames_smaller_than_the_model(
     with caplog.at_level("WARNING"):
         result = runner.invoke(app, ["score", str(small), "--model", str(tiny_run), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0 and "input frames of 20x20 px are smaller than the model's 32x32" in caplog.text
+
+
+def test_score_overlays_say_the_verdict_and_score_above_the_panels(
+    tiny_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    from robust_ad.viz import overlay
+
+    image, heat = np.full((32, 32, 3), 0.5, np.float32), np.zeros((32, 32), np.float32)
+    plain, normal, anomalous = (overlay(image, heat, 1.0, c) for c in (None, "normal 0.10", "anomalous 9.00"))
+    assert plain.shape == (32, 96, 3) and normal.shape == anomalous.shape == (32 + 14, 96, 3)
+    np.testing.assert_array_equal(normal[14:], plain)  # the panels are untouched below the strip
+    red, green = (strip[:14].reshape(-1, 3).max(0) for strip in (anomalous, normal))
+    assert red[0] > red[1] and green[1] > green[0]  # red text for anomalous, green for normal
+    out = tmp_path / "results"
+    folder = synth_root / "bottle" / "test" / "hole"
+    assert runner.invoke(app, ["score", str(folder), "--model", str(tiny_run), "--out", str(out)]).exit_code == 0
+    written = read_image(next((out / "overlays").iterdir()))
+    assert written.shape[0] == read_image(next(folder.iterdir())).shape[0] + 14

@@ -113,7 +113,8 @@ def score_files(
             if overlays:
                 full = cv2.resize(np.nan_to_num(amap, nan=vmax), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
                 row["overlay"] = f"overlays/{_overlay_name(path, index)}"
-                write_image(out / row["overlay"], overlay(image, full, vmax))
+                caption = f"{row['verdict']} {float(score):.2f}"
+                write_image(out / row["overlay"], overlay(image, full, vmax, caption))
             run.rows.append(row)
             lines[index] = row
     buffer = io.StringIO()
