@@ -21,7 +21,14 @@ from rich.table import Table
 
 from robust_ad.errors import RobustADError
 
-console = Console()
+
+def _table_width() -> int | None:
+    """Columns for stdout: the terminal's, or COLUMNS; else (piped, logged) 160, where rich's default of 80 cut the
+    paths and names in every table."""
+    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+
+
+console = Console(width=_table_width())
 err_console = Console(stderr=True)
 _state = {"debug": False}
 

@@ -15,6 +15,7 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
+from robust_ad import cli
 from robust_ad.api import list_encoders
 from robust_ad.cli import app
 from robust_ad.errors import ModelError
@@ -192,6 +193,16 @@ def test_encoder_list_and_unknown_names() -> None:
     assert (
         result.exit_code == 0 and "resnet50_l2_eps3" in result.output and "wide_resnet50_2_linf_eps4.0" in result.output
     )
+    if cli.console.width >= 160:  # piped output (no COLUMNS): no cell cut short
+        assert "…" not in result.output and "in package" in result.output
+
+
+def test_piped_output_is_160_columns_wide_unless_columns_says(monkeypatch) -> None:
+    monkeypatch.setattr(cli.sys.stdout, "isatty", lambda: False, raising=False)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert cli._table_width() == 160
+    monkeypatch.setenv("COLUMNS", "100")
+    assert cli._table_width() is None  # rich reads it
     result = runner.invoke(app, ["encoder", "fetch", "resnet50_l2_eps7"])
     assert result.exit_code == 2 and "unknown published encoder 'resnet50_l2_eps7'" in result.output
 
