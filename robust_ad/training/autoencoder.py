@@ -182,7 +182,7 @@ def fit_decoder(
         checkpoint_path,
         precision,
         workers,
-        description="decoder epoch",
+        description="denoiser epoch" if corrupt is not None else "decoder epoch",
         compile=compile,
         on_device=on_device,
         rotate=config.augment == "dihedral",
