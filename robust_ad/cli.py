@@ -25,7 +25,8 @@ from robust_ad.errors import RobustADError
 def _table_width() -> int | None:
     """Columns for stdout: the terminal's, or COLUMNS; else (piped, logged) 160, where rich's default of 80 cut the
     paths and names in every table."""
-    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    terminal = getattr(sys.stdout, "isatty", lambda: False)()  # no stdout at all under a service: not one
+    return None if terminal or os.environ.get("COLUMNS") else 160
 
 
 console = Console(width=_table_width())
