@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from robust_ad.config import Config, for_mode, from_scratch, load_config
-from robust_ad.errors import ConfigError, RobustADError
+from robust_ad.errors import ConfigError, ModelError, RobustADError
 from robust_ad.fileio import check_writable, write_json
 
 log = logging.getLogger(__name__)
@@ -498,9 +498,12 @@ def score(
         from robust_ad.runtime import InferenceSession
 
         session = InferenceSession(onnx, device=device)
+        if session.metadata.get("mode") != "detect":
+            raise ModelError(f"{onnx} is a denoising model: score needs a detection model's ONNX file")
         predictor, meta = session.predictor(batch_size), session.metadata
         calibrated, vmax = meta["threshold"], meta["map_vmax"]
-        _warn_if_stale(Path(onnx), meta)
+        if threshold is None:  # a threshold given here replaces the file's anyway
+            _warn_if_stale(Path(onnx), meta)
     else:
         if model is None:
             model = rundir.find_run(category)
@@ -519,22 +522,31 @@ def score(
 
 def _warn_if_stale(onnx: Path, meta: dict) -> None:
     """Warns when an ONNX file sits in a run folder whose threshold has changed since it was exported (it carries
-    the threshold of its export; a file recalibrated at another size carries its own)."""
+    the threshold of its export; a file recalibrated at another size carries its own), or when it was exported at
+    another size before exports were recalibrated there (its threshold does not hold at its size)."""
     from robust_ad import rundir
 
     if not (onnx.parent / rundir.CALIBRATION).is_file() or str(meta.get("calibration", "")).startswith("recalibrated"):
         return
     try:
-        current = rundir.read_calibration(onnx.parent).threshold
+        calibration, config = rundir.read_calibration(onnx.parent), rundir.read_config(onnx.parent)
     except RobustADError:  # not this file's run after all: nothing to compare with
         return
-    if abs(current - meta["threshold"]) > 1e-6:
+    if "calibration" not in meta and meta["image_size"] != config.data.image_size:
+        log.warning(
+            "%s was exported at %d px, not the training size %d, by a robust-ad that kept the training size's "
+            "threshold there: its verdicts are wrong; export it again",
+            onnx,
+            meta["image_size"],
+            config.data.image_size,
+        )
+    elif abs(calibration.threshold - meta["threshold"]) > 1e-6:
         log.warning(
             "%s carries the threshold %.3f, its run folder's calibration.json now %.3f: export again to score with "
             "the new one",
             onnx,
             meta["threshold"],
-            current,
+            calibration.threshold,
         )
 
 

@@ -38,6 +38,13 @@ PARITY_NOISE = {"fp32": (1e-4, 1e-5), "fp16": (0.25, 0.02)}
 MIN_OPSET = 12  # the scoring graph exports from 11, the denoising graph from 12 (onnxruntime refused its opset 11)
 
 
+def max_opset() -> int:
+    """The newest opset torch's TorchScript exporter supports (above it, it only warns and stamps the file)."""
+    from torch.onnx import _constants  # no public name for it
+
+    return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+
+
 class ScoringGraph(nn.Module):
     """(N, 3, H, W) RGB uint8 or float [0, 1] frames of any size → anomaly_map (N, h, w), score (N,)[, recon]."""
 
@@ -85,7 +92,7 @@ def _graph(run_dir: Path, size: tuple[int, int] | None, uint8: bool, reconstruct
         return DenoisingGraph(rundir.load_model(run_dir), uint8).eval(), {**meta, "outputs": "clean"}
     calibration = rundir.read_calibration(run_dir)
     trained = config.data.image_size
-    size = size or (trained, trained)
+    size = tuple(size) if size else (trained, trained)  # a list from the Python API compares as the tuple
     if size == (trained, trained):
         scorer, record = rundir.load_scorer(run_dir), calibration.model_dump()
         meta["calibration"] = "the run's own (calibration.json)"
@@ -174,8 +181,8 @@ def export(
     check_writable(out, force)
     if batch != "dynamic" and (not str(batch).isdigit() or int(batch) < 1):
         raise ConfigError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
-    if opset < MIN_OPSET:
-        raise ConfigError(f"--opset must be at least {MIN_OPSET} (the first the graphs export at), got {opset}")
+    if not MIN_OPSET <= opset <= max_opset():
+        raise ConfigError(f"--opset must be between {MIN_OPSET} and {max_opset()} (what torch exports), got {opset}")
     if size is not None and (len(size) != 2 or min(size) < 16 or max(size) > 4096):
         raise ConfigError(f"--size must be two sides between 16 and 4096 pixels, got {' '.join(map(str, size))}")
     graph, meta = _graph(run_dir, size, uint8, reconstruction)
@@ -193,21 +200,16 @@ def export(
     meta.update({"precision": "fp16" if fp16 else "fp32", "batch": str(batch)})
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(tmp),
-                input_names=["images"],
-                output_names=names,
-                opset_version=opset,
-                dynamic_axes=axes,
-                dynamo=False,
-            )
-        except RuntimeError as exc:
-            if "Unsupported onnx_opset_version" not in str(exc):
-                raise
-            raise ConfigError(f"--opset {opset} is newer than this torch's ONNX exporter supports ({exc})") from exc
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(tmp),
+            input_names=["images"],
+            output_names=names,
+            opset_version=opset,
+            dynamic_axes=axes,
+            dynamo=False,
+        )
         if verify:
             meta.update(verify_parity(reference, tmp, run_dir, meta, example_size, batch, fp16))
         proto = onnx.load(str(tmp))

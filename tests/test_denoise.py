@@ -170,6 +170,10 @@ def test_detection_commands_name_a_denoising_model_for_what_it_is(
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "is a denoising model" in result.output, (args, result.output)
+    onnx_file = tmp_path / "denoiser.onnx"
+    assert runner.invoke(app, ["export", "--model", str(denoiser), "--out", str(onnx_file)]).exit_code == 0
+    result = runner.invoke(app, ["score", test, "--onnx", str(onnx_file), "--out", str(tmp_path / "onnx-scores")])
+    assert result.exit_code == 2 and "is a denoising model" in result.output, result.output
 
 
 def test_denoise_rejects_a_detection_model(tiny_run: Path, tmp_path: Path) -> None:

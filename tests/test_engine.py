@@ -227,3 +227,26 @@ def test_threshold_says_how_many_normal_images_it_flags_and_a_stale_onnx_file_wa
     with caplog.at_level("WARNING"):  # the file carries the threshold of its export
         result = runner.invoke(app, ["score", folder, "--onnx", str(run / "model.onnx"), "--out", str(tmp_path / "s")])
     assert result.exit_code == 0 and "its run folder's calibration.json now -1000000000.000" in caplog.text
+    caplog.clear()
+    given = ["score", folder, "--onnx", str(run / "model.onnx"), "--threshold", "2", "--out", str(tmp_path / "t")]
+    with caplog.at_level("WARNING"):  # a threshold given replaces the file's: nothing stale to say
+        assert runner.invoke(app, given).exit_code == 0
+    assert "carries the threshold" not in caplog.text
+
+
+def test_score_names_an_onnx_file_exported_at_another_size_before_recalibration(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, caplog
+) -> None:
+    import onnx
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(LOCK_NAME, "*.onnx")))
+    assert runner.invoke(app, ["export", "--model", str(run)]).exit_code == 0
+    proto = onnx.load(str(run / "model.onnx"))  # as an older robust-ad wrote --size 48 48: no recalibration
+    props = {p.key: p.value for p in proto.metadata_props if p.key != "calibration"}
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {**props, "image_size": "48"})
+    onnx.save(proto, str(run / "model.onnx"))
+    folder = str(synth_root / "bottle" / "test" / "good")
+    with caplog.at_level("WARNING"):
+        result = runner.invoke(app, ["score", folder, "--onnx", str(run / "model.onnx"), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0 and "was exported at 48 px, not the training size 32" in caplog.text
