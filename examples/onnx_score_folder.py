@@ -5,9 +5,10 @@ Copy this file into your inspection pipeline; robust_ad does not need to be inst
     python onnx_score_folder.py model.onnx ./images [--heatmaps out/]
 
 Prints one line per image: path, normalised score, verdict (threshold from the file's metadata). A file that
-cannot be read is listed as `path  -  unreadable` (the reason on stderr) and the rest are still scored; a score
-that is not a number is anomalous, never a pass. Exit code, as `robust-ad score --fail-on-anomaly`: 0 all
-normal, 1 any image anomalous, 3 any file unreadable, so a line controller can tell a defect from a bad frame.
+cannot be read or scored is listed as `path  -  unreadable` (the reason on stderr) and the rest are still
+scored; a score that is not a number is anomalous, never a pass. Exit code, as `robust-ad score
+--fail-on-anomaly`: 0 all normal, 1 any image anomalous, 3 any file unreadable, so a line controller can tell a
+defect from a bad frame.
 """
 
 import argparse
@@ -69,7 +70,13 @@ def main() -> int:
         batch = image.transpose(2, 0, 1)[None]
         if meta["input_format"] != "uint8":
             batch = batch.astype(np.float32) / 255.0
-        anomaly_map, score = session.run(None, {name: np.ascontiguousarray(batch)})[:2]
+        try:
+            anomaly_map, score = session.run(None, {name: np.ascontiguousarray(batch)})[:2]
+        except Exception as exc:  # onnxruntime's own error types: this frame could not be scored, the rest can
+            print(f"# {path}: not scored ({str(exc).splitlines()[0][:200]})", file=sys.stderr)
+            print(f"{path}\t-\tunreadable")
+            unreadable += 1
+            continue
         verdict = "normal" if score[0] <= threshold else "anomalous"  # NaN compares false: anomalous
         anomalous += verdict == "anomalous"
         print(f"{path}\t{score[0]:.3f}\t{verdict}")

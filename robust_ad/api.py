@@ -636,7 +636,7 @@ def set_threshold(
             }
         )
         rundir.write_calibration(model, updated)
-    above = sum(score > updated.threshold for score in updated.normal_scores)
+    above = updated.normal_images_above()
     if above > len(updated.normal_scores) / 2:
         log.warning(
             "the threshold %.3f flags %d of %d held-out normal images as anomalous",

@@ -148,9 +148,12 @@ def recalibrated(run_dir: Path, size: tuple[int, int]) -> tuple[nn.Module, dict]
         ) from exc
     log.info("recalibrating at %dx%d on the normal images of %s (trained at %d)", *size, dataset.root, trained)
     train = load_split(dataset, "train", config)
+    if not dataset.val:
+        log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
     held_out = load_split(dataset, "val", config) if dataset.val else load_samples(dataset.train[:16], size[0])
     scorer = AnomalyScorer(rundir.load_model(run_dir), config.scoring, size[0])
-    record = calibrate(scorer, to_tensor(train.images).split(config.data.batch_size), held_out.images)
+    batches = to_tensor(train.images).split(config.data.batch_size)
+    record = calibrate(scorer, batches, held_out.images, config.data.batch_size)
     return scorer, record
 
 

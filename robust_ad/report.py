@@ -10,6 +10,7 @@ import numpy as np
 from robust_ad.data.arrays import ImageSet
 from robust_ad.data.images import write_image
 from robust_ad.fileio import write_atomic, write_text
+from robust_ad.scoring.files import verdict
 from robust_ad.scoring.inference import Prediction
 from robust_ad.viz import overlay
 
@@ -54,8 +55,8 @@ def html_report(out: Path, metrics: dict, test: ImageSet, prediction: Prediction
         cells = []
         for i in chosen:
             name = f"overlays/{i:04d}_{test.samples[i].path.stem}.png"
-            verdict = "anomalous" if scores[i] > threshold else "normal"
-            write_image(out / name, overlay(test.images[i], prediction.maps[i], vmax, f"{verdict} {scores[i]:.2f}"))
+            caption = f"{verdict(float(scores[i]), threshold)} {scores[i]:.2f}"
+            write_image(out / name, overlay(test.images[i], prediction.maps[i], vmax, caption))
             cells.append(
                 f'<figure><img src="{html.escape(name)}" width="480"><figcaption>'
                 f"{html.escape(str(test.samples[i].path))}<br>{test.samples[i].defect_type}, "

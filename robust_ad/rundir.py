@@ -83,6 +83,10 @@ class Calibration(_Record):
     colour_matrix: Annotated[list[RGB], Field(min_length=3, max_length=3)] = [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]
     previous_thresholds: list[dict[str, Any]] = []  # what 'robust-ad threshold' replaced, newest last
 
+    def normal_images_above(self) -> int:
+        """How many of the held-out normal images score above the threshold (false alarms at calibration)."""
+        return sum(score > self.threshold for score in self.normal_scores)
+
     @model_validator(mode="after")
     def _component_scores_fitted(self) -> Calibration:
         missing = [k for k, c in self.components.items() if c.score_mean is None or c.score_std is None]

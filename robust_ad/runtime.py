@@ -1,8 +1,8 @@
 """Production inference with onnxruntime only: no torch import, so a line PC needs just onnxruntime + numpy.
 
-Picks the TensorRT and CUDA execution providers when they are usable and falls back to the CPU with a
-warning. Thresholds and preprocessing come from the exported file's metadata, which is checked at load: a
-missing, non-numeric or non-finite number there is refused, never used.
+Picks the TensorRT and CUDA execution providers when they are usable and falls back to the CPU (a warning where a
+GPU was asked for or a GPU driver is installed). Thresholds and preprocessing come from the exported file's
+metadata, which is checked at load: a missing, non-numeric or non-finite number there is refused, never used.
 
 Full camera frames go into the graph as they are: it resizes them itself, with the same resize as training
 and calibration (see the ``resize`` metadata entry).

@@ -41,9 +41,12 @@ def overlay(
     panels = np.concatenate([image, blended, heat], axis=1)
     if caption is None:
         return panels
-    height = max(14, panels.shape[0] // 10)
-    strip = np.full((height, panels.shape[1], 3), 30, np.uint8)  # OpenCV draws text on 8-bit images only
+    height, width = max(14, panels.shape[0] // 10), panels.shape[1]
+    strip = np.full((height, width, 3), 30, np.uint8)  # OpenCV draws text on 8-bit images only
     colour = (255, 80, 80) if caption.startswith("anomalous") else (100, 255, 100)
-    scale = height / 30
-    cv2.putText(strip, caption, (4, int(height * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, height / 30
+    thickness = max(1, round(height / 20))
+    text_width = cv2.getTextSize(caption, font, scale, thickness)[0][0]
+    scale *= min(1.0, (width - 8) / text_width)  # the whole caption fits a narrow or tall frame's strip
+    cv2.putText(strip, caption, (4, int(height * 0.75)), font, scale, colour, thickness, cv2.LINE_AA)
     return np.concatenate([strip.astype(np.float32) / 255, panels], axis=0)

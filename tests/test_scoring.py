@@ -555,6 +555,8 @@ def test_score_overlays_say_the_verdict_and_score_above_the_panels(
     np.testing.assert_array_equal(normal[14:], plain)  # the panels are untouched below the strip
     red, green = (strip[:14].reshape(-1, 3).max(0) for strip in (anomalous, normal))
     assert red[0] > red[1] and green[1] > green[0]  # red text for anomalous, green for normal
+    tall = overlay(np.full((200, 12, 3), 0.5, np.float32), np.zeros((200, 12), np.float32), 1.0, "anomalous 12.34")
+    np.testing.assert_allclose(tall[:20, -3:], 30 / 255)  # a narrow frame's caption is shrunk to fit its strip
     out = tmp_path / "results"
     folder = synth_root / "bottle" / "test" / "hole"
     assert runner.invoke(app, ["score", str(folder), "--model", str(tiny_run), "--out", str(out)]).exit_code == 0

@@ -65,7 +65,7 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
         out = image.astype(np.float32) / 255.0
     elif image.dtype == np.uint16:
         out = image.astype(np.float32) / 65535.0
-        if 0 < image.max() < 4096 and "12-bit" not in _WARNED:  # 12-bit camera data stored in 16-bit files
+        if "12-bit" not in _WARNED and 0 < image.max() < 4096:  # 12-bit camera data stored in 16-bit files
             _WARNED.add("12-bit")
             log.warning(
                 "16-bit images whose values stay below 4096: if they hold 10- or 12-bit camera data, they are read "
