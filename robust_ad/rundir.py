@@ -154,13 +154,15 @@ def is_unfinished(run_dir: str | Path) -> bool:
 
 
 def find_run(category: str | None = None, runs: str | Path = RUNS) -> Path:
-    """The run of ``category`` in ``runs``, else (no category) the most recently trained finished run there."""
+    """The detector of ``category`` in ``runs``, else (no category) the most recently trained finished detector
+    there (denoising runs, which cannot score, are passed over)."""
     runs = Path(runs)
     if category:
         if not is_finished(runs / category):
             raise ModelError(f"no finished run for category '{category}' in {runs}/ (train one, or pass --model)")
         return runs / category
-    finished = [p for p in runs.iterdir() if p.is_dir() and is_finished(p)] if runs.is_dir() else []
+    listed = runs.iterdir() if runs.is_dir() else []
+    finished = [p for p in listed if p.is_dir() and is_finished(p) and (p / CALIBRATION).is_file()]
     if not finished:
         raise ModelError(f"no --model given and no finished run in {runs}/ (train one with 'robust-ad train')")
     return max(finished, key=lambda p: os.stat(p / MODEL).st_mtime)

@@ -207,7 +207,11 @@ def test_score_without_model_uses_the_runs_folder(
     _copy_run(tiny_run, tmp_path / "runs" / "bottle")
     result = runner.invoke(app, ["score", images, "--category", "bottle"])
     assert result.exit_code == 0 and "model: runs/bottle" in result.output, result.output
-    result = runner.invoke(app, ["score", images, "--out", "results2"])  # the most recent run
+    denoiser = tmp_path / "runs" / "bottle-denoise"  # trained later, yet it cannot score: passed over
+    denoiser.mkdir()
+    (denoiser / rundir.CONFIG).write_text(yaml.safe_dump({**rundir.read_config(tiny_run).to_dict(), "mode": "denoise"}))
+    (denoiser / rundir.MODEL).write_bytes(b"weights")
+    result = runner.invoke(app, ["score", images, "--out", "results2"])  # the most recent detector
     assert result.exit_code == 0 and "model: runs/bottle" in result.output, result.output
     assert "no finished run for category 'screw'" in _one_line_error(
         runner.invoke(app, ["score", images, "--category", "screw", "--out", "results3"])
