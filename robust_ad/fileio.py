@@ -69,12 +69,28 @@ def _refuse_overlap(path: Path, what: str, inputs: Iterable[str | Path], models:
     folder is not: clearing it would delete data, and later scans of the input would pick up the outputs.
     """
     resolved = path.resolve()
-    for item, both_ways in [*((i, True) for i in inputs), *((m, False) for m in models)]:
-        item = Path(item).resolve()
+    checks = [*((real, True) for i in inputs for real in _real_locations(Path(i)))]
+    for item, both_ways in [*checks, *((Path(m).resolve(), False) for m in models)]:
         if _inside(item, resolved) or (both_ways and _inside(resolved, item)):
             raise OverwriteError(
                 f"{what} {path} overlaps the input {item}: choose a folder outside it (inputs are never overwritten)"
             )
+
+
+def _real_locations(item: Path) -> list[Path]:
+    """Where ``item`` really is, and where each folder linked inside it really is (a category folder linked in
+    from a network share): an output there would clear the data as surely as one inside ``item``."""
+    found, seen, pending = [], set(), [item]
+    while pending:
+        real = pending.pop().resolve()
+        if real in seen:  # a link back up the tree
+            continue
+        seen.add(real)
+        found.append(real)
+        if real.is_dir():
+            for root, folders, _ in os.walk(real):  # not into links: each is followed once, above
+                pending += [Path(root) / f for f in folders if (Path(root) / f).is_symlink()]
+    return found
 
 
 _HELD: set[Path] = set()  # folders whose lock this process holds (it may read what it is writing)

@@ -244,6 +244,24 @@ def test_force_never_replaces_a_real_dataset_or_a_models_files(
     assert (tiny_run / rundir.MODEL).read_bytes() == model
 
 
+def test_force_never_clears_a_dataset_linked_into_the_data_root(
+    tiny_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    """A category folder linked in from elsewhere (a network share): an output folder where its images really are
+    is refused, --force or not, for eval and train alike."""
+    store = Path(shutil.copytree(synth_root / "bottle", tmp_path / "store" / "real"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bottle").symlink_to(store)
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    data = ["--data-root", str(tmp_path / "data")]
+    for command in (
+        ["eval", "--model", str(tiny_run), "--category", "bottle", *data, "--out", str(store / "test"), "--force"],
+        ["train", "--category", "bottle", *data, "--out", str(store / "test"), "--force", "--epochs", "1"],
+    ):
+        assert "overlaps the input" in _one_line_error(runner.invoke(app, command))
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+
+
 def test_usage_errors_of_the_installed_command_are_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys
