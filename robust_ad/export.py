@@ -153,7 +153,7 @@ def recalibrated(run_dir: Path, size: tuple[int, int]) -> tuple[nn.Module, dict]
     held_out = load_split(dataset, "val", config) if dataset.val else load_samples(dataset.train[:16], size[0])
     scorer = AnomalyScorer(rundir.load_model(run_dir), config.scoring, size[0])
     batches = to_tensor(train.images).split(config.data.batch_size)
-    record = calibrate(scorer, batches, held_out.images, config.data.batch_size)
+    record = calibrate(scorer, batches, held_out.images, config.data.batch_size, held_out=bool(dataset.val))
     return scorer, record
 
 

@@ -562,3 +562,22 @@ def test_score_overlays_say_the_verdict_and_score_above_the_panels(
     assert runner.invoke(app, ["score", str(folder), "--model", str(tiny_run), "--out", str(out)]).exit_code == 0
     written, image = read_image(next((out / "overlays").iterdir())), read_image(next(folder.iterdir()))
     assert written.shape[0] == image.shape[0] + max(14, image.shape[0] // 10)
+
+
+def test_calibration_says_what_it_calibrated_on_and_warns_of_a_handful(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, caplog
+) -> None:
+    from robust_ad.api import train
+    from robust_ad.scoring.calibration import calibrate
+    from robust_ad.tensors import to_tensor
+    from tests.conftest import tiny_config
+
+    with caplog.at_level("WARNING"):
+        run = train(tiny_config(synth_root, data={"val_fraction": 0.0}), tmp_path / "run")
+    rule = rundir.read_calibration(run).threshold_rule
+    assert rule.endswith("normal training images (none held out)") and "held-out normal" not in rule
+    assert "no held-out normal images" in caplog.text and "unreliable" not in caplog.text  # 16 training images
+    images = _normal_images(tiny_run)[:3]
+    with caplog.at_level("WARNING"):
+        calibrate(rundir.load_scorer(tiny_run), to_tensor(images).split(2), images)
+    assert "calibrating on 3 normal images: the normalisation and threshold are unreliable below 5" in caplog.text

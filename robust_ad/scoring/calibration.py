@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
@@ -11,6 +12,9 @@ from robust_ad.device import full_float32
 from robust_ad.scoring.coreset import ReservoirSample, greedy_coreset
 from robust_ad.scoring.scorer import AnomalyScorer, local_colour, local_energy
 from robust_ad.tensors import to_tensor
+
+log = logging.getLogger(__name__)
+MIN_HELD_OUT = 5  # normal images to calibrate on, below which calibrate warns
 
 
 @torch.no_grad()
@@ -96,13 +100,26 @@ def fit_normalisation(scorer: AnomalyScorer, maps: torch.Tensor) -> tuple[torch.
 @torch.no_grad()
 @full_float32()
 def calibrate(
-    scorer: AnomalyScorer, train_batches: Iterable[torch.Tensor], val_images: np.ndarray, batch_size: int = 16
+    scorer: AnomalyScorer,
+    train_batches: Iterable[torch.Tensor],
+    val_images: np.ndarray,
+    batch_size: int = 16,
+    held_out: bool = True,
 ) -> dict:
     """Fit every statistic of ``scorer`` and return the calibration record (``calibration.json``).
 
     ``train_batches`` streams the normal training images; the threshold is the ``threshold_quantile`` of the
-    normalised scores of the held-out normal ``val_images``.
+    normalised scores of the normal ``val_images``: held out, unless ``held_out`` is false (training images, where
+    no held-out ones exist, which the threshold rule then says). Fewer than MIN_HELD_OUT of them warn: a mean,
+    spread and quantile of a handful of images do not describe normal parts.
     """
+    if len(val_images) < MIN_HELD_OUT:
+        log.warning(
+            "calibrating on %d normal images: the normalisation and threshold are unreliable below %d; add normal "
+            "images (or raise data.val_fraction)",
+            len(val_images),
+            MIN_HELD_OUT,
+        )
     fit_training_statistics(scorer, train_batches)
     device = scorer.score_mean.device
     x_val = to_tensor(val_images)
@@ -120,7 +137,8 @@ def calibrate(
     }
     return {
         "threshold": float(np.quantile(normalised.numpy(), quantile)),
-        "threshold_rule": f"quantile {quantile} of the normalised scores of {len(val_images)} held-out normal images",
+        "threshold_rule": f"quantile {quantile} of the normalised scores of {len(val_images)} "
+        + ("held-out normal images" if held_out else "normal training images (none held out)"),
         "score_mean": float(scorer.score_mean),
         "score_std": float(scorer.score_std),
         "map_vmax": float(torch.quantile(fused.flatten()[:: max(1, fused.numel() // 1_000_000)], 0.999)) * 2,
