@@ -88,6 +88,17 @@ def test_visa_layout(tmp_path: Path) -> None:
     assert ds.has_masks() and check_dataset(ds).usable
 
 
+@pytest.mark.parametrize(("old", "new"), [(",test,anomaly,", ",test,anomalous,"), ("candle,train,", "candle,Trian,")])
+def test_a_visa_split_file_with_an_unknown_label_or_split_is_refused(tmp_path: Path, old: str, new: str) -> None:
+    """A typo would silently make a defect normal, or move a training image into the test split."""
+    split = _visa(tmp_path) / "split_csv" / "1cls.csv"
+    split.write_text(split.read_text().replace(old, new, 1))
+    with pytest.raises(DataError, match=r"1cls.csv, line \d+: label .* must be one of normal/anomaly and train/test"):
+        AnomalyDataset.load(tmp_path, "candle")
+    split.write_text(split.read_text().replace(new, old.replace("train", "Train"), 1))  # case is no typo
+    assert AnomalyDataset.load(tmp_path, "candle", val_fraction=0.25).layout == "visa"
+
+
 def test_defects_without_masks_still_load(tmp_path: Path) -> None:
     ds = AnomalyDataset.load(_visa(tmp_path, with_masks=False), "candle")
     assert not ds.has_masks()

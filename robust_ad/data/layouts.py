@@ -55,6 +55,9 @@ def read_mvtec(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     return train, test
 
 
+VISA_LABELS = ("normal", "anomaly")  # the label column's words in VisA's split files
+
+
 def read_visa(root: Path, category: str, split_csv: Path | None = None) -> tuple[list[Sample], list[Sample]]:
     """VisA: the split CSV (columns object, split, label, image, mask; paths relative to ``root``)."""
     split_csv = split_csv or root / "split_csv" / "1cls.csv"
@@ -67,10 +70,16 @@ def read_visa(root: Path, category: str, split_csv: Path | None = None) -> tuple
         missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(f"{split_csv}: missing columns {', '.join(sorted(missing))}")
-        for row in reader:
+        for line, row in enumerate(reader, start=2):
             if row["object"] != category:
                 continue
-            anomalous = row["label"].strip().lower() == "anomaly"
+            label, split = row["label"].strip().lower(), row["split"].strip().lower()
+            if label not in VISA_LABELS or split not in ("train", "test"):  # a typo must not move an image silently
+                raise DataError(
+                    f"{split_csv}, line {line}: label {row['label']!r} and split {row['split']!r} must be one of "
+                    f"{'/'.join(VISA_LABELS)} and train/test"
+                )
+            anomalous = label == "anomaly"
             mask = root / row["mask"] if anomalous and row["mask"].strip() else None
             sample = Sample(
                 root / row["image"],
@@ -78,7 +87,7 @@ def read_visa(root: Path, category: str, split_csv: Path | None = None) -> tuple
                 "anomaly" if anomalous else NORMAL,
                 mask if mask is not None and mask.is_file() else None,
             )
-            (train if row["split"].strip() == "train" else test).append(sample)
+            (train if split == "train" else test).append(sample)
     return train, test
 
 
