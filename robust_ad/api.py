@@ -302,6 +302,24 @@ def _refuse_resume_or_overwrite(run_dir: Path, resume: bool, force: bool) -> Non
         )
 
 
+def _warn_ignored_on_resume(given: Config, saved: Config) -> None:
+    """A resumed run continues with its own config.yaml: say which settings given now differ and are ignored."""
+
+    def flat(values: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    now, then = flat(given.to_dict()), flat(saved.to_dict())
+    same_root = not now["data_root"] or Path(now["data_root"]).resolve() == Path(str(then["data_root"])).resolve()
+    ignored = [f"{k} {now[k]!r} (the run's {then.get(k)!r})" for k in now if now[k] != then.get(k)]
+    ignored = [item for item in ignored if not (item.startswith("data_root ") and same_root)]
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        log.warning("resuming with the run's own settings (its config.yaml); ignored: %s", shown)
+
+
 def _fit(model, config: Config, dataset, run_dir: Path, resume: bool, device):
     """The training of ``train``: the encoder (loaded, fine-tuned or trained), then the decoder; returns the
     training files, the held-out normal set, the corruption (denoising) and what the encoder and decoder
@@ -367,7 +385,8 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     run_dir = Path(out)
     _refuse_resume_or_overwrite(run_dir, resume, force)
     if resume:
-        config = rundir.read_config(run_dir)
+        given, config = config, rundir.read_config(run_dir)
+        _warn_ignored_on_resume(given, config)
     config = for_mode(resolve_encoder(config))
     device = resolve_device(config.device)
     seed_everything(config.seed)  # the initial weights too: the same config trains the same model in any process

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from robust_ad import rundir
 from robust_ad.cli import app
 from robust_ad.fileio import LOCK_NAME
-from tests.conftest import tiny_recipe
+from tests.conftest import tiny_config, tiny_recipe
 
 runner = CliRunner()
 
@@ -173,6 +173,21 @@ def test_resume_on_a_finished_run_stops_and_an_interrupted_one_is_pointed_to_res
     assert (run / rundir.MODEL).read_bytes() == model
     (run / rundir.MODEL).unlink()  # as if training had been interrupted
     assert "pass --resume to continue it" in _one_line_error(runner.invoke(app, args))
+
+
+def test_resume_says_which_settings_given_now_it_ignores(synth_root: Path, caplog) -> None:
+    from robust_ad.api import _warn_ignored_on_resume
+
+    saved = tiny_config(synth_root)
+    with caplog.at_level("WARNING"):
+        _warn_ignored_on_resume(saved.model_copy(update={"data_root": None}), saved)  # nothing changed
+    assert "ignored" not in caplog.text
+    given = tiny_config(synth_root, data={"image_size": 48})
+    with caplog.at_level("WARNING"):
+        _warn_ignored_on_resume(given, saved)
+    assert "resuming with the run's own settings (its config.yaml); ignored: data.image_size 48 (the run's 32)" in (
+        caplog.text
+    )
 
 
 def test_data_root_defaults_to_the_environment_then_the_usual_places(
