@@ -120,6 +120,20 @@ def test_folder_layout_with_defect_subfolders(tmp_path: Path) -> None:
     assert ds.has_masks("scratch") and not ds.has_masks("dent")
 
 
+def test_folder_masks_of_a_name_shared_by_two_defect_types_are_refused_unless_kept_per_type(tmp_path: Path) -> None:
+    for i in range(4):
+        make_image(tmp_path / "good" / f"g{i}.png", seed=i)
+    for defect in ("scratch", "hole"):
+        make_image(tmp_path / "defect" / defect / "000.png", value=0.9)
+    make_mask(tmp_path / "masks" / "000_mask.png")  # whose? scratch's, or hole's
+    with pytest.raises(DataError, match=r"000_mask.png matches defect images of several types named 000"):
+        AnomalyDataset.load(tmp_path, "parts")
+    (tmp_path / "masks" / "000_mask.png").rename(tmp_path / "masks" / "scratch.png")
+    make_mask(tmp_path / "masks" / "scratch" / "000_mask.png")
+    ds = AnomalyDataset.load(tmp_path, "parts")
+    assert ds.has_masks("scratch") and not ds.has_masks("hole")
+
+
 @pytest.mark.parametrize(
     ("make", "expected"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +95,9 @@ def read_visa(root: Path, category: str, split_csv: Path | None = None) -> tuple
 def read_folder(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     """Plain folder: good/, defect/ (images, or one subfolder per defect type), optional masks/.
 
-    Masks are matched by stem: masks/<stem>.png or masks/<stem>_mask.png. All images are returned as
-    candidates; the dataset moves a seeded fraction of the good ones to the test split.
+    Masks are matched by stem: masks/<type>/<stem>[_mask].png, else masks/<stem>[_mask].png; a mask of the shared
+    folder whose stem names images of several defect types is refused (it would mark the wrong type's pixels).
+    All images are returned as candidates; the dataset moves a seeded fraction of the good ones to the test split.
     """
     base = root / category if (root / category / NORMAL).is_dir() else root
     good = [Sample(p, 0) for p in list_images(base / NORMAL)]
@@ -104,10 +106,17 @@ def read_folder(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     if defect_dir.is_dir():
         groups += [(d, d.name) for d in sorted(defect_dir.iterdir()) if d.is_dir()]
     masks = base / "masks"
+    images = [(path, defect) for folder, defect in groups for path in list_images(folder)]
+    stems = Counter(path.stem for path, _ in images)
     defects = []
-    for folder, defect in groups:
-        for path in list_images(folder):
-            candidates = [masks / f"{path.stem}.png", masks / f"{path.stem}_mask.png"]
-            mask = next((m for m in candidates if m.is_file()), None)
-            defects.append(Sample(path, 1, defect, mask))
+    for path, defect in images:
+        own = [masks / defect / f"{path.stem}{end}.png" for end in ("", "_mask")]
+        shared = [masks / f"{path.stem}{end}.png" for end in ("", "_mask")]
+        mask = next((m for m in own if m.is_file()), None) or next((m for m in shared if m.is_file()), None)
+        if mask in shared and stems[path.stem] > 1:
+            raise DataError(
+                f"{mask} matches defect images of several types named {path.stem} (one is {path}): put each type's "
+                f"masks in masks/<type>/, or name the images apart"
+            )
+        defects.append(Sample(path, 1, defect, mask))
     return good, defects
