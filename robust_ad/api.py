@@ -459,7 +459,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     return run_dir
 
 
-def _torch_predictor(scorer, batch_size: int, train_aspect: float | None):
+def _torch_predictor(scorer, batch_size: int, train_aspect: float | None, train_colour: str | None = None):
     """The torch twin of the ONNX predictor: full-size frames resized on the host with the graph's resize."""
     import numpy as np
 
@@ -467,11 +467,11 @@ def _torch_predictor(scorer, batch_size: int, train_aspect: float | None):
     from robust_ad.runtime import FrameCheck
     from robust_ad.scoring.inference import predict
 
-    check_frames = FrameCheck(train_aspect, scorer.train_size)
+    check_frames = FrameCheck(train_aspect, scorer.train_size, train_colour)
 
     def run(images):
         for image in images:
-            check_frames(image.shape)
+            check_frames(image)
         resized = np.stack([resize_image(image, scorer.train_size) for image in images])
         prediction = predict(scorer, resized, batch_size)
         return prediction.maps, prediction.scores, prediction.raw_scores
@@ -529,7 +529,7 @@ def score(
             log.info("scoring with the run %s", model)
         scorer = rundir.load_scorer(model, resolve_device(device))
         calibration = rundir.read_calibration(model)
-        predictor = _torch_predictor(scorer, batch_size, calibration.train_aspect_ratio)
+        predictor = _torch_predictor(scorer, batch_size, calibration.train_aspect_ratio, calibration.train_colour)
         calibrated, vmax = calibration.threshold, calibration.map_vmax
     with output_folder(
         out, force, "results folder", inputs=_input_paths(paths, files), models=[onnx or model]

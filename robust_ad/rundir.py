@@ -75,6 +75,8 @@ class Calibration(_Record):
     image_size: int
     normal_scores: list[Finite]  # normalised scores of the held-out normal images
     train_aspect_ratio: PositiveFinite = 1.0
+    # 'grey' when every training image had three equal channels (a monochrome camera); unknown before it was kept
+    train_colour: Literal["grey", "colour", "unknown"] = "unknown"
     # the decoder's mean colour cast (R, G, B; pixel values in [0, 1]) on the normal training images, removed from
     # every reconstruction in scoring; none in calibrations written before it was fitted
     colour_offset: RGB = [0.0, 0.0, 0.0]

@@ -32,6 +32,7 @@ _NUMERIC = {
 }
 _REQUIRED = {"detect": ("threshold", "map_vmax", "score_mean", "score_std", "image_size"), "denoise": ()}
 ASPECT_TOLERANCE = 0.05  # relative difference of width/height from training above which a warning is given
+GREY_TOLERANCE = 1.5 / 255  # largest channel difference of a grey frame (as scoring.calibration's)
 
 
 def _metadata(raw: dict[str, str], path: Path) -> dict:
@@ -60,19 +61,42 @@ def _metadata(raw: dict[str, str], path: Path) -> dict:
 
 
 class FrameCheck:
-    """Warns once per frame size that the model will not see as it was trained: width/height unlike the training
-    images' (:func:`aspect_warning`), or a side smaller than the model's processing size (:func:`size_warning`)."""
+    """Warns of frames the model will not see as it was trained: once per frame size whose width/height is unlike
+    the training images' (:func:`aspect_warning`) or with a side smaller than the model's processing size
+    (:func:`size_warning`), and once when frames are grey where training was colour, or the other way round
+    (:func:`colour_warning`)."""
 
-    def __init__(self, train_aspect: float | None, size: int | None) -> None:
-        self.train_aspect, self.size, self.seen = train_aspect, size, set()
+    def __init__(self, train_aspect: float | None, size: int | None, train_colour: str | None = None) -> None:
+        self.train_aspect, self.size, self.train_colour, self.seen = train_aspect, size, train_colour, set()
 
-    def __call__(self, shape: tuple[int, ...]) -> None:
-        if shape[:2] in self.seen:
-            return
-        self.seen.add(shape[:2])
-        for warning in (aspect_warning(shape, self.train_aspect), size_warning(shape, self.size)):
+    def __call__(self, image: np.ndarray) -> None:
+        """``image`` (H, W, 3) RGB in [0, 1]."""
+        warnings = []
+        if image.shape[:2] not in self.seen:
+            self.seen.add(image.shape[:2])
+            warnings += [aspect_warning(image.shape, self.train_aspect), size_warning(image.shape, self.size)]
+        if "colour" not in self.seen:
+            warning = colour_warning(image, self.train_colour)
             if warning:
-                log.warning("%s", warning)
+                self.seen.add("colour")
+                warnings.append(warning)
+        for warning in filter(None, warnings):
+            log.warning("%s", warning)
+
+
+def colour_warning(image: np.ndarray, train_colour: str | None) -> str | None:
+    """A warning when an (H, W, 3) frame is grey (three equal channels) and the training images were in colour,
+    or the other way round: a camera switched between colour and monochrome."""
+    if train_colour not in ("grey", "colour"):
+        return None
+    grey = float((image.max(2) - image.min(2)).max()) <= GREY_TOLERANCE
+    if grey == (train_colour == "grey"):
+        return None
+    frames, trained = ("grey", "colour") if grey else ("colour", "grey (monochrome)")
+    return (
+        f"input frames are {frames} but the model was trained on {trained} images: scores will be off; use the "
+        "camera mode of the training images"
+    )
 
 
 def aspect_warning(shape: tuple[int, ...], train_aspect: float | None) -> str | None:
@@ -155,7 +179,9 @@ class InferenceSession:
         self.input = self.session.get_inputs()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
         known = self.metadata if require_robust_ad else {}
-        self.check_frames = FrameCheck(known.get("train_aspect_ratio"), known.get("image_size"))
+        self.check_frames = FrameCheck(
+            known.get("train_aspect_ratio"), known.get("image_size"), known.get("train_colour")
+        )
 
     def run_raw(self, images: np.ndarray) -> list[np.ndarray]:
         """Run the graph on an (N, 3, H, W) batch in the input format the file declares."""
@@ -172,7 +198,8 @@ class InferenceSession:
         """(N, H, W, 3) float RGB frames in [0, 1], any size → (anomaly maps, normalised scores, raw scores)."""
         if self.metadata.get("mode") != "detect":
             raise ModelError("this ONNX file is a denoising model: it has no anomaly scores")
-        self.check_frames(images.shape[1:3])
+        for image in images:
+            self.check_frames(image)
         maps, scores = self.run_raw(self._to_input(images))[:2]
         raw = scores * self.metadata["score_std"] + self.metadata["score_mean"]
         return maps.astype(np.float32), scores.astype(np.float32), raw.astype(np.float32)

@@ -581,3 +581,37 @@ def test_calibration_says_what_it_calibrated_on_and_warns_of_a_handful(
     with caplog.at_level("WARNING"):
         calibrate(rundir.load_scorer(tiny_run), to_tensor(images).split(2), images)
     assert "calibrating on 3 normal images: the normalisation and threshold are unreliable below 5" in caplog.text
+
+
+def test_a_camera_switched_between_colour_and_mono_is_warned_of(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, caplog
+) -> None:
+    from robust_ad.api import train
+    from robust_ad.runtime import InferenceSession
+    from tests.conftest import tiny_config
+
+    assert rundir.read_calibration(tiny_run).train_colour == "colour"
+    grey_root = tmp_path / "grey"  # the same category from a monochrome camera
+    for path in (synth_root / "bottle").rglob("*.png"):
+        target = grey_root / "bottle" / path.relative_to(synth_root / "bottle")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(target), image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    run = train(tiny_config(grey_root), tmp_path / "run")
+    assert rundir.read_calibration(run).train_colour == "grey"
+    colour = str(synth_root / "bottle" / "test" / "good")
+    with caplog.at_level("WARNING"):
+        assert runner.invoke(app, ["score", colour, "--model", str(run), "--out", str(tmp_path / "s")]).exit_code == 0
+    said = [r.message for r in caplog.records if "camera mode" in r.message]
+    assert len(said) == 1 and "frames are colour but the model was trained on grey (monochrome) images" in said[0]
+    assert runner.invoke(app, ["export", "--model", str(run)]).exit_code == 0
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        InferenceSession(run / "model.onnx", device="cpu").predict(_normal_images(tiny_run))
+    assert "frames are colour but the model was trained on grey" in caplog.text
+    caplog.clear()
+    onnx_file = tmp_path / "colour.onnx"
+    assert runner.invoke(app, ["export", "--model", str(tiny_run), "--out", str(onnx_file)]).exit_code == 0
+    with caplog.at_level("WARNING"):  # grey frames for a colour model: said too
+        InferenceSession(onnx_file, device="cpu").predict(np.full((1, 32, 32, 3), 0.5, np.float32))
+    assert "frames are grey but the model was trained on colour images" in caplog.text
