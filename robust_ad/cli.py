@@ -394,7 +394,8 @@ def train(
     resume: bool = RESUME,
     force: bool = FORCE,
 ) -> None:
-    """Train a robust autoencoder for one category: robust encoder, mirror decoder, calibration."""
+    """Train a model for one category: a decoder on the robust encoder (the shipped one unless told), then
+    calibration; with --mode denoise, a skip denoiser."""
     from robust_ad.api import encoder_at_eps
     from robust_ad.api import train as train_run
     from robust_ad.config import from_scratch

@@ -214,7 +214,8 @@ def _one_line(exc: ValidationError, where: str) -> ConfigError:
     key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         return ConfigError(f"{where}: unknown key '{key}'")
-    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    extra = exc.error_count() - 1
+    more = f" (and {extra} more problem{'s' if extra > 1 else ''})" if extra else ""
     return ConfigError(f"{where}: {key} = {first['input']!r} is not valid: {message}{more}")
 
 

@@ -50,7 +50,7 @@ def test_check_unusable_dataset_exits_nonzero(tmp_path: Path) -> None:
     (tmp_path / "good" / "a.png").write_bytes(b"broken")
     (tmp_path / "good" / "b.png").write_bytes(b"broken")
     result = runner.invoke(app, ["datasets", "check", "--data-root", str(tmp_path), "--category", "x"])
-    assert result.exit_code == 2 and "not a readable image" in result.output and "1 more problems" in result.output
+    assert result.exit_code == 2 and "not a readable image" in result.output and "1 more problem," in result.output
 
 
 def test_subprocess_error_is_one_line(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ class CheckReport:
     def reason(self) -> str:
         """One line saying why the dataset is not usable ('' when it is)."""
         if self.problems:
-            more = f" (and {len(self.problems) - 1} more problems, all listed above)" if len(self.problems) > 1 else ""
+            extra = len(self.problems) - 1
+            more = f" (and {extra} more problem{'s' if extra > 1 else ''}, all listed above)" if extra else ""
             return self.problems[0] + more
         if not self.dataset.test:
             return f"category '{self.dataset.category}' has no test images"

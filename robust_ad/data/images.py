@@ -19,7 +19,7 @@ from robust_ad.errors import ImageReadError
 from robust_ad.fileio import atomic_path
 
 log = logging.getLogger(__name__)
-SKIP_BAD_HINT = "data.skip_bad: true in the recipe skips unreadable files"
+SKIP_BAD_HINT = "data.skip_bad: true in the training recipe skips such files"
 _WARNED: set[str] = set()  # warnings given once per process
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _PNG_END = b"IEND\xaeB`\x82"
