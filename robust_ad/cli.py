@@ -34,7 +34,7 @@ err_console = Console(stderr=True)
 _state = {"debug": False}
 
 
-EXIT_ANOMALOUS, EXIT_ERROR, EXIT_UNREADABLE, EXIT_INTERNAL = 1, 2, 3, 4
+EXIT_ANOMALOUS, EXIT_ERROR, EXIT_UNREADABLE, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -670,12 +670,14 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort):
-        err_console.print("interrupted")
-        sys.exit(130)
+        err_console.print("interrupted (an interrupted training continues with --resume)")
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # click's usage errors (typer vendors its own click): they format themselves
         if not hasattr(exc, "format_message"):
             raise
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "robust-ad"
         sys.exit(_fail(f"{exc.format_message()} (see '{command} --help')", EXIT_ERROR).exit_code)
+    if code == EXIT_INTERRUPTED:  # typer answers Ctrl-C with this code, silently
+        err_console.print("interrupted (an interrupted training continues with --resume)")
     sys.exit(code or 0)

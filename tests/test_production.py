@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -306,3 +307,26 @@ def test_shipped_recipes_are_found_from_a_source_checkout(monkeypatch: pytest.Mo
     monkeypatch.setattr(resources, "files", no_recipes_package)
     assert recipe_path("mvtec") == Path(__file__).resolve().parents[1] / "recipes" / "mvtec.yaml"
     assert load_config("mvtec").data.image_size == 256
+
+
+def test_an_interrupted_command_says_so_and_exits_130(monkeypatch, tmp_path: Path, capsys) -> None:
+    from robust_ad import cli
+    from robust_ad.data import synth
+
+    calls = []
+
+    def interrupted(image, rng):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return image
+
+    monkeypatch.setattr(synth, "_acquisition", interrupted)
+    args = ["robust-ad", "datasets", "synth", "--category", "bottle", "--out", str(tmp_path), "--size", "32"]
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 130 and "interrupted" in capsys.readouterr().err
+    monkeypatch.undo()  # the half-written category is marked synthetic: --force replaces it
+    path = synth.synthesize(tmp_path, "bottle", 32, 3, 1, 1, force=True)
+    assert len(list((path / "train" / "good").iterdir())) == 3

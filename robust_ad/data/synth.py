@@ -208,6 +208,8 @@ def synthesize(
     if has_content(target) and not (target / "synth.json").is_file():  # a real dataset: never cleared
         raise OverwriteError(f"{target} holds a dataset not written by 'datasets synth': choose another --out")
     with output_folder(target, force, "category folder") as base:
+        # marked as synthetic before the first image: an interrupted run's folder can be replaced with --force
+        write_json(base / "synth.json", {"category": category, "complete": False})
         jobs = [("train/good", None, i) for i in range(n_train)]
         jobs += [("test/good", None, i) for i in range(n_test_good)]
         jobs += [(f"test/{d}", d, i) for d in defect_types(category) for i in range(n_per_defect)]
@@ -229,6 +231,7 @@ def synthesize(
                 "n_test_good": n_test_good,
                 "n_per_defect": n_per_defect,
                 "defect_types": defect_types(category),
+                "complete": True,
             },
         )
     return base
