@@ -459,7 +459,7 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     return run_dir
 
 
-def _torch_predictor(scorer, batch_size: int, train_aspect: float | None, train_colour: str | None = None):
+def _torch_predictor(scorer, batch_size: int, train_aspect: float | None, train_spread: float | None = None):
     """The torch twin of the ONNX predictor: full-size frames resized on the host with the graph's resize."""
     import numpy as np
 
@@ -467,7 +467,7 @@ def _torch_predictor(scorer, batch_size: int, train_aspect: float | None, train_
     from robust_ad.runtime import FrameCheck
     from robust_ad.scoring.inference import predict
 
-    check_frames = FrameCheck(train_aspect, scorer.train_size, train_colour)
+    check_frames = FrameCheck(train_aspect, scorer.train_size, train_spread)
 
     def run(images):
         for image in images:
@@ -529,7 +529,9 @@ def score(
             log.info("scoring with the run %s", model)
         scorer = rundir.load_scorer(model, resolve_device(device))
         calibration = rundir.read_calibration(model)
-        predictor = _torch_predictor(scorer, batch_size, calibration.train_aspect_ratio, calibration.train_colour)
+        predictor = _torch_predictor(
+            scorer, batch_size, calibration.train_aspect_ratio, calibration.train_channel_spread
+        )
         calibrated, vmax = calibration.threshold, calibration.map_vmax
     with output_folder(
         out, force, "results folder", inputs=_input_paths(paths, files), models=[onnx or model]

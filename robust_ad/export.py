@@ -114,7 +114,11 @@ def _graph(run_dir: Path, size: tuple[int, int] | None, uint8: bool, reconstruct
         "resize": METHOD,
         "resize_definition": f"to {size[0]}x{size[1]} (H x W) inside the graph: {METHOD_DOC}",
         "train_aspect_ratio": calibration.train_aspect_ratio,
-        "train_colour": calibration.train_colour,
+        **(
+            {}
+            if calibration.train_channel_spread is None
+            else {"train_channel_spread": calibration.train_channel_spread}
+        ),
         "image_size": size[0],
         "map_size": f"{size[0]},{size[1]}",
         **{key: record[key] for key in ("threshold", "map_vmax", "score_mean", "score_std")},

@@ -45,6 +45,7 @@ MODEL_FORMAT = "robust-ad-model"
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFinite = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 RGB = Annotated[list[Finite], Field(min_length=3, max_length=3)]  # one value per colour channel
 
 
@@ -75,8 +76,9 @@ class Calibration(_Record):
     image_size: int
     normal_scores: list[Finite]  # normalised scores of the held-out normal images
     train_aspect_ratio: PositiveFinite = 1.0
-    # 'grey' when every training image had three equal channels (a monochrome camera); unknown before it was kept
-    train_colour: Literal["grey", "colour", "unknown"] = "unknown"
+    # the largest difference between a training image's channels: about 0 for a monochrome camera; none in
+    # calibrations written before it was kept
+    train_channel_spread: NonNegativeFinite | None = None
     # the decoder's mean colour cast (R, G, B; pixel values in [0, 1]) on the normal training images, removed from
     # every reconstruction in scoring; none in calibrations written before it was fitted
     colour_offset: RGB = [0.0, 0.0, 0.0]

@@ -29,10 +29,11 @@ _NUMERIC = {
     "image_size": int,
     "eps": float,
     "train_aspect_ratio": float,
+    "train_channel_spread": float,
 }
 _REQUIRED = {"detect": ("threshold", "map_vmax", "score_mean", "score_std", "image_size"), "denoise": ()}
 ASPECT_TOLERANCE = 0.05  # relative difference of width/height from training above which a warning is given
-GREY_TOLERANCE = 1.5 / 255  # largest channel difference of a grey frame (as scoring.calibration's)
+GREY_TOLERANCE = 1.5 / 255  # the largest channel difference of a grey image (8-bit rounding): a monochrome camera's
 
 
 def _metadata(raw: dict[str, str], path: Path) -> dict:
@@ -66,31 +67,31 @@ class FrameCheck:
     (:func:`size_warning`), and once when frames are grey where training was colour, or the other way round
     (:func:`colour_warning`)."""
 
-    def __init__(self, train_aspect: float | None, size: int | None, train_colour: str | None = None) -> None:
-        self.train_aspect, self.size, self.train_colour, self.seen = train_aspect, size, train_colour, set()
+    def __init__(self, train_aspect: float | None, size: int | None, train_spread: float | None = None) -> None:
+        self.train_aspect, self.size, self.train_spread, self.seen = train_aspect, size, train_spread, set()
 
     def __call__(self, image: np.ndarray) -> None:
-        """``image`` (H, W, 3) RGB in [0, 1]."""
-        warnings = []
-        if image.shape[:2] not in self.seen:
-            self.seen.add(image.shape[:2])
-            warnings += [aspect_warning(image.shape, self.train_aspect), size_warning(image.shape, self.size)]
-        if "colour" not in self.seen:
-            warning = colour_warning(image, self.train_colour)
-            if warning:
-                self.seen.add("colour")
-                warnings.append(warning)
+        """``image`` (H, W, 3) RGB in [0, 1]; looked at once per frame size (a camera's mode and region do not
+        change from frame to frame, and a full-size frame's colour check costs a pass over its pixels)."""
+        if image.shape[:2] in self.seen:
+            return
+        self.seen.add(image.shape[:2])
+        warnings = [aspect_warning(image.shape, self.train_aspect), size_warning(image.shape, self.size)]
+        if "colour" not in self.seen and (colour := colour_warning(image, self.train_spread)):
+            self.seen.add("colour")  # said once
+            warnings.append(colour)
         for warning in filter(None, warnings):
             log.warning("%s", warning)
 
 
-def colour_warning(image: np.ndarray, train_colour: str | None) -> str | None:
-    """A warning when an (H, W, 3) frame is grey (three equal channels) and the training images were in colour,
-    or the other way round: a camera switched between colour and monochrome."""
-    if train_colour not in ("grey", "colour"):
+def colour_warning(image: np.ndarray, train_spread: float | None) -> str | None:
+    """A warning when an (H, W, 3) frame is grey (its channels equal) and the training images were in colour, or
+    the other way round (``train_spread``: the largest channel difference over the training images): a camera
+    switched between colour and monochrome."""
+    if train_spread is None:
         return None
-    grey = float((image.max(2) - image.min(2)).max()) <= GREY_TOLERANCE
-    if grey == (train_colour == "grey"):
+    grey, trained_grey = float((image.max(2) - image.min(2)).max()) <= GREY_TOLERANCE, train_spread <= GREY_TOLERANCE
+    if grey == trained_grey:
         return None
     frames, trained = ("grey", "colour") if grey else ("colour", "grey (monochrome)")
     return (
@@ -180,7 +181,7 @@ class InferenceSession:
         self.output_names = [o.name for o in self.session.get_outputs()]
         known = self.metadata if require_robust_ad else {}
         self.check_frames = FrameCheck(
-            known.get("train_aspect_ratio"), known.get("image_size"), known.get("train_colour")
+            known.get("train_aspect_ratio"), known.get("image_size"), known.get("train_channel_spread")
         )
 
     def run_raw(self, images: np.ndarray) -> list[np.ndarray]:

@@ -15,7 +15,6 @@ from robust_ad.tensors import to_tensor
 
 log = logging.getLogger(__name__)
 MIN_HELD_OUT = 5  # normal images to calibrate on, below which calibrate warns
-GREY_TOLERANCE = 1.5 / 255  # largest channel difference of a grey image (8-bit rounding)
 
 
 @torch.no_grad()
@@ -98,20 +97,16 @@ def fit_normalisation(scorer: AnomalyScorer, maps: torch.Tensor) -> tuple[torch.
     return scorer.fuse(maps), (raw - scorer.score_mean) / scorer.score_std
 
 
-class ColourMode:
-    """Whether every training image is grey (its three channels equal, as from a monochrome camera): scoring warns
-    when frames come in the other mode (a camera switched between colour and mono)."""
+class ChannelSpread:
+    """The largest difference between an image's channels over the training images: about 0 when all are grey (a
+    monochrome camera). Scoring compares frames with it (robust_ad.runtime.colour_warning)."""
 
     def __init__(self) -> None:
-        self.grey = True
+        self.spread = 0.0
 
     def observe(self, batch: torch.Tensor) -> torch.Tensor:
-        self.grey = self.grey and bool((batch.amax(1) - batch.amin(1)).amax() <= GREY_TOLERANCE)
+        self.spread = max(self.spread, float((batch.amax(1) - batch.amin(1)).amax()))
         return batch
-
-    @property
-    def mode(self) -> str:
-        return "grey" if self.grey else "colour"
 
 
 @torch.no_grad()
@@ -137,8 +132,8 @@ def calibrate(
             len(val_images),
             MIN_HELD_OUT,
         )
-    colour = ColourMode()
-    fit_training_statistics(scorer, map(colour.observe, train_batches))
+    channels = ChannelSpread()
+    fit_training_statistics(scorer, map(channels.observe, train_batches))
     device = scorer.score_mean.device
     x_val = to_tensor(val_images)
     maps = torch.cat(
@@ -167,7 +162,7 @@ def calibrate(
         "image_score": scorer.config.image_score,
         "score_fusion": scorer.config.score_fusion,
         "image_size": scorer.train_size,
-        "train_colour": colour.mode,
+        "train_channel_spread": channels.spread,
         "colour_offset": [float(v) for v in scorer.colour_offset],
         "colour_matrix": scorer.colour_matrix.tolist(),
         "normal_scores": [float(v) for v in normalised],
