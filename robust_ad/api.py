@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -311,6 +312,8 @@ def _warn_ignored_on_resume(given: Config, saved: Config) -> None:
             out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
         return out
 
+    with contextlib.suppress(RobustADError):  # compared as the run stored it: encoder resolved, mode applied
+        given = for_mode(resolve_encoder(given))
     now, then = flat(given.to_dict()), flat(saved.to_dict())
     same_root = not now["data_root"] or Path(now["data_root"]).resolve() == Path(str(then["data_root"])).resolve()
     ignored = [f"{k} {now[k]!r} (the run's {then.get(k)!r})" for k in now if now[k] != then.get(k)]
