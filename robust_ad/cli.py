@@ -168,6 +168,8 @@ def datasets_check(
     console.print(f"masks matched: {report.masks_matched}, defects without mask: {report.defects_without_mask}")
     for problem in report.problems:
         err_console.print(f"[yellow]problem:[/yellow] {problem}", highlight=False, soft_wrap=True)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     if not report.usable:
         raise DataError(report.reason())
     console.print("[green]dataset is usable[/green]")

@@ -222,3 +222,21 @@ def test_missing_and_empty_datasets(tmp_path: Path) -> None:
 def test_read_mask_is_boolean(tmp_path: Path) -> None:
     mask = read_mask(make_mask(tmp_path / "m.png"))
     assert mask.dtype == bool and mask.sum() == 64
+
+
+def test_check_notes_training_sizes_and_a_camera_mode_unlike_the_tests(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(8):  # a monochrome camera for the normal parts, two frame sizes
+        size = (32, 32) if i % 2 else (40, 32)
+        cv2.imwrite(_mkdir(tmp_path / "good", f"g{i}.png"), rng.integers(0, 255, size, np.uint8))
+    for i in range(3):  # the defective ones in colour
+        cv2.imwrite(_mkdir(tmp_path / "defect", f"d{i}.png"), rng.integers(0, 255, (32, 32, 3), np.uint8))
+    report = check_dataset(AnomalyDataset.load(tmp_path, "parts", test_normal_fraction=0.25, val_fraction=0.0))
+    assert report.usable
+    assert any(n.startswith("training images come in 2 sizes") for n in report.notes)
+    assert any("training images are all grey but 3 test images are colour" in n for n in report.notes)
+
+
+def _mkdir(folder: Path, name: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / name)

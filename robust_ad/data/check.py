@@ -21,6 +21,7 @@ class CheckReport:
     masks_matched: int = 0
     defects_without_mask: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # usable, but likely to cost detection: said, not refused
 
     @property
     def usable(self) -> bool:
@@ -44,6 +45,8 @@ def check_dataset(dataset: AnomalyDataset) -> CheckReport:
     """Decode every image and mask of ``dataset`` and collect what is wrong with it."""
     report = CheckReport(dataset)
     samples = dataset.train + dataset.val + dataset.test
+    normal = {id(s) for s in dataset.train + dataset.val}
+    train_sizes, grey = Counter(), {True: Counter(), False: Counter()}  # grey[is a training image][is grey]
     for sample in track(samples, "checking images"):
         try:
             image = read_raw(sample.path)
@@ -51,6 +54,9 @@ def check_dataset(dataset: AnomalyDataset) -> CheckReport:
             report.problems.append(str(exc))
             continue
         channels = 1 if image.ndim == 2 else image.shape[2]
+        grey[id(sample) in normal][channels == 1] += 1
+        if id(sample) in normal:
+            train_sizes[(image.shape[1], image.shape[0])] += 1
         report.sizes[(image.shape[1], image.shape[0])] += 1
         report.formats[f"{image.dtype} {_CHANNELS.get(channels, f'{channels}-channel')}"] += 1
         if sample.label == 0:
@@ -71,4 +77,23 @@ def check_dataset(dataset: AnomalyDataset) -> CheckReport:
             report.problems.append(f"{sample.mask_path}: mask of a defective image is empty")
         else:
             report.masks_matched += 1
+    report.notes += _notes(train_sizes, grey)
     return report
+
+
+def _notes(train_sizes: Counter, grey: dict[bool, Counter]) -> list[str]:
+    """What a usable dataset should still be told: training images of several sizes (each is resized to the
+    model's square on its own), and grey training images with colour test images or the other way round (a model
+    trained on one scores the other as anomalous)."""
+    notes = []
+    if len(train_sizes) > 1:
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in train_sizes.most_common(3))
+        notes.append(f"training images come in {len(train_sizes)} sizes ({sizes}): crop them alike")
+    for trained, tested in ((True, False), (False, True)):  # trained grey and tested colour, then the other way
+        if grey[True][trained] and not grey[True][not trained] and grey[False][tested]:
+            mode = {True: "grey", False: "colour"}
+            notes.append(
+                f"training images are all {mode[trained]} but {grey[False][tested]} test images are "
+                f"{mode[tested]}: a model trained on one camera mode scores the other as anomalous"
+            )
+    return notes
