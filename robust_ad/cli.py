@@ -617,6 +617,17 @@ def demo(
     console.print(table)
 
 
+def _noise_level(noise: str, level: float) -> str:
+    """A noise level in its own unit: Gaussian sigma in grey levels of 255, as --sigma takes it; photons per
+    pixel at full scale (poisson, sensor); the share of pixels hit (salt and pepper); JPEG quality."""
+    if noise == "none":
+        return "clean input"
+    unit = {"gaussian": ("sigma ", 255, "/255"), "poisson": ("", 1, " photons"), "sensor": ("", 1, " photons")}
+    unit |= {"salt_pepper": ("", 100, " % of pixels"), "jpeg": ("quality ", 1, "")}
+    prefix, scale, suffix = unit.get(noise, ("", 1, ""))
+    return f"{prefix}{level * scale:g}{suffix}"
+
+
 def _evaluate_denoiser(
     model: Path,
     baseline: Path | None,
@@ -633,7 +644,8 @@ def _evaluate_denoiser(
     for column in ("noise", "level", "method", "PSNR", "SSIM"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["noise"], str(row["level"]), row["method"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}")
+        level = f"{_noise_level(row['noise'], row['level'])}"
+        table.add_row(row["noise"], level, row["method"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}")
     console.print(table)
     console.print(f"written: {out or Path(model) / 'eval'}/denoise_metrics.json")
 

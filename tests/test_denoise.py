@@ -438,3 +438,10 @@ def test_training_corruption_mixes_levels_per_image_and_leaves_a_share_clean() -
     spread = (noisy - x).flatten(1)[gaussian].std(1)  # each image its own sigma, within the range
     assert spread.min() > 0.045 and spread.max() < 0.11 and spread.max() - spread.min() > 0.03
     assert 0.25 < gaussian.float().mean() < 0.5 and 0.25 < impulse.float().mean() < 0.5
+
+
+def test_eval_of_a_denoiser_prints_each_noise_level_in_its_own_unit(denoiser: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", "--mode", "denoise", "--model", str(denoiser), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    assert "clean input" in result.output and "sigma 25/255" in result.output and "0.0980" not in result.output
+    assert (tmp_path / "e" / "denoise_metrics.json").is_file()
