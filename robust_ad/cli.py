@@ -644,7 +644,7 @@ def _evaluate_denoiser(
     for column in ("noise", "level", "method", "PSNR", "SSIM"):
         table.add_column(column)
     for row in rows:
-        level = f"{_noise_level(row['noise'], row['level'])}"
+        level = _noise_level(row["noise"], row["level"])
         table.add_row(row["noise"], level, row["method"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}")
     console.print(table)
     console.print(f"written: {out or Path(model) / 'eval'}/denoise_metrics.json")
