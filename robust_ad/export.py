@@ -130,12 +130,13 @@ def recalibrated(run_dir: Path, size: tuple[int, int]) -> tuple[nn.Module, dict]
     """The run's scorer with every statistic refit at the square processing ``size`` (the networks unchanged) on
     the run's own normal images, and its calibration record: a threshold and normalisation fitted at the training
     size do not hold at another (the maps' statistics change with the scale of the features)."""
+    from torch.utils.data import DataLoader
+
     from robust_ad.data.arrays import load_samples
-    from robust_ad.data.loading import load_split, open_dataset
+    from robust_ad.data.loading import image_files, load_split, open_dataset
     from robust_ad.errors import DataError
     from robust_ad.scoring.calibration import calibrate
     from robust_ad.scoring.scorer import AnomalyScorer
-    from robust_ad.tensors import to_tensor
 
     config = rundir.read_config(run_dir)
     trained = config.data.image_size
@@ -152,12 +153,12 @@ def recalibrated(run_dir: Path, size: tuple[int, int]) -> tuple[nn.Module, dict]
             f"--size {size[0]} {size[1]} recalibrates at that size on the run's normal images: {exc}"
         ) from exc
     log.info("recalibrating at %dx%d on the normal images of %s (trained at %d)", *size, dataset.root, trained)
-    train = load_split(dataset, "train", config)
+    train_files = image_files(dataset, "train", config)  # streamed, as training calibrates: memory stays flat
     if not dataset.val:
         log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
     held_out = load_split(dataset, "val", config) if dataset.val else load_samples(dataset.train[:16], size[0])
     scorer = AnomalyScorer(rundir.load_model(run_dir), config.scoring, size[0])
-    batches = to_tensor(train.images).split(config.data.batch_size)
+    batches = (images for images, _ in DataLoader(train_files, config.data.batch_size))
     record = calibrate(scorer, batches, held_out.images, config.data.batch_size, held_out=bool(dataset.val))
     return scorer, record
 

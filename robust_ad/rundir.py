@@ -204,9 +204,12 @@ def read_calibration(run_dir: str | Path) -> Calibration:
     return _record(Calibration, Path(run_dir) / CALIBRATION)
 
 
-def _refuse_denoiser(run_dir: str | Path) -> None:
-    """Scores, evaluations and thresholds need a detector: a denoising run has neither scorer nor calibration."""
-    if (Path(run_dir) / CONFIG).is_file() and read_config(run_dir).mode == "denoise":
+def _refuse_denoiser(run_dir: str | Path, config: Config | None = None) -> None:
+    """Scores, evaluations and thresholds need a detector: a denoising run has neither scorer nor calibration.
+    ``config``: the run's, when already read."""
+    if config is None and (Path(run_dir) / CONFIG).is_file():
+        config = read_config(run_dir)
+    if config is not None and config.mode == "denoise":
         raise ModelError(
             f"{run_dir} is a denoising model (--mode denoise): this needs a detection model ('robust-ad train' "
             f"without --mode denoise); denoise with 'robust-ad denoise --model {run_dir}'"
@@ -298,11 +301,11 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu"):
 def load_scorer(run_dir: str | Path, device: torch.device | str = "cpu"):
     """The calibrated detector of a run folder, in eval mode on ``device``: memory statistics from model.pt,
     normalisation from calibration.json."""
-    _refuse_denoiser(run_dir)
     model, payload, path, config = _load(run_dir)
+    _refuse_denoiser(run_dir, config)  # before the check below, whose 'retrain' would mislead
     if "memory" not in payload:
         raise ModelError(f"{path}: not a calibrated detector of this robust-ad version (retrain it: 'robust-ad train')")
-    calibration = read_calibration(run_dir)
+    calibration = _record(Calibration, Path(run_dir) / CALIBRATION)  # read_calibration less a second config read
     scorer = AnomalyScorer(model, config.scoring, config.data.image_size)
     try:
         scorer.load_memory(payload["memory"])
