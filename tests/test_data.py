@@ -240,3 +240,24 @@ def test_check_notes_training_sizes_and_a_camera_mode_unlike_the_tests(tmp_path:
 def _mkdir(folder: Path, name: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     return str(folder / name)
+
+
+def test_check_notes_empty_defect_folders_and_masks_of_no_defect_image(tmp_path: Path) -> None:
+    """A failed copy (an empty defect-type folder) or a naming slip (masks of good images, or of no image) would
+    drop a defect type or its pixel metrics without a word: check says so; a clean dataset gets no such note."""
+    synthesize(tmp_path, "bottle", size=32, n_train=6, n_test_good=2, n_per_defect=1, seed=0)
+    assert not check_dataset(AnomalyDataset.load(tmp_path, "bottle")).notes
+    base = tmp_path / "bottle"
+    (base / "test" / "cracked").mkdir()
+    make_mask(base / "ground_truth" / "good" / "000_mask.png")
+    report = check_dataset(AnomalyDataset.load(tmp_path, "bottle"))
+    assert report.usable
+    assert f"{base / 'test' / 'cracked'} holds no images: that defect type is not tested" in report.notes
+    assert any(n.startswith("1 mask file under ") and "(one is good/000_mask.png)" in n for n in report.notes)
+    for i in range(3):  # the folder layout: a mask named after no defect image
+        cv2.imwrite(_mkdir(tmp_path / "plain" / "good", f"g{i}.png"), np.zeros((32, 32), np.uint8))
+    make_image(Path(_mkdir(tmp_path / "plain" / "defect", "d0.png")))
+    make_mask(Path(_mkdir(tmp_path / "plain" / "masks", "d0.png")))
+    make_mask(tmp_path / "plain" / "masks" / "d9.png")
+    notes = check_dataset(AnomalyDataset.load(tmp_path / "plain", "x", test_normal_fraction=0.34)).notes
+    assert any("belongs to no defect image and is not used (one is d9.png)" in n for n in notes)

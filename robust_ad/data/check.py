@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robust_ad.data.dataset import AnomalyDataset
-from robust_ad.data.images import read_raw
+from robust_ad.data.images import is_image_file, list_images, read_raw
+from robust_ad.data.layouts import layout_folders
 from robust_ad.errors import ImageReadError
 from robust_ad.progress import track
 
@@ -77,8 +78,28 @@ def check_dataset(dataset: AnomalyDataset) -> CheckReport:
             report.problems.append(f"{sample.mask_path}: mask of a defective image is empty")
         else:
             report.masks_matched += 1
-    report.notes += _notes(train_sizes, grey)
+    report.notes += _notes(train_sizes, grey) + _unused(dataset)
     return report
+
+
+def _unused(dataset: AnomalyDataset) -> list[str]:
+    """Defect-type folders without images and mask files that belong to no defect image: a copy that failed or a
+    naming slip, which would silently drop a defect type or its pixel metrics."""
+    masks, types = layout_folders(dataset.root, dataset.category, dataset.layout)
+    notes = [f"{folder} holds no images: that defect type is not tested" for folder in types if not list_images(folder)]
+    if masks is None or not masks.is_dir():
+        return notes
+    used = {s.mask_path.resolve() for s in dataset.test if s.mask_path is not None}
+    unused = sorted(p for p in masks.rglob("*") if is_image_file(p) and p.resolve() not in used)
+    if unused:
+        many = len(unused) > 1
+        notes.append(
+            f"{len(unused)} mask file{'s' if many else ''} under {masks} belong{'' if many else 's'} to no defect "
+            f"image and {'are' if many else 'is'} not used (one is {unused[0].relative_to(masks)}): a mask is named "
+            "after its image "
+            f"({'<defect type>/<stem>_mask.png' if dataset.layout == 'mvtec' else '<stem>.png or <stem>_mask.png'})"
+        )
+    return notes
 
 
 def _notes(train_sizes: Counter, grey: dict[bool, Counter]) -> list[str]:

@@ -56,6 +56,24 @@ def read_mvtec(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     return train, test
 
 
+def layout_folders(root: Path, category: str, layout: str) -> tuple[Path | None, list[Path]]:
+    """Where ``layout`` keeps masks, and its defect-type folders (VisA: none, its split file names every file)."""
+    if layout == "mvtec":
+        base, types = root / category, root / category / "test"
+        masks = base / "ground_truth"
+    elif layout == "folder":
+        base = _folder_base(root, category)
+        masks, types = base / "masks", base / "defect"
+    else:
+        return None, []
+    return masks, sorted(d for d in types.iterdir() if d.is_dir()) if types.is_dir() else []
+
+
+def _folder_base(root: Path, category: str) -> Path:
+    """The plain-folder layout's folder: ``root``/``category`` when it holds good/, else ``root`` itself."""
+    return root / category if (root / category / NORMAL).is_dir() else root
+
+
 VISA_LABELS = ("normal", "anomaly")  # the label column's words in VisA's split files
 
 
@@ -99,7 +117,7 @@ def read_folder(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     folder whose stem names images of several defect types is refused (it would mark the wrong type's pixels).
     All images are returned as candidates; the dataset moves a seeded fraction of the good ones to the test split.
     """
-    base = root / category if (root / category / NORMAL).is_dir() else root
+    base = _folder_base(root, category)
     good = [Sample(p, 0) for p in list_images(base / NORMAL)]
     defect_dir = base / "defect"
     groups = [(defect_dir, "defect")] if list_images(defect_dir) else []
