@@ -425,8 +425,6 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
             memory = None
             if config.mode == "detect":
                 scorer = AnomalyScorer(model, config.scoring, config.data.image_size).to(device)
-                if val_set is None:
-                    log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
                 train_batches = (images for images, _ in DataLoader(train_files, config.data.batch_size))
                 record = calibrate(scorer, train_batches, shown, config.data.batch_size, held_out=val_set is not None)
                 record["train_aspect_ratio"] = train_files.aspect_ratio

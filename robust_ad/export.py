@@ -154,8 +154,6 @@ def recalibrated(run_dir: Path, size: tuple[int, int]) -> tuple[nn.Module, dict]
         ) from exc
     log.info("recalibrating at %dx%d on the normal images of %s (trained at %d)", *size, dataset.root, trained)
     train_files = image_files(dataset, "train", config)  # streamed, as training calibrates: memory stays flat
-    if not dataset.val:
-        log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
     held_out = load_split(dataset, "val", config) if dataset.val else load_samples(dataset.train[:16], size[0])
     scorer = AnomalyScorer(rundir.load_model(run_dir), config.scoring, size[0])
     batches = (images for images, _ in DataLoader(train_files, config.data.batch_size))

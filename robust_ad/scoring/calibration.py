@@ -125,6 +125,8 @@ def calibrate(
     no held-out ones exist, which the threshold rule then says). Fewer than MIN_HELD_OUT of them warn: a mean,
     spread and quantile of a handful of images do not describe normal parts.
     """
+    if not held_out:
+        log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
     if len(val_images) < MIN_HELD_OUT:
         log.warning(
             "calibrating on %d normal images: the normalisation and threshold are unreliable below %d; add normal "
