@@ -720,12 +720,15 @@ def evaluate_denoiser(
     device: str = "auto",
     force: bool = False,
 ) -> list[dict]:
-    """``robust-ad eval --mode denoise``: PSNR/SSIM vs the noisy input, OpenCV NLM and the eps=0 ``baseline``."""
+    """``robust-ad eval --mode denoise``: PSNR/SSIM vs the noisy input, OpenCV NLM and the eps=0 ``baseline``
+    (denoise_metrics.json), and every method's result on one test image at each level (denoise_examples.png)."""
     from robust_ad import machine, rundir
+    from robust_ad.data.images import write_image
     from robust_ad.data.loading import load_split, open_dataset
     from robust_ad.denoising import evaluate_denoising, load_denoiser
     from robust_ad.device import resolve_device
     from robust_ad.fileio import output_folder
+    from robust_ad.viz import denoising_grid
 
     config = rundir.read_config(model)
     dev = resolve_device(device)
@@ -740,7 +743,9 @@ def evaluate_denoiser(
     with output_folder(
         out or Path(model) / "eval", force, "evaluation folder", inputs=[dataset.root], models=models_read
     ) as folder:
-        rows = evaluate_denoising(models, tune[:16], test, seed=config.seed)
+        examples: dict = {}
+        rows = evaluate_denoising(models, tune[:16], test, seed=config.seed, examples=examples)
+        write_image(folder / "denoise_examples.png", denoising_grid(test[0], examples))
         write_json(
             folder / "denoise_metrics.json",
             {"category": dataset.category, "model": str(model), "machine": machine.describe(), "rows": rows},

@@ -617,17 +617,6 @@ def demo(
     console.print(table)
 
 
-def _noise_level(noise: str, level: float) -> str:
-    """A noise level in its own unit: Gaussian sigma in grey levels of 255, as --sigma takes it; photons per
-    pixel at full scale (poisson, sensor); the share of pixels hit (salt and pepper); JPEG quality."""
-    if noise == "none":
-        return "clean input"
-    unit = {"gaussian": ("sigma ", 255, "/255"), "poisson": ("", 1, " photons"), "sensor": ("", 1, " photons")}
-    unit |= {"salt_pepper": ("", 100, " % of pixels"), "jpeg": ("quality ", 1, "")}
-    prefix, scale, suffix = unit.get(noise, ("", 1, ""))
-    return f"{prefix}{level * scale:g}{suffix}"
-
-
 def _evaluate_denoiser(
     model: Path,
     baseline: Path | None,
@@ -638,16 +627,18 @@ def _evaluate_denoiser(
     force: bool,
 ) -> None:
     from robust_ad.api import evaluate_denoiser
+    from robust_ad.training.noise import level_text
 
     rows = evaluate_denoiser(model, baseline, data_root, category, out, device, force)
     table = Table(title="denoising: mean PSNR (dB) / SSIM on the test images")
     for column in ("noise", "level", "method", "PSNR", "SSIM"):
         table.add_column(column)
     for row in rows:
-        level = _noise_level(row["noise"], row["level"])
+        level = level_text(row["noise"], row["level"])
         table.add_row(row["noise"], level, row["method"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}")
     console.print(table)
-    console.print(f"written: {out or Path(model) / 'eval'}/denoise_metrics.json")
+    folder = out or Path(model) / "eval"
+    console.print(f"written: {folder}/denoise_metrics.json, {folder}/denoise_examples.png (one test image per level)")
 
 
 @app.command("denoise")

@@ -20,7 +20,7 @@ from robust_ad.models.denoiser import SkipDenoiser
 from robust_ad.models.folding import fold_batch_norms
 from robust_ad.progress import track
 from robust_ad.tensors import to_images, to_tensor
-from robust_ad.training.noise import EVAL_LEVELS, NOISES, apply_noise
+from robust_ad.training.noise import EVAL_LEVELS, NOISES, apply_noise, level_text
 
 log = logging.getLogger(__name__)
 MAX_PSNR = 100.0  # dB: the PSNR given to an exact copy
@@ -113,10 +113,13 @@ def evaluate_denoising(
     noises: list[str] | None = None,
     seed: int = 0,
     baselines: dict[str, Baseline] | None = None,
+    examples: dict[str, dict[str, tuple[np.ndarray, float]]] | None = None,
 ) -> list[dict]:
     """PSNR / SSIM and milliseconds per megapixel per noise, level and method: the noisy input, OpenCV NLM (h tuned
     on ``tune``), ``baselines`` (which may decline a noise by returning None) and ``models``. The first rows are
-    the clean images themselves given as input (noise 'none'): a denoiser must not make them worse."""
+    the clean images themselves given as input (noise 'none'): a denoiser must not make them worse. A dict given
+    as ``examples`` receives, per setting (its noise and level as :func:`level_text` says it), each method's
+    result on the first test image and its PSNR (:func:`robust_ad.viz.denoising_grid` draws them)."""
     rows = []
     megapixels = test[..., 0].size / 1e6
     settings = [("none", 0.0)] + [(kind, level) for kind in noises or list(NOISES) for level in EVAL_LEVELS[kind]]
@@ -140,4 +143,8 @@ def evaluate_denoising(
             ms = (time.perf_counter() - began) * 1000 / megapixels if method != "noisy input" else 0.0
             psnr, ssim = image_quality(test, restored)
             rows.append({"noise": kind, "level": level, "method": method, "psnr": psnr, "ssim": ssim, "ms_per_mp": ms})
+            if examples is not None:
+                label = level_text(kind, level) if kind == "none" else f"{kind} {level_text(kind, level)}"
+                setting = examples.setdefault(label, {})
+                setting[method] = (restored[0], image_quality(test[:1], restored[:1])[0])
     return rows

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 from robust_ad import rundir
 from robust_ad.api import train
 from robust_ad.cli import app
+from robust_ad.data.images import read_image
 from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.denoising import corrupt_images, evaluate_denoising, image_quality, load_denoiser
 from robust_ad.export import export
@@ -445,3 +448,13 @@ def test_eval_of_a_denoiser_prints_each_noise_level_in_its_own_unit(denoiser: Pa
     assert result.exit_code == 0, result.output
     assert "clean input" in result.output and "sigma 25/255" in result.output and "0.0980" not in result.output
     assert (tmp_path / "e" / "denoise_metrics.json").is_file()
+    # and a picture: per setting, the clean test image and every method's result on it, captioned with its PSNR
+    rows = json.loads((tmp_path / "e" / "denoise_metrics.json").read_text())["rows"]
+    settings = Counter((row["noise"], row["level"]) for row in rows)
+    methods = max(settings.values())  # the input, OpenCV NLM (its h tuned per setting), the model
+    grid = read_image(tmp_path / "e" / "denoise_examples.png")
+    size = rundir.read_config(denoiser).data.image_size
+    factor = -(-128 // size)
+    tile = size * factor, max(14, size * factor // 10) + size * factor  # width, height with its caption
+    assert grid.shape[:2] == (len(settings) * (tile[1] + 2) + 2, (1 + methods) * (tile[0] + 2) + 2)
+    assert grid.std() > 0.05  # pictures, not blank tiles

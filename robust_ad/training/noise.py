@@ -28,6 +28,17 @@ EVAL_LEVELS = {
 }
 
 
+def level_text(noise: str, level: float) -> str:
+    """A noise level in its own unit: Gaussian sigma in grey levels of 255, as --sigma takes it; photons per
+    pixel at full scale (poisson, sensor); the share of pixels hit (salt and pepper); JPEG quality."""
+    if noise == "none":
+        return "clean input"
+    unit = {"gaussian": ("sigma ", 255, "/255"), "poisson": ("", 1, " photons"), "sensor": ("", 1, " photons")}
+    unit |= {"salt_pepper": ("", 100, " % of pixels"), "jpeg": ("quality ", 1, "")}
+    prefix, scale, suffix = unit.get(noise, ("", 1, ""))
+    return f"{prefix}{level * scale:g}{suffix}"
+
+
 def apply_noise(x: torch.Tensor, kind: str, level: float | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``x`` corrupted by ``kind`` at ``level`` (one for all images, or one per image: (N,)); the result stays in
     [0, 1]. The random numbers are drawn on ``generator``'s device (a CPU generator gives the same corruption on
