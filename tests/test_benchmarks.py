@@ -58,8 +58,9 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
     assert parts == [(e, c) for e in encoders[1:3] for c in [*COMPONENTS, "+".join(DEFAULT_COMPONENTS)]]
     assert "pretrained eps=1 beats the twin with pixel on" in text
     others = [(row["encoder"], row["seed"]) for row in pretrained["seeds"]]  # the quick profile's seed 1
-    assert others == [(encoder, 1) for encoder in encoders[1:]]
+    assert others == [(encoder, 1) for encoder in encoders]
     assert "On the mean over 2 seeds, pretrained eps=1 beats its standard twin on" in text
+    assert "Against per-category from scratch:" in text
     assert {row["eps"] for row in results["detection"]} == {0.0, 1.0}
     assert all(0 <= row["image_auroc"] <= 1 and row["ms_per_image"] > 0 for row in results["detection"])
     measured = [(r["encoder"], r["eps"], r["eval_size"], r["calibration"]) for r in results["resolution"]]
@@ -82,7 +83,8 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
         assert "| Padim | bottle |" in text
         # the leading peers on the other data seeds, against the pretrained encoders' means over seeds
         assert {(row["model"], row["seed"]) for row in results["peer_seeds"]["rows"]} == {("Padim", 1)}
-        assert "On the mean over 2 seeds, against the best of these peers: pretrained eps=0: beats" in text
+        assert "On the mean over 2 seeds, against the best of these peers: scratch: beats" in text
+        assert "pretrained eps=0: beats every peer's mean on" in text
 
     # --reuse-runs measures the finished runs of the same config again, and trains only those that changed: here
     # the runs on the wider encoder, whose file is now newer than they are
@@ -93,6 +95,11 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path, synth_root: Path) 
     written = yaml.safe_load(stale.read_text())
     del written["autoencoder"]["ema"]
     stale.write_text(yaml.safe_dump(written))
+    # but one written before a score component of weight 0 existed (colour) is the same run: reused
+    older = tmp_path / "runs" / "bottle-pretrained_eps=1-seed1" / "config.yaml"
+    written = yaml.safe_load(older.read_text())
+    assert written["scoring"]["weights"].pop("colour") == 0
+    older.write_text(yaml.safe_dump(written))
     _run_module().main([*args, "--sections", "pretrained", "--reuse-runs"])
     again = json.loads((tmp_path / "results.json").read_text())["pretrained"]
     trained = {path.parent.name for path in (tmp_path / "runs").glob("*/model.pt")}
