@@ -158,9 +158,34 @@ def test_mismatched_or_corrupt_weights_fail_clearly(tmp_path: Path) -> None:
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "other.pt")
     with pytest.raises(ModelError, match="weights missing"):
         load_encoder_weights(Encoder("resnet18", "layer2", ["layer1"]), tmp_path / "other.pt")
-    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    for content in (b"not a checkpoint", b"hello", b"jjjj", b""):  # each failed somewhere else in the unpickler
+        (tmp_path / "bad.pt").write_bytes(content)
+        with pytest.raises(ModelError, match="not a readable PyTorch checkpoint"):
+            load_encoder_weights(Encoder("resnet18", "layer2", ["layer1"]), tmp_path / "bad.pt")
+
+
+class _Command:
+    """Pickles as a call of os.system: what a hostile weights file holds."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return os.system, (self.command,)
+
+
+def test_a_plain_pickle_that_runs_a_command_is_refused_without_running_it(tmp_path: Path) -> None:
+    """A bare pickle (no torch header) failed weights_only and went to the restricted reader, whose load() for
+    torch's legacy header was the plain pickle.load: the command ran."""
+    import pickle
+
+    proof = tmp_path / "ran"
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(_Command(f"touch {proof}"), protocol=2))
     with pytest.raises(ModelError, match="not a readable PyTorch checkpoint"):
-        load_encoder_weights(Encoder("resnet18", "layer2", ["layer1"]), tmp_path / "bad.pt")
+        load_encoder_weights(Encoder("resnet18", "layer2", ["layer1"]), tmp_path / "evil.pt")
+    assert not proof.exists()
 
 
 def test_encoder_cli_train_then_eval(synth_root: Path, tmp_path: Path) -> None:

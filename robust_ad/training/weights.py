@@ -56,7 +56,10 @@ def _restricted_pickle_module(skipped: set[str]) -> types.SimpleNamespace:
             skipped.add(f"{module}.{name}")
             return _Skipped
 
-    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="robust_ad_restricted")
+    def load(file: object, **kwargs: object) -> object:  # torch reads a legacy file's header with load()
+        return Unpickler(file, **kwargs).load()
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="robust_ad_restricted")
 
 
 def _load(path: Path) -> object:
@@ -81,7 +84,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"encoder weights {path} not found")
     try:
         checkpoint = _load(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
+    except Exception as exc:  # a damaged or foreign file fails anywhere in the unpickler (KeyError, struct.error...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({first})") from exc
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("modules"), dict):  # robust-ad's encoder files
