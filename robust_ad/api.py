@@ -87,8 +87,9 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
 
 
 def list_encoders() -> list[dict]:
-    """``robust-ad encoder list``: the shipped and the published robust encoders, whether verified and cached."""
-    from robust_ad.training.pretrained import REGISTRY, expected_sha256, is_cached
+    """``robust-ad encoder list``: the shipped and the published robust encoders, whether verified, and their cache
+    state ('in package', or :func:`~robust_ad.training.pretrained.cache_state`'s)."""
+    from robust_ad.training.pretrained import REGISTRY, cache_state, expected_sha256
 
     return [
         {
@@ -99,7 +100,7 @@ def list_encoders() -> list[dict]:
             "verified": e.sha256 is not None,
             "shipped": e.shipped,
             "sha256": expected_sha256(e),
-            "cached": is_cached(e),
+            "cached": "in package" if e.shipped else cache_state(e),
         }
         for e in REGISTRY.values()
     ]

@@ -312,14 +312,13 @@ def encoder_list() -> None:
 
     table = Table(title=f"robust encoders (shipped with robust-ad, or downloaded once into {cache_dir()})")
     table.add_column("name", no_wrap=True)
-    for column in ("backbone", "threat model", "eps", "SHA-256", "cached"):
+    for column in ("backbone", "threat model", "eps", "SHA-256 from", "cached"):
         table.add_column(column)
     for row in list_encoders():
         status = "published" if row["verified"] else ("recorded at first download" if row["sha256"] else "unverified")
         status = "shipped" if row["shipped"] else status
         eps = f"{row['eps'] * 255:g}/255" if row["norm"] == "linf" else f"{row['eps']:g}"
-        cached = "in package" if row["shipped"] else ("yes" if row["cached"] else "")
-        table.add_row(row["name"], row["backbone"], row["norm"], eps, status, cached)
+        table.add_row(row["name"], row["backbone"], row["norm"], eps, status, row["cached"])
     console.print(table)
 
 

@@ -137,6 +137,25 @@ def test_an_unpublished_hash_is_recorded_at_first_download_and_checked_after(che
         fetch(NAME)
 
 
+def test_an_unpublished_encoder_file_that_does_not_load_is_never_trusted(checkpoint, server, monkeypatch) -> None:
+    """Without a published hash, the first file's was recorded whatever it held: junk put in the cache by hand was
+    'cached' and trusted ever after. Now it must load as a checkpoint first; encoder list says what it is."""
+    from robust_ad.api import list_encoders
+
+    _with_hash(monkeypatch, None)
+    target = pretrained.cache_dir() / f"{NAME}.ckpt"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"junk!")
+    assert {row["name"]: row["cached"] for row in list_encoders()}[NAME] == "not checked"
+    with pytest.raises(ModelError, match=f"not a readable PyTorch checkpoint .*removed it from the cache: fetch {NAME}"):
+        fetch(NAME)
+    assert not target.exists() and pretrained.expected_sha256(REGISTRY[NAME]) is None
+    assert fetch(NAME) == target  # the real file, downloaded now, loads: its hash is recorded
+    assert {row["name"]: row["cached"] for row in list_encoders()}[NAME] == "yes"
+    target.write_bytes(b"junk!")
+    assert {row["name"]: row["cached"] for row in list_encoders()}[NAME] == "hash differs"
+
+
 def test_offline_and_not_cached_says_where_to_put_the_file(checkpoint, server, monkeypatch) -> None:
     sha = _sha(checkpoint[0])
     _with_hash(monkeypatch, sha)

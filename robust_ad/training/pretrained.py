@@ -180,8 +180,16 @@ def shipped_path(entry: Published) -> Path:
     return shipped_folder() / entry.filename
 
 
-def is_cached(entry: Published) -> bool:
-    return shipped_path(entry).is_file() if entry.shipped else (cache_dir() / entry.filename).is_file()
+def cache_state(entry: Published) -> str:
+    """A downloadable encoder's cache file: 'yes' (its hash is the expected one), 'hash differs' (fetch refuses
+    it), 'not checked' (no hash known yet: fetch checks that it loads and records it), '' (not cached)."""
+    path = cache_dir() / entry.filename
+    if not path.is_file():
+        return ""
+    expected = expected_sha256(entry)
+    if expected is None:
+        return "not checked"
+    return "yes" if sha256_of(path) == expected else "hash differs"
 
 
 def _shipped(entry: Published) -> Path:
@@ -205,7 +213,9 @@ def fetch(name: str) -> Path:
     expected = expected_sha256(entry)
     if target.is_file():
         actual = sha256_of(target)
-        if expected is None or actual == expected:
+        if expected is None:  # put there by hand before any download: checked as a download would be
+            return _trust_on_first_use(entry, target)
+        if actual == expected:
             return target
         raise ModelError(
             f"{target}: SHA-256 {actual} differs from the expected {expected}; delete the file to download it again"
@@ -226,9 +236,21 @@ def fetch(name: str) -> Path:
         raise ModelError(f"cannot download {entry.url} ({reason}; offline?): {manual}") from None
     except ValueError as exc:  # pooch: the hash does not match; it has removed the file
         raise ModelError(f"{entry.url}: downloaded file refused ({str(exc).splitlines()[0]})") from None
-    if expected is None:  # unpublished hash: trust on first use, verify ever after
-        write_json(cache_dir() / "hashes.json", {**_recorded_hashes(), entry.name: sha256_of(path)})
-        log.warning("%s has no published SHA-256; recorded the first download's", entry.name)
+    return path if expected else _trust_on_first_use(entry, path)
+
+
+def _trust_on_first_use(entry: Published, path: Path) -> Path:
+    """An encoder file without a published hash: refused (and removed) unless it is a readable checkpoint, else its
+    hash is recorded, and every later use is checked against it."""
+    from robust_ad.training.weights import read_state_dict
+
+    try:
+        read_state_dict(path)
+    except ModelError as exc:
+        path.unlink()
+        raise ModelError(f"{exc}; removed it from the cache: fetch {entry.name} again") from None
+    write_json(cache_dir() / "hashes.json", {**_recorded_hashes(), entry.name: sha256_of(path)})
+    log.warning("%s has no published SHA-256; recorded the hash of %s", entry.name, path)
     return path
 
 
