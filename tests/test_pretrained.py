@@ -147,7 +147,7 @@ def test_an_unpublished_encoder_file_that_does_not_load_is_never_trusted(checkpo
     target.parent.mkdir(parents=True)
     target.write_bytes(b"junk!")
     assert {row["name"]: row["cached"] for row in list_encoders()}[NAME] == "not checked"
-    with pytest.raises(ModelError, match=f"not a readable PyTorch checkpoint .*removed it from the cache: fetch {NAME}"):
+    with pytest.raises(ModelError, match=f"not a readable PyTorch checkpoint .*from the cache: fetch {NAME}"):
         fetch(NAME)
     assert not target.exists() and pretrained.expected_sha256(REGISTRY[NAME]) is None
     assert fetch(NAME) == target  # the real file, downloaded now, loads: its hash is recorded
