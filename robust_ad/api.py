@@ -181,6 +181,7 @@ def encoder_at_eps(config: Config, eps: float) -> Config:
     from robust_ad.training.pretrained import at_eps, lookup
 
     name = config.encoder.pretrained
+    config = config.model_copy(update={"encoder": config.encoder.model_copy(update={"eps": eps})})
     if not name or eps == 0 or lookup(name).eps == eps:
         return config
     sibling = at_eps(name, eps)
@@ -194,13 +195,22 @@ def encoder_at_eps(config: Config, eps: float) -> Config:
 
 def with_published_encoder(config: Config) -> Config:
     """``config`` with the backbone, norm and eps of its published encoder (``encoder.pretrained``); eps = 0
-    asks for the standard twin (the same architecture's eps-0 checkpoint)."""
+    asks for the standard twin (the same architecture's eps-0 checkpoint). Any other eps given (a recipe's or an
+    override's, not the default) is a contradiction, refused: :func:`encoder_at_eps` (what ``--eps`` does)
+    resolves an eps asked for."""
     from robust_ad.training.pretrained import lookup
 
     name = config.encoder.pretrained
     if not name or config.encoder.weights:  # the user's weights replace the recipe's named encoder
         return from_scratch(config) if name else config
     entry = lookup(name)
+    if "eps" in config.encoder.model_fields_set and config.encoder.eps not in (0, entry.eps):  # given, not default
+        raise ConfigError(
+            f"encoder.eps {config.encoder.eps:g} contradicts encoder.pretrained {name}, robust at eps {entry.eps:g}: "
+            "name an encoder robust at that eps ('robust-ad encoder list'), set encoder.pretrained to null to train "
+            f"one on the category, or pass the config through robust_ad.api.encoder_at_eps(config, "
+            f"{config.encoder.eps:g}), as train --eps does"
+        )
     if config.encoder.eps == 0 and entry.eps != 0:
         entry = lookup(entry.twin)
         log.info("eps 0: using %s, the standard twin of %s", entry.name, name)

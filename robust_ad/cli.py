@@ -204,6 +204,13 @@ def _number(value: float | None, digits: int) -> str:
 SCRATCH = "scratch"  # --encoder scratch: train the encoder per category instead of the recipe's pretrained one
 
 
+def _eps_of(encoder: str | None) -> float | None:
+    """The eps a published or shipped ``--encoder`` NAME is robust at (None: no name, or scratch)."""
+    from robust_ad.training.pretrained import lookup
+
+    return None if encoder in (None, SCRATCH) else lookup(encoder).eps
+
+
 def _config(recipe: str | None, **overrides: Any) -> Any:
     from robust_ad.config import load_config
 
@@ -413,7 +420,7 @@ def train(
         compile=compile_,
         data={"image_size": image_size, "batch_size": batch_size},
         encoder={
-            "eps": eps,
+            "eps": _eps_of(encoder) if eps is None else eps,  # a named encoder's own eps, unless --eps says
             "backbone": backbone,
             "epochs": encoder_epochs,
             "weights": str(encoder_weights) if encoder_weights else None,

@@ -177,8 +177,10 @@ def test_train_with_a_published_encoder_loads_it_without_running_pickled_code(
     from robust_ad import rundir
 
     _with_hash(monkeypatch, _sha(checkpoint[0]))
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text("data: {image_size: 32, batch_size: 8}\nautoencoder: {epochs: 1, decoder_width: 0.25}\n")
+    recipe = tmp_path / "tiny.yaml"  # its eps (the recipes': 1) gives way to the named encoder's
+    recipe.write_text(
+        "data: {image_size: 32, batch_size: 8}\nencoder: {eps: 1.0}\nautoencoder: {epochs: 1, decoder_width: 0.25}\n"
+    )
     out = tmp_path / "run"
     args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe)]
     result = runner.invoke(app, [*args, "--encoder", NAME, "--out", str(out), "--device", "cpu"])
@@ -357,3 +359,23 @@ def test_the_package_ships_the_recipes_encoder_its_twin_and_a_model_card() -> No
         path = fetch(name)  # hash-checked
         encoder = load_encoder_weights(Encoder(entry.backbone, width=entry.width), path)
         assert all(torch.isfinite(p).all() for p in encoder.parameters())
+
+
+def test_the_api_refuses_an_eps_its_named_encoder_is_not_robust_at(shipped: Path, synth_root: Path) -> None:
+    """A notebook user who set encoder.eps 3 over a recipe naming the eps-1 encoder got eps 1 without a word (the
+    name overwrote the eps); now that is refused before any work, and encoder_at_eps does what --eps does."""
+    from robust_ad.api import encoder_at_eps, resolve_encoder
+    from robust_ad.config import load_config
+    from robust_ad.errors import ConfigError
+
+    def config(**encoder: object):
+        return load_config(None, {"data_root": str(synth_root), "encoder": {"pretrained": SHIPPED, **encoder}})
+
+    assert resolve_encoder(config()).encoder.eps == 0.5  # no eps given: the name's
+    assert resolve_encoder(config(eps=0)).encoder.pretrained == "robust-ad-test-l2-eps0"  # eps 0: its twin
+    with pytest.raises(ConfigError, match=f"encoder.eps 3 contradicts encoder.pretrained {SHIPPED}, robust at eps 0.5"):
+        resolve_encoder(config(eps=3))
+    sibling = resolve_encoder(encoder_at_eps(config(), 2)).encoder
+    assert (sibling.pretrained, sibling.eps) == ("robust-ad-test-l2-eps2", 2)
+    trained = resolve_encoder(encoder_at_eps(config(), 0.25)).encoder  # none at 0.25: trained on the category
+    assert (trained.pretrained, trained.eps) == (None, 0.25)
