@@ -22,9 +22,11 @@ def _check_out(out: str | Path, suffix: str, force: bool, resume: bool = False) 
         check_writable(out, force)
 
 
-def _input_paths(paths: list[str | Path], files: list[Path]) -> list[Path]:
+def _input_paths(paths: str | Path | list[str | Path], files: list[Path]) -> list[Path]:
     """What a command reads: the files, and the folders it was given (an output may not lie inside either)."""
-    return [*files, *(Path(p) for p in paths if Path(p).is_dir())]
+    from robust_ad.scoring.files import as_list
+
+    return [*files, *(Path(p) for p in as_list(paths) if Path(p).is_dir())]
 
 
 def train_encoder(config: Config, categories: list[str], out: str | Path, resume: bool = False, force: bool = False):
@@ -499,7 +501,7 @@ def _check_finite(value: float | None, name: str) -> None:
 
 
 def score(
-    paths: list[str | Path],
+    paths: str | Path | list[str | Path],
     model: str | Path | None = None,
     out: str | Path = "results",
     threshold: float | None = None,
@@ -688,7 +690,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, **options) -> dic
 
 
 def denoise(
-    paths: list[str | Path],
+    paths: str | Path | list[str | Path],
     model: str | Path,
     out: str | Path,
     compare: bool = False,
@@ -711,13 +713,17 @@ def denoise(
     if sigma is not None and not 0 <= sigma <= 255:
         raise ConfigError(f"--sigma must be a noise level between 0 and 255 grey levels, got {sigma}")
     files = resolve_paths(paths)
-    names = Counter(p.name for p in files)
-    if max(names.values()) > 1:  # outputs keep the input names: one would silently replace the other
-        shared = next(name for name, count in names.items() if count > 1)
-        clash = [str(p) for p in files if p.name == shared][:2]
-        raise DataError(
-            f"two inputs share the file name {shared} ({', '.join(clash)}): denoise them into separate --out folders"
-        )
+    # outputs keep the input names, --compare pictures their stems (as PNG): one would silently replace the other
+    for what, name_of in [("file name", lambda p: p.name)] + [("name", lambda p: p.stem)] * compare:
+        names = Counter(name_of(p) for p in files)
+        if max(names.values()) > 1:
+            shared = next(name for name, count in names.items() if count > 1)
+            clash = [str(p) for p in files if name_of(p) == shared][:2]
+            also = " (--compare writes comparison/<name>.png)" if what == "name" else ""
+            raise DataError(
+                f"two inputs share the {what} {shared}{also} ({', '.join(clash)}): denoise them into separate --out "
+                "folders"
+            )
     with output_folder(out, force, "output folder", inputs=_input_paths(paths, files), models=[model]) as folder:
         return denoise_files(files, model, folder, compare, resolve_device(device), sigma, guard)
 

@@ -26,7 +26,7 @@ from robust_ad.tensors import to_tensor
 from robust_ad.training import autoencoder
 from robust_ad.training.engine import Engine
 from robust_ad.training.noise import NOISES, apply_noise
-from tests.conftest import tiny_config
+from tests.conftest import make_image, tiny_config
 
 runner = CliRunner()
 
@@ -160,6 +160,25 @@ def test_denoise_refuses_inputs_that_would_share_an_output_name(denoiser: Path, 
         result.output.split()
     )
     assert not (tmp_path / "out").exists()
+    # --compare writes comparison/<stem>.png: photo.jpg and photo.png would share one (the JPEG's was lost)
+    make_image(tmp_path / "stems" / "photo.png")
+    cv2.imwrite(str(tmp_path / "stems" / "photo.jpg"), np.full((32, 32, 3), 128, np.uint8))
+    args = ["denoise", str(tmp_path / "stems"), "--model", str(denoiser), "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, [*args, "--compare"])
+    assert result.exit_code == 2 and "share the name photo (--compare writes comparison/<name>.png)" in result.output
+    assert not (tmp_path / "out").exists()
+    assert runner.invoke(app, args).exit_code == 0  # without --compare the outputs keep distinct names
+
+
+def test_a_single_path_given_to_the_api_is_one_input(denoiser: Path, tmp_path: Path) -> None:
+    """api.denoise("in/a.png") split the string into characters ("i: no such file or folder")."""
+    from robust_ad.api import denoise
+
+    image = make_image(tmp_path / "in" / "a.png")
+    written, errors = denoise(str(image), denoiser, tmp_path / "out")
+    assert [row["path"] for row in written] == [str(image)] and not errors
+    written, _ = denoise(tmp_path / "in", denoiser, tmp_path / "out2")
+    assert len(written) == 1
 
 
 def test_detection_commands_name_a_denoising_model_for_what_it_is(

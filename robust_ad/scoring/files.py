@@ -43,10 +43,15 @@ class ScoreRun:
         return sum(row["verdict"] == "anomalous" for row in self.rows)
 
 
-def resolve_paths(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files from folders (recursively), files and glob patterns, in a stable order."""
+def as_list(inputs: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """Inputs as a list: one path given alone is one input (a string is not a sequence of characters here)."""
+    return [inputs] if isinstance(inputs, str | Path) else list(inputs)
+
+
+def resolve_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Image files from folders (recursively), files and glob patterns (one, or a list), in a stable order."""
     found: list[Path] = []
-    for item in inputs:
+    for item in as_list(inputs):
         path = Path(item)
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if is_image_file(p))
