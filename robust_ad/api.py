@@ -29,6 +29,32 @@ def _input_paths(paths: str | Path | list[str | Path], files: list[Path]) -> lis
     return [*files, *(Path(p) for p in as_list(paths) if Path(p).is_dir())]
 
 
+def synthesize(out: str | Path, category: str, **options) -> Path:
+    """``robust-ad datasets synth``: a built-in example category in the MVTec AD layout, exact masks, deterministic
+    by ``seed`` (options: :func:`robust_ad.data.synth.synthesize`'s size, n_train, n_test_good, n_per_defect,
+    seed, force)."""
+    from robust_ad.data.synth import synthesize as write_category
+
+    return write_category(out, category, **options)
+
+
+def assemble_corpus(out: str | Path, **options) -> dict:
+    """``robust-ad datasets corpus``: a pretraining corpus of photographs and photo textures; images per source
+    (options: :func:`robust_ad.data.corpus.assemble_corpus`'s)."""
+    from robust_ad.data.corpus import assemble_corpus as assemble
+
+    return assemble(out, **options)
+
+
+def check_dataset(data_root: str | Path, category: str, layout: str = "auto", seed: int = 0):
+    """``robust-ad datasets check``: decode every image and mask of a dataset; the report's ``problems`` make it
+    unusable (``usable``, ``reason()``), its ``notes`` are said but not refused."""
+    from robust_ad.data import AnomalyDataset
+    from robust_ad.data.check import check_dataset as check
+
+    return check(AnomalyDataset.load(data_root, category, layout, seed=seed))
+
+
 def train_encoder(config: Config, categories: list[str], out: str | Path, resume: bool = False, force: bool = False):
     """``robust-ad encoder train``: robust proxy training on the normal images of ``categories``."""
     from robust_ad.data.loading import labelled_files

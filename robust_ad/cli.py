@@ -113,9 +113,10 @@ def datasets_synth(
     force: bool = FORCE,
 ) -> None:
     """Write a built-in example category (MVTec AD layout, exact masks), deterministic by --seed."""
-    from robust_ad.data.synth import synthesize
+    from robust_ad.api import synthesize
 
-    path = synthesize(out, category, size, n_train, n_test_good, n_per_defect, seed, force)
+    counts = {"n_train": n_train, "n_test_good": n_test_good, "n_per_defect": n_per_defect}
+    path = synthesize(out, category, size=size, seed=seed, force=force, **counts)
     console.print(f"wrote {path}")
 
 
@@ -132,9 +133,18 @@ def datasets_corpus(
     force: bool = FORCE,
 ) -> None:
     """Assemble a pretraining corpus of real photographs and photo textures from installable packages."""
-    from robust_ad.data.corpus import CorpusSettings, assemble_corpus
+    from robust_ad.api import assemble_corpus
+    from robust_ad.data.corpus import CorpusSettings
 
-    counts = assemble_corpus(out, package or None, debs, photos or [], CorpusSettings(patch=patch), seed, force)
+    counts = assemble_corpus(
+        out,
+        packages=package or None,
+        debs=debs,
+        photo_folders=photos or [],
+        settings=CorpusSettings(patch=patch),
+        seed=seed,
+        force=force,
+    )
     for source, count in counts.items():
         console.print(f"{source}: {count} images")
     console.print(f"wrote {out}/manifest.csv ({sum(counts.values())} images)")
@@ -148,11 +158,10 @@ def datasets_check(
     seed: int = SEED,
 ) -> None:
     """Validate a dataset layout and print a summary; exit non-zero when it is not usable."""
-    from robust_ad.data import AnomalyDataset
-    from robust_ad.data.check import check_dataset
+    from robust_ad.api import check_dataset
     from robust_ad.errors import DataError
 
-    report = check_dataset(AnomalyDataset.load(data_root, category, layout, seed=seed))
+    report = check_dataset(data_root, category, layout, seed)
     dataset = report.dataset
     table = Table(title=f"{dataset.category} ({dataset.layout} layout, {dataset.root})")
     for column in ("split", "type", "images", "masks"):

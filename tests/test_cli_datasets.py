@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from robust_ad.cli import app
@@ -100,3 +101,15 @@ def test_subprocess_synth_and_check(tmp_path: Path) -> None:
         timeout=120,
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_the_datasets_commands_have_their_python_api(tmp_path: Path) -> None:
+    """`import robust_ad` then robust_ad.api (an AttributeError before), and datasets synth / check there."""
+    import robust_ad
+
+    path = robust_ad.api.synthesize(tmp_path, "bottle", size=32, n_train=6, n_test_good=2, n_per_defect=1)
+    assert path == tmp_path / "bottle"
+    report = robust_ad.api.check_dataset(tmp_path, "bottle")
+    assert report.usable and report.masks_matched == 5 and not report.notes
+    with pytest.raises(AttributeError, match="no attribute 'apii'"):
+        robust_ad.apii  # noqa: B018
