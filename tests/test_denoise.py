@@ -477,3 +477,21 @@ def test_eval_of_a_denoiser_prints_each_noise_level_in_its_own_unit(denoiser: Pa
     tile = size * factor, max(14, size * factor // 10) + size * factor  # width, height with its caption
     assert grid.shape[:2] == (len(settings) * (tile[1] + 2) + 2, (1 + methods) * (tile[0] + 2) + 2)
     assert grid.std() > 0.05  # pictures, not blank tiles
+
+
+def test_large_frames_go_through_the_network_in_tiles_without_seams(denoiser: Path, monkeypatch) -> None:
+    """A 12-megapixel frame took 7.5 GB whole (benchmarks/FINDINGS.md); in tiles with enough context around each,
+    on the frame's own stride grid, the correction is the whole frame's: no seam anywhere."""
+    import robust_ad.models.denoiser as module
+
+    model = load_denoiser(denoiser, torch.device("cpu"))
+    x = torch.rand(1, 3, 300, 260, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([25 / 255])
+    with torch.no_grad():
+        whole = model.correction(x, sigma)
+        monkeypatch.setattr(module, "TILE", 64)  # 5 x 5 tiles, the last ones partial
+        tiled = model.correction(x, sigma)
+        monkeypatch.setattr(module, "TILE_MARGIN", 8)  # too little context: the tiles show
+        thin = model.correction(x, sigma)
+    assert torch.allclose(tiled, whole, atol=1e-6)
+    assert (thin - whole).abs().max() > 1e-3

@@ -60,6 +60,11 @@ PROBE_SIZE = 256
 # (about 11 significant bits) still resolve.
 PROBE_STEP, MIN_PROBE_STEP = 0.01, 2e-3
 IMPULSE_SIGMAS = 4.0  # a saturated pixel this many sigma away from its 3x3 median is an impulse
+# Frames with a side over TILE px run through the network in tiles (multiples of the deepest stride, so that the
+# tiles keep the frame's grid), each with context around it: TILE_MARGIN px, plus 4 px per residual block of the
+# trunk (two 3x3 convolutions at stride 2). With 96 px the tiled correction of a 900x1000 frame equals the whole
+# frame's (64 px: 4e-5 grey levels off at most; 32 px: 0.1; tests/test_denoise.py checks it).
+TILE, TILE_MARGIN = 1024, 96
 VARIANCE_BLOCK = 16  # px: the blind guard reads the noise variance per square of this side (128 samples each)
 
 
@@ -249,7 +254,28 @@ class SkipDenoiser(Reconstructor):
 
     def correction(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """What the network adds to ``x``: the inverse Haar transform of its correction of the Haar coefficients
-        (the transform is linear and exact, so the input's own coefficients need no round trip)."""
+        (the transform is linear and exact, so the input's own coefficients need no round trip). Frames with a side
+        over ``TILE`` go through the network in tiles of that side, each with a margin of context on every side that
+        is cropped away, on the whole frame's grid of strides: no seams, and memory bounded by the tile instead of
+        growing with the frame (about 0.8 GB per megapixel in float32 on the CPU)."""
+        h, w = x.shape[-2:]
+        if max(h, w) <= TILE or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self._correction(x, sigma)
+        margin = TILE_MARGIN + 4 * len(self.decoder.trunk)
+        margin += -margin % MULTIPLE
+        out = torch.empty_like(x)
+        for top in range(0, h, TILE):
+            for left in range(0, w, TILE):
+                y0, x0 = max(0, top - margin), max(0, left - margin)
+                y1, x1 = min(h, top + TILE + margin), min(w, left + TILE + margin)
+                piece = self._correction(x[..., y0:y1, x0:x1], sigma)
+                rows, cols = min(TILE, h - top), min(TILE, w - left)
+                out[..., top : top + rows, left : left + cols] = piece[
+                    ..., top - y0 : top - y0 + rows, left - x0 : left - x0 + cols
+                ]
+        return out
+
+    def _correction(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         rows, cols = _padded_index(h, x.device), _padded_index(w, x.device)
         padded = x.index_select(2, rows).index_select(3, cols)
