@@ -144,7 +144,7 @@ def evaluate_denoising(
             psnr, ssim = image_quality(test, restored)
             rows.append({"noise": kind, "level": level, "method": method, "psnr": psnr, "ssim": ssim, "ms_per_mp": ms})
             if examples is not None:
-                label = level_text(kind, level) if kind == "none" else f"{kind} {level_text(kind, level)}"
+                label = "none" if kind == "none" else f"{kind} {level_text(kind, level)}"
                 setting = examples.setdefault(label, {})
                 setting[method] = (restored[0], image_quality(test[:1], restored[:1])[0])
     return rows

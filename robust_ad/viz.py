@@ -46,34 +46,48 @@ def overlay(
     return np.concatenate([strip, panels], axis=0)
 
 
-def _caption_strip(caption: str, width: int, height: int, colour: tuple[int, int, int]) -> np.ndarray:
-    """A dark (height, width, 3) strip in [0, 1] with ``caption`` in ``colour`` (RGB 0-255), shrunk to fit."""
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _fitting_scale(caption: str, width: int, height: int) -> float:
+    """The font scale of a ``height`` px strip, shrunk so that ``caption`` fits ``width`` px."""
+    scale = height / 30
+    text_width = cv2.getTextSize(caption, _FONT, scale, max(1, round(height / 20)))[0][0]
+    return scale * min(1.0, (width - 8) / text_width)
+
+
+def _caption_strip(
+    caption: str, width: int, height: int, colour: tuple[int, int, int], scale: float | None = None
+) -> np.ndarray:
+    """A dark (height, width, 3) strip in [0, 1] with ``caption`` in ``colour`` (RGB 0-255), at the font ``scale``
+    given (default: as large as fits)."""
     strip = np.full((height, width, 3), 30, np.uint8)  # OpenCV draws text on 8-bit images only
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, height / 30
-    thickness = max(1, round(height / 20))
-    text_width = cv2.getTextSize(caption, font, scale, thickness)[0][0]
-    scale *= min(1.0, (width - 8) / text_width)  # the whole caption fits a narrow or tall frame's strip
-    cv2.putText(strip, caption, (4, int(height * 0.75)), font, scale, colour, thickness, cv2.LINE_AA)
+    scale = _fitting_scale(caption, width, height) if scale is None else scale
+    cv2.putText(strip, caption, (4, int(height * 0.75)), _FONT, scale, colour, max(1, round(height / 20)), cv2.LINE_AA)
     return strip.astype(np.float32) / 255
 
 
 def denoising_grid(clean: np.ndarray, examples: dict[str, dict[str, tuple[np.ndarray, float]]]) -> np.ndarray:
     """One row per noise setting (``examples``: its label -> method -> (restored image, PSNR in dB)), the clean
-    image first; every tile captioned with its method and PSNR, the best of a row's methods in green."""
-    factor = max(1, -(-128 // clean.shape[1]))  # small images enlarged (nearest: pixels stay pixels) to be seen
-    strip = max(14, clean.shape[0] * factor // 10)
+    image first; every tile captioned with its method and PSNR in one font size, the best of a row's methods in
+    green."""
+    factor = max(1, -(-192 // clean.shape[1]))  # small images enlarged (nearest: pixels stay pixels) to be seen
+    width, strip = clean.shape[1] * factor, max(14, clean.shape[0] * factor // 10)
+    grey, green = (230, 230, 230), (100, 255, 100)
+    captioned = []  # per setting: (image, caption, colour) of each tile
+    for setting, methods in examples.items():
+        best = max((psnr for name, (_, psnr) in methods.items() if name != "noisy input"), default=None)
+        tiles = [(clean, f"clean; noise: {setting}", grey)]
+        tiles += [
+            (image, f"{name} {psnr:.1f} dB", green if psnr == best else grey) for name, (image, psnr) in methods.items()
+        ]
+        captioned.append(tiles)
+    scale = min(_fitting_scale(caption, width, strip) for tiles in captioned for _, caption, _ in tiles)
 
     def tile(image: np.ndarray, caption: str, colour: tuple[int, int, int]) -> np.ndarray:
         big = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
-        return np.concatenate([_caption_strip(caption, big.shape[1], strip, colour), big])
+        return np.concatenate([_caption_strip(caption, width, strip, colour, scale), big])
 
-    rows = []
-    for setting, methods in examples.items():
-        best = max((psnr for name, (_, psnr) in methods.items() if name != "noisy input"), default=None)
-        tiles = [tile(clean, f"clean; {setting}", (230, 230, 230))]
-        for name, (image, psnr) in methods.items():
-            colour = (100, 255, 100) if psnr == best else (230, 230, 230)
-            tiles.append(tile(image, f"{name} {psnr:.1f} dB", colour))
-        rows.append(tiles)
+    rows = [[tile(*parts) for parts in tiles] for tiles in captioned]
     width, blank = max(len(row) for row in rows), np.ones_like(rows[0][0])  # a method may decline a setting
     return _rows_to_grid([np.stack(row + [blank] * (width - len(row))) for row in rows])

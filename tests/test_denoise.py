@@ -473,7 +473,7 @@ def test_eval_of_a_denoiser_prints_each_noise_level_in_its_own_unit(denoiser: Pa
     methods = max(settings.values())  # the input, OpenCV NLM (its h tuned per setting), the model
     grid = read_image(tmp_path / "e" / "denoise_examples.png")
     size = rundir.read_config(denoiser).data.image_size
-    factor = -(-128 // size)
+    factor = -(-192 // size)
     tile = size * factor, max(14, size * factor // 10) + size * factor  # width, height with its caption
     assert grid.shape[:2] == (len(settings) * (tile[1] + 2) + 2, (1 + methods) * (tile[0] + 2) + 2)
     assert grid.std() > 0.05  # pictures, not blank tiles
