@@ -678,7 +678,7 @@ def denoise(
     from robust_ad.api import denoise as denoise_images
 
     written, errors = denoise_images(paths, model, out, compare, device, force, sigma, guard)
-    console.print(f"denoised {len(written)} images into {out}")
+    console.print(f"denoised {len(written)} image{'' if len(written) == 1 else 's'} into {out}")
     for error in errors:
         err_console.print(f"[yellow]skipped:[/yellow] {error['error']}", highlight=False, soft_wrap=True)
     if errors:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -22,7 +21,6 @@ from robust_ad.progress import track
 from robust_ad.tensors import to_images, to_tensor
 from robust_ad.training.noise import EVAL_LEVELS, NOISES, apply_noise, level_text
 
-log = logging.getLogger(__name__)
 MAX_PSNR = 100.0  # dB: the PSNR given to an exact copy
 NLM_STRENGTHS = (3, 6, 10, 15, 21, 30)  # OpenCV's h, tuned per noise and level on held-out images
 
@@ -65,8 +63,7 @@ def denoise_files(
         target = out / path.name
         try:
             raw = read_raw(path)
-        except ImageReadError as exc:
-            log.warning("%s", exc)
+        except ImageReadError as exc:  # listed by the caller (the CLI: 'skipped: ...')
             errors.append({"path": str(path), "error": str(exc)})
             continue
         noisy = to_float_rgb(raw)

@@ -70,10 +70,12 @@ def _refuse_overlap(path: Path, what: str, inputs: Iterable[str | Path], models:
     """
     resolved = path.resolve()
     checks = [*((real, True) for i in inputs for real in _real_locations(Path(i)))]
-    for item, both_ways in [*checks, *((Path(m).resolve(), False) for m in models)]:
-        if _inside(item, resolved) or (both_ways and _inside(resolved, item)):
+    for item, is_input in [*checks, *((Path(m).resolve(), False) for m in models)]:
+        if _inside(item, resolved) or (is_input and _inside(resolved, item)):
+            kind = "the input" if is_input else "the model"
             raise OverwriteError(
-                f"{what} {path} overlaps the input {item}: choose a folder outside it (inputs are never overwritten)"
+                f"{what} {path} overlaps {kind} {item}: choose a folder outside it (inputs and models are never "
+                "overwritten)"
             )
 
 

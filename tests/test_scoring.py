@@ -411,17 +411,19 @@ def test_force_never_clears_a_folder_holding_inputs_data_or_model(
     image.write_bytes((synth_root / "bottle" / "test" / "good" / "000.png").read_bytes())
     for out in (line, tmp_path / "line", tiny_run):  # the input folder, its parent, the model folder
         result = runner.invoke(app, ["score", str(image), "--model", str(tiny_run), "--out", str(out), "--force"])
-        assert result.exit_code == 2 and "inputs are never overwritten" in result.output, out
+        assert result.exit_code == 2 and "inputs and models are never overwritten" in result.output, out
+        kind = "the model" if out == tiny_run else "the input"  # said for what it is
+        assert f"overlaps {kind} " in " ".join(result.output.split()), out
     assert image.is_file() and (tiny_run / rundir.MODEL).is_file()
     result = runner.invoke(app, ["eval", "--model", str(tiny_run), "--out", str(synth_root), "--force"])
-    assert result.exit_code == 2 and "inputs are never overwritten" in result.output
+    assert result.exit_code == 2 and "inputs and models are never overwritten" in result.output
     before = sorted(synth_root.rglob("*.png"))
     category = synth_root / "bottle"
     for out in (synth_root, category, category / "train", category / "test", category / "test" / "new"):
         result = runner.invoke(
             app, ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(out), "--force"]
         )
-        assert result.exit_code == 2 and "inputs are never overwritten" in result.output, out
+        assert result.exit_code == 2 and "inputs and models are never overwritten" in result.output, out
     assert sorted(synth_root.rglob("*.png")) == before and not (category / "test" / "new").exists()
 
 
