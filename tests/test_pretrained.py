@@ -220,6 +220,8 @@ def test_encoder_list_and_unknown_names(monkeypatch) -> None:
     assert "…" not in result.output and "in package" in result.output  # no cell cut short
     result = runner.invoke(app, ["encoder", "fetch", "resnet50_l2_eps7"])
     assert result.exit_code == 2 and "unknown published encoder 'resnet50_l2_eps7'" in result.output
+    result = runner.invoke(app, ["encoder", "fetch", "resnet50_l2_eps33"])  # a slip: the nearest name first
+    assert result.exit_code == 2 and "(nearest: resnet50_l2_eps3, " in result.output
 
 
 def test_piped_output_is_160_columns_wide_unless_columns_says(monkeypatch) -> None:

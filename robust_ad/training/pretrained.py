@@ -17,6 +17,7 @@ every later use is checked against it.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import json
@@ -136,8 +137,8 @@ REGISTRY = _registry()
 
 def lookup(name: str) -> Published:
     if name not in REGISTRY:
-        close = [n for n in REGISTRY if n.split("_eps")[0] == name.split("_eps")[0]][:4]
-        hint = f" (e.g. {', '.join(close)})" if close else " ('robust-ad encoder list' shows them)"
+        close = difflib.get_close_matches(name, REGISTRY, n=4, cutoff=0.75)  # nearest spelling first
+        hint = f" (nearest: {', '.join(close)})" if close else " ('robust-ad encoder list' shows them)"
         raise ConfigError(f"unknown published encoder '{name}'{hint}")
     return REGISTRY[name]
 
