@@ -396,8 +396,9 @@ def _fit(model, config: Config, dataset, run_dir: Path, resume: bool, device):
     return train_files, val_set, corrupt, info, history
 
 
-def train(config: Config, out: str | Path, resume: bool = False, force: bool = False) -> Path:
-    """``robust-ad train``: robust encoder, then decoder, then calibration; returns the run folder.
+def train(config: Config | dict, out: str | Path, resume: bool = False, force: bool = False) -> Path:
+    """``robust-ad train``: robust encoder, then decoder, then calibration; returns the run folder. ``config``: a
+    :class:`~robust_ad.config.Config` (``load_config``), or a dict of settings over the default recipe.
 
     With ``resume`` the run folder's own config.yaml is used and training continues where it stopped.
     Everything that can be checked (config, model layers, dataset, run folder) is checked before training.
@@ -424,6 +425,8 @@ def train(config: Config, out: str | Path, resume: bool = False, force: bool = F
     from robust_ad.training.weights import load_encoder_weights
     from robust_ad.viz import reconstruction_grid
 
+    if isinstance(config, dict):
+        config = load_config("default", config)  # as train without --recipe
     run_dir = Path(out)
     _refuse_resume_or_overwrite(run_dir, resume, force)
     if resume:

@@ -113,3 +113,14 @@ def test_the_datasets_commands_have_their_python_api(tmp_path: Path) -> None:
     assert report.usable and report.masks_matched == 5 and not report.notes
     with pytest.raises(AttributeError, match="no attribute 'apii'"):
         robust_ad.apii  # noqa: B018
+
+
+def test_api_train_takes_a_dict_of_settings_over_the_default_recipe(synth_root: Path, tmp_path: Path) -> None:
+    """A notebook's api.train({...}) raised AttributeError: 'dict' object has no attribute 'encoder'."""
+    from robust_ad import api, rundir
+
+    settings = {"category": "bottle", "data_root": str(synth_root), "device": "cpu", "data": {"image_size": 32}}
+    settings["autoencoder"] = {"epochs": 1, "decoder_width": 0.25}
+    run = api.train(settings, tmp_path / "run")
+    config = rundir.read_config(run)
+    assert config.data.image_size == 32 and config.encoder.pretrained == "robust-ad-r18w05-l2-eps1"
