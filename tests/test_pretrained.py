@@ -139,7 +139,8 @@ def test_an_unpublished_hash_is_recorded_at_first_download_and_checked_after(che
 
 def test_an_unpublished_encoder_file_that_does_not_load_is_never_trusted(checkpoint, server, monkeypatch) -> None:
     """Without a published hash, the first file's was recorded whatever it held: junk put in the cache by hand was
-    'cached' and trusted ever after. Now it must load as a checkpoint first; encoder list says what it is."""
+    'cached' and trusted ever after. Now it must load as a checkpoint first (a download that does not is removed,
+    a file put there by hand is left); encoder list says what it is."""
     from robust_ad.api import list_encoders
 
     _with_hash(monkeypatch, None)
@@ -147,9 +148,10 @@ def test_an_unpublished_encoder_file_that_does_not_load_is_never_trusted(checkpo
     target.parent.mkdir(parents=True)
     target.write_bytes(b"junk!")
     assert {row["name"]: row["cached"] for row in list_encoders()}[NAME] == "not checked"
-    with pytest.raises(ModelError, match=f"not a readable PyTorch checkpoint .*from the cache: fetch {NAME}"):
+    with pytest.raises(ModelError, match=r"not a readable PyTorch checkpoint .*: replace it with the published file"):
         fetch(NAME)
-    assert not target.exists() and pretrained.expected_sha256(REGISTRY[NAME]) is None
+    assert target.read_bytes() == b"junk!" and pretrained.expected_sha256(REGISTRY[NAME]) is None  # the owner's
+    target.unlink()
     assert fetch(NAME) == target  # the real file, downloaded now, loads: its hash is recorded
     assert {row["name"]: row["cached"] for row in list_encoders()}[NAME] == "yes"
     target.write_bytes(b"junk!")

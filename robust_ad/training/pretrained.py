@@ -215,7 +215,7 @@ def fetch(name: str) -> Path:
     if target.is_file():
         actual = sha256_of(target)
         if expected is None:  # put there by hand before any download: checked as a download would be
-            return _trust_on_first_use(entry, target)
+            return _trust_on_first_use(entry, target, downloaded=False)
         if actual == expected:
             return target
         raise ModelError(
@@ -237,19 +237,22 @@ def fetch(name: str) -> Path:
         raise ModelError(f"cannot download {entry.url} ({reason}; offline?): {manual}") from None
     except ValueError as exc:  # pooch: the hash does not match; it has removed the file
         raise ModelError(f"{entry.url}: downloaded file refused ({str(exc).splitlines()[0]})") from None
-    return path if expected else _trust_on_first_use(entry, path)
+    return path if expected else _trust_on_first_use(entry, path, downloaded=True)
 
 
-def _trust_on_first_use(entry: Published, path: Path) -> Path:
-    """An encoder file without a published hash: refused (and removed) unless it is a readable checkpoint, else its
-    hash is recorded, and every later use is checked against it."""
+def _trust_on_first_use(entry: Published, path: Path, downloaded: bool) -> Path:
+    """An encoder file without a published hash: refused unless it is a readable checkpoint (a ``downloaded`` one
+    is removed; one put there by hand is left for its owner), else its hash is recorded, and every later use is
+    checked against it."""
     from robust_ad.training.weights import read_state_dict
 
     try:
         read_state_dict(path)
     except ModelError as exc:
-        path.unlink()
-        raise ModelError(f"{exc}; removed it from the cache: fetch {entry.name} again") from None
+        if downloaded:
+            path.unlink()
+            raise ModelError(f"{exc}; removed it from the cache: fetch {entry.name} again") from None
+        raise ModelError(f"{exc}: replace it with the published file, or delete it to download that") from None
     write_json(cache_dir() / "hashes.json", {**_recorded_hashes(), entry.name: sha256_of(path)})
     log.warning("%s has no published SHA-256; recorded the hash of %s", entry.name, path)
     return path
