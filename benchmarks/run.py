@@ -92,9 +92,9 @@ PROFILES = {
             "categories": ["bottle", "fabric", "gravel"],
             "finetune_epochs": 5,
             "attack": {"steps": 10, "restarts": 1},
-            # Example data of other seeds too, every variant: robust against its twin, and
-            # against from scratch where seed 0 saturates (fabric: 1.000 both), is within the spread between data
-            # seeds at this scale (benchmarks/score_weights.py): judged on the mean.
+            # Example data of other seeds too, every variant: robust against its twin, and against from scratch
+            # where seed 0 saturates (fabric: 1.000 both), is within the spread between data seeds at this scale
+            # (benchmarks/score_weights.py): judged on the mean.
             "seeds": [0, 1, 2],
             # Decoder epochs here (the sections above: 15). At 15 the decoders were still learning the pretrained
             # features (benchmarks/decoder_probe.py: colour error and AUROC both better at 45); the example
