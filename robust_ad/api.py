@@ -233,11 +233,11 @@ def with_published_encoder(config: Config) -> Config:
         return from_scratch(config) if name else config
     entry = lookup(name)
     if "eps" in config.encoder.model_fields_set and config.encoder.eps not in (0, entry.eps):  # given, not default
+        eps = f"{config.encoder.eps:g}"
         raise ConfigError(
-            f"encoder.eps {config.encoder.eps:g} contradicts encoder.pretrained {name}, robust at eps {entry.eps:g}: "
-            "name an encoder robust at that eps ('robust-ad encoder list'), set encoder.pretrained to null to train "
-            f"one on the category, or pass the config through robust_ad.api.encoder_at_eps(config, "
-            f"{config.encoder.eps:g}), as train --eps does"
+            f"encoder.eps {eps} contradicts encoder.pretrained {name}, robust at eps {entry.eps:g}: name an encoder "
+            f"robust at eps {eps} ('robust-ad encoder list'; train --eps {eps} without --encoder picks one, as "
+            "robust_ad.api.encoder_at_eps does), or train one on the category (--encoder scratch)"
         )
     if config.encoder.eps == 0 and entry.eps != 0:
         entry = lookup(entry.twin)
@@ -255,14 +255,20 @@ def with_published_encoder(config: Config) -> Config:
 
 
 def with_encoder_file(config: Config) -> Config:
-    """``config`` with the backbone and width recorded in its ``encoder.weights`` file where that is a robust-ad
-    encoder file: the file, not the recipe, decides the architecture its weights fit."""
+    """``config`` with the backbone, width and eps recorded in its ``encoder.weights`` file where that is a robust-ad
+    encoder file: the file, not the recipe, decides the architecture its weights fit and the eps the run records.
+    Other weights files do not say their eps: the run records the config's (``--eps``)."""
     from robust_ad.training.encoder import file_architecture
 
-    recorded = file_architecture(config.encoder.weights) if config.encoder.weights else None
+    weights = config.encoder.weights
+    recorded = file_architecture(weights) if weights else None
     if recorded is None or all(getattr(config.encoder, k) == v for k, v in recorded.items()):
         return config
-    log.info("%s: a %s encoder of width %g: using that architecture", config.encoder.weights, *recorded.values())
+    if recorded["eps"] != config.encoder.eps:
+        log.warning(
+            "%s was trained at eps %g: the run records that, not %g", weights, recorded["eps"], config.encoder.eps
+        )
+    log.info("%s: a %s encoder of width %g: using that architecture", weights, recorded["backbone"], recorded["width"])
     return config.model_copy(update={"encoder": config.encoder.model_copy(update=recorded)})
 
 

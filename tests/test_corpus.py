@@ -118,9 +118,9 @@ def test_pretrain_on_a_corpus_then_train_a_category_on_that_encoder(synth_root: 
     args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe)]
     run_dir = tmp_path / "run"
     args += ["--encoder-weights", str(encoder), "--out", str(run_dir), "--device", "cpu"]
-    result = runner.invoke(app, args)  # the recipe says width 0.25: the file's own architecture wins
-    assert result.exit_code == 0, result.output
-    assert rundir.read_config(run_dir).encoder.width == 0.125
+    result = runner.invoke(app, [*args, "--eps", "2"])  # the recipe says width 0.25: the file's own architecture
+    assert result.exit_code == 0, result.output  # wins, and its eps (0.5) is what the run records, not --eps 2
+    assert (rundir.read_config(run_dir).encoder.width, rundir.read_config(run_dir).encoder.eps) == (0.125, 0.5)
     trained, pretrained = rundir.load_model(run_dir).encoder, EncoderRun.load(encoder)[0].encoder
     for name, value in pretrained.stages.state_dict().items():  # the file's weights, as they were (no fine-tune)
         torch.testing.assert_close(trained.stages.state_dict()[name], value, msg=name)

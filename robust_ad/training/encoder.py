@@ -79,8 +79,8 @@ class EncoderRun:
 
 
 def file_architecture(path: str | Path) -> dict[str, Any] | None:
-    """The backbone and width that a robust-ad encoder file (``encoder train`` / ``encoder pretrain``) records, or
-    None for other weights files (torchvision's, the ``robustness`` library's), which do not say."""
+    """The backbone, width and eps that a robust-ad encoder file (``encoder train`` / ``encoder pretrain``) records,
+    or None for other weights files (torchvision's, the ``robustness`` library's), which do not say."""
     try:
         payload = load_checkpoint(path)
     except ModelError:
@@ -88,7 +88,7 @@ def file_architecture(path: str | Path) -> dict[str, Any] | None:
     if payload.get("format") != FORMAT or not isinstance(payload.get("config"), dict):
         return None
     config = EncoderConfig(**payload["config"])
-    return {"backbone": config.backbone, "width": config.width}
+    return {"backbone": config.backbone, "width": config.width, "eps": config.eps}
 
 
 class EncoderTask(Task):

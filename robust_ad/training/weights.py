@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import pickle
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -63,7 +64,14 @@ def _restricted_pickle_module(skipped: set[str]) -> types.SimpleNamespace:
 
 
 def _load(path: Path) -> object:
-    """The checkpoint object: weights_only first; a restricted unpickler for dill/robustness files."""
+    """The checkpoint object: weights_only first; a restricted unpickler for dill/robustness files. torch's
+    warnings about a file's pickle protocol are not shown: a file that does not load is said in one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return _load_quietly(path)
+
+
+def _load_quietly(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -85,8 +93,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         checkpoint = _load(path)
     except Exception as exc:  # a damaged or foreign file fails anywhere in the unpickler (KeyError, struct.error...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({first})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {first})") from exc
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("modules"), dict):  # robust-ad's encoder files
         checkpoint = checkpoint["modules"].get("classifier", checkpoint)
     if isinstance(checkpoint, dict):
