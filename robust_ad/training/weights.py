@@ -94,7 +94,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         checkpoint = _load(path)
     except Exception as exc:  # a damaged or foreign file fails anywhere in the unpickler (KeyError, struct.error...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {first})") from exc
+        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({detail})") from exc
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("modules"), dict):  # robust-ad's encoder files
         checkpoint = checkpoint["modules"].get("classifier", checkpoint)
     if isinstance(checkpoint, dict):
