@@ -34,15 +34,21 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
+def quiet_load(path: str | Path, **options: Any) -> Any:
+    """``torch.load`` onto the CPU without torch's note on a foreign file's pickle protocol: a file that does not
+    load is said by the caller, in one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", **options)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by :func:`save_checkpoint`, loaded without executing pickled code."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint {path} not found")
     try:
-        with warnings.catch_warnings():  # torch's note on a foreign file's pickle protocol: the error says enough
-            warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = quiet_load(path, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         raise ModelError(f"{path}: corrupt or not a robust-ad checkpoint ({type(exc).__name__})") from exc
     if not isinstance(payload, dict):

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import pickle
 import types
-import warnings
 from pathlib import Path
 
 import torch
 
 from robust_ad.errors import ModelError
 from robust_ad.models.encoder import Encoder
+from robust_ad.tensors import quiet_load
 
 # robustness checkpoints wrap the model twice: module.model.* (used) and module.attacker.model.* (a copy);
 # module.normalizer.* / module.attacker.normalize.* hold the normaliser, which our encoder has built in.
@@ -64,21 +64,12 @@ def _restricted_pickle_module(skipped: set[str]) -> types.SimpleNamespace:
 
 
 def _load(path: Path) -> object:
-    """The checkpoint object: weights_only first; a restricted unpickler for dill/robustness files. torch's
-    warnings about a file's pickle protocol are not shown: a file that does not load is said in one line."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return _load_quietly(path)
-
-
-def _load_quietly(path: Path) -> object:
+    """The checkpoint object: weights_only first; a restricted unpickler for dill/robustness files."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return quiet_load(path, weights_only=True)
     except pickle.UnpicklingError:
         skipped: set[str] = set()
-        checkpoint = torch.load(
-            path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module(skipped)
-        )
+        checkpoint = quiet_load(path, weights_only=False, pickle_module=_restricted_pickle_module(skipped))
         if skipped:
             names = ", ".join(sorted(skipped)[:4]) + (" ..." if len(skipped) > 4 else "")
             log.info("%s: kept the weights, skipped %d pickled objects (%s)", path.name, len(skipped), names)
