@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robust_ad.errors import RobustADError
+from robust_ad.errors import RobustADError, counted
 
 
 def _table_width() -> int | None:
@@ -146,8 +146,8 @@ def datasets_corpus(
         force=force,
     )
     for source, count in counts.items():
-        console.print(f"{source}: {count} images")
-    console.print(f"wrote {out}/manifest.csv ({sum(counts.values())} images)")
+        console.print(f"{source}: {counted(count, 'image')}")
+    console.print(f"wrote {out}/manifest.csv ({counted(sum(counts.values()), 'image')})")
 
 
 @datasets_app.command("check")
@@ -477,7 +477,7 @@ def score(
 
     run = score_images(paths, model, out, threshold, batch, device, onnx, force, category)
     console.print(f"model: {run.model}")
-    table = Table(title=f"{len(run.rows)} images scored, {run.n_anomalous} anomalous ({out}/scores.csv)")
+    table = Table(title=f"{counted(len(run.rows), 'image')} scored, {run.n_anomalous} anomalous ({out}/scores.csv)")
     for column in ("path", "score", "normalised", "verdict"):
         table.add_column(column)
     for row in run.rows[:50]:
@@ -678,7 +678,7 @@ def denoise(
     from robust_ad.api import denoise as denoise_images
 
     written, errors = denoise_images(paths, model, out, compare, device, force, sigma, guard)
-    console.print(f"denoised {len(written)} image{'' if len(written) == 1 else 's'} into {out}")
+    console.print(f"denoised {counted(len(written), 'image')} into {out}")
     for error in errors:
         err_console.print(f"[yellow]skipped:[/yellow] {error['error']}", highlight=False, soft_wrap=True)
     if errors:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from robust_ad.errors import ConfigError
+from robust_ad.errors import ConfigError, counted
 
 COMPONENTS = ("pixel", "ssim", "feature", "memory", "nearest", "energy", "colour")
 NOISES = ("gaussian", "poisson", "salt_pepper", "jpeg", "sensor")
@@ -215,7 +215,7 @@ def _one_line(exc: ValidationError, where: str) -> ConfigError:
     if first["type"] == "extra_forbidden":
         return ConfigError(f"{where}: unknown key '{key}'")
     extra = exc.error_count() - 1
-    more = f" (and {extra} more problem{'s' if extra > 1 else ''})" if extra else ""
+    more = f" (and {counted(extra, 'more problem')})" if extra else ""
     return ConfigError(f"{where}: {key} = {first['input']!r} is not valid: {message}{more}")
 
 

@@ -27,3 +27,8 @@ class OverwriteError(RobustADError):
 
 class BusyError(RobustADError):
     """Another robust-ad process is writing the same folder."""
+
+
+def counted(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless the count is one: '1 image', '3 images'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

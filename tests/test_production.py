@@ -232,6 +232,9 @@ def test_score_without_model_uses_the_runs_folder(
     assert "no finished run for category 'screw'" in _one_line_error(
         runner.invoke(app, ["score", images, "--category", "screw", "--out", "results3"])
     )
+    one = sorted(Path(images).iterdir())[0]
+    result = runner.invoke(app, ["score", str(one), "--out", "results4"])
+    assert result.exit_code == 0 and "1 image scored," in result.output, result.output
 
 
 def test_datasets_check_lists_every_problem(synth_root: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from robust_ad.data.dataset import AnomalyDataset
 from robust_ad.data.images import is_image_file, list_images, read_raw
 from robust_ad.data.layouts import layout_folders
-from robust_ad.errors import ImageReadError
+from robust_ad.errors import ImageReadError, counted
 from robust_ad.progress import track
 
 
@@ -32,7 +32,7 @@ class CheckReport:
         """One line saying why the dataset is not usable ('' when it is)."""
         if self.problems:
             extra = len(self.problems) - 1
-            more = f" (and {extra} more problem{'s' if extra > 1 else ''}, all listed above)" if extra else ""
+            more = f" (and {counted(extra, 'more problem')}, all listed above)" if extra else ""
             return self.problems[0] + more
         if not self.dataset.test:
             return f"category '{self.dataset.category}' has no test images"
@@ -94,7 +94,7 @@ def _unused(dataset: AnomalyDataset) -> list[str]:
     if unused:
         many = len(unused) > 1
         notes.append(
-            f"{len(unused)} mask file{'s' if many else ''} under {masks} belong{'' if many else 's'} to no defect "
+            f"{counted(len(unused), 'mask file')} under {masks} belong{'' if many else 's'} to no defect "
             f"image and {'are' if many else 'is'} not used (one is {unused[0].relative_to(masks)}): a mask is named "
             "after its image "
             f"({'<defect type>/<stem>_mask.png' if dataset.layout == 'mvtec' else '<stem>.png or <stem>_mask.png'})"
