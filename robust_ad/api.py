@@ -255,18 +255,31 @@ def with_published_encoder(config: Config) -> Config:
 
 
 def with_encoder_file(config: Config) -> Config:
-    """``config`` with the backbone, width and eps recorded in its ``encoder.weights`` file where that is a robust-ad
-    encoder file: the file, not the recipe, decides the architecture its weights fit and the eps the run records.
-    Other weights files do not say their eps: the run records the config's (``--eps``)."""
+    """``config`` with the architecture and eps of its ``encoder.weights`` file where the file says them: a robust-ad
+    encoder file records them, and a published or shipped encoder used by path is known by its hash. The file, not
+    the recipe, decides the architecture its weights fit and the eps the run records. Other weights files do not say
+    their eps: the run records the config's (``--eps``)."""
     from robust_ad.training.encoder import file_architecture
+    from robust_ad.training.pretrained import identify
 
     weights = config.encoder.weights
-    recorded = file_architecture(weights) if weights else None
-    if recorded is None or all(getattr(config.encoder, k) == v for k, v in recorded.items()):
+    if not weights or not Path(weights).is_file():
+        return config
+    recorded, what = file_architecture(weights), "a robust-ad encoder file"
+    if recorded is None:
+        entry = identify(weights)
+        if entry is None:
+            return config
+        recorded, what = {k: getattr(entry, k) for k in ("backbone", "norm", "width", "eps")}, f"encoder {entry.name}"
+    if all(getattr(config.encoder, k) == v for k, v in recorded.items()):
         return config
     if recorded["eps"] != config.encoder.eps:
         log.warning(
-            "%s was trained at eps %g: the run records that, not %g", weights, recorded["eps"], config.encoder.eps
+            "%s (%s) was trained at eps %g: the run records that, not %g",
+            weights,
+            what,
+            recorded["eps"],
+            config.encoder.eps,
         )
     log.info("%s: a %s encoder of width %g: using that architecture", weights, recorded["backbone"], recorded["width"])
     return config.model_copy(update={"encoder": config.encoder.model_copy(update=recorded)})

@@ -383,3 +383,20 @@ def test_the_api_refuses_an_eps_its_named_encoder_is_not_robust_at(shipped: Path
     assert (sibling.pretrained, sibling.eps) == ("robust-ad-test-l2-eps2", 2)
     trained = resolve_encoder(encoder_at_eps(config(), 0.25)).encoder  # none at 0.25: trained on the category
     assert (trained.pretrained, trained.eps) == (None, 0.25)
+
+
+def test_a_registry_file_used_by_path_records_its_own_eps(shipped: Path, checkpoint, server, monkeypatch) -> None:
+    """--encoder-weights with a shipped or downloaded encoder's file recorded the recipe's eps (they do not carry
+    it); the registry knows them by hash. An unknown foreign file still records the config's eps."""
+    from robust_ad.api import resolve_encoder
+    from robust_ad.config import load_config
+
+    def resolved(weights: Path):
+        return resolve_encoder(load_config(None, {"encoder": {"weights": str(weights), "eps": 1.0}})).encoder
+
+    sibling = resolved(shipped / "robust-ad-test-l2-eps2.pt")
+    assert (sibling.eps, sibling.width, sibling.backbone) == (2.0, 0.125, "resnet18")
+    assert resolved(checkpoint[0]).eps == 1.0  # not in the registry yet: the config's
+    _with_hash(monkeypatch, None)
+    downloaded = fetch(NAME)  # its hash recorded at the first download
+    assert resolved(downloaded).eps == 3.0 and resolved(checkpoint[0]).eps == 3.0  # the same bytes anywhere

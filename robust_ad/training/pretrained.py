@@ -177,6 +177,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def identify(path: str | Path) -> Published | None:
+    """The registry's encoder whose file ``path`` is, by SHA-256 (published, shipped, or recorded at the first
+    download), if any: such a file used by path says its architecture and eps through the registry."""
+    recorded = _recorded_hashes()
+    known = {entry.sha256 or recorded.get(entry.name): entry for entry in REGISTRY.values()}
+    known.pop(None, None)
+    return known.get(sha256_of(Path(path)))
+
+
 def shipped_path(entry: Published) -> Path:
     return shipped_folder() / entry.filename
 
