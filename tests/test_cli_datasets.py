@@ -20,6 +20,13 @@ def test_help_lists_commands() -> None:
     assert result.exit_code == 0 and "datasets" in result.output
 
 
+def test_help_shows_flags_without_a_value_type() -> None:
+    """typer 0.29 labels every flag <bool>, as if --force took a value: pyproject keeps it below."""
+    result = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "160"})
+    line = next(row for row in result.output.splitlines() if "--force" in row)
+    assert "<bool>" not in line and "BOOLEAN" not in line, result.output
+
+
 def test_synth_then_check(tmp_path: Path) -> None:
     args = [
         "datasets",
