@@ -23,8 +23,11 @@ SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def load_rgb_uint8(path: Path) -> np.ndarray:
-    """Any 8/16-bit grayscale/RGB/RGBA file as uint8 RGB (the conversion robust-ad uses)."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """Any 8/16-bit grayscale/RGB/RGBA file as uint8 RGB, turned as its EXIF orientation says (the conversion
+    robust-ad uses). These flags keep the bit depth, drop alpha and apply the orientation; OpenCV's TIFF reader
+    applies it in any mode, and only IMREAD_UNCHANGED reads every TIFF."""
+    tiff = path.suffix.lower() in {".tif", ".tiff"}
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED if tiff else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if image is None:
         raise ValueError(f"{path}: unreadable image")
     if image.dtype == np.uint16:

@@ -189,6 +189,88 @@ def test_truncated_jpeg_is_refused(tmp_path: Path) -> None:
         read_image(path)
 
 
+def _jpeg_with_thumbnail(path: Path, image: np.ndarray) -> bytes:
+    """A JPEG whose EXIF block holds a thumbnail (a whole JPEG, end marker included) ahead of the image's data."""
+    from PIL import Image
+
+    thumbnail = cv2.imencode(".jpg", image[::4, ::4])[1].tobytes()
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    Image.fromarray(image).save(path, "JPEG", exif=exif.tobytes() + thumbnail)
+    return path.read_bytes()
+
+
+def test_complete_files_with_trailing_data_read_and_cut_ones_do_not(tmp_path: Path) -> None:
+    """Phones append a video after a JPEG's end, cameras metadata after a PNG's: complete files, which were refused
+    as truncated; a JPEG cut after its thumbnail's end marker is still truncated."""
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for suffix in (".png", ".jpg"):
+        path = tmp_path / f"trailer{suffix}"
+        path.write_bytes(cv2.imencode(suffix, image)[1].tobytes() + b"ftypmp42" + bytes(2048) + b"\xff\xd8")
+        assert read_image(path).shape == (64, 64, 3)
+    data = _jpeg_with_thumbnail(tmp_path / "thumb.jpg", image)
+    assert read_image(tmp_path / "thumb.jpg").shape == (64, 64, 3)
+    (tmp_path / "cut.jpg").write_bytes(data[: data.index(b"\xff\xda", data.rindex(b"\xff\xd9", 0, 2000)) + 40])
+    with pytest.raises(ImageReadError, match="truncated JPEG"):
+        read_image(tmp_path / "cut.jpg")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_the_exif_orientation_is_applied_as_viewers_show_it(tmp_path: Path, fmt: str) -> None:
+    """OpenCV's IMREAD_UNCHANGED ignores the tag (its TIFF reader aside): a mask drawn on the image as shown did not
+    line up with the pixels read, and denoise's output came out turned."""
+    from PIL import Image, ImageOps
+
+    from robust_ad.data.images import read_raw
+
+    pixels = np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    pixels[:6, :6] = 255
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.{fmt.lower()}"
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(pixels).save(path, fmt, exif=exif, **({"quality": 100} if fmt in ("JPEG", "WEBP") else {}))
+        shown = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+        np.testing.assert_array_equal(read_raw(path)[:, :, ::-1], shown, err_msg=f"orientation {orientation}")
+
+
+def test_signed_integer_images_are_refused_in_one_line(tmp_path: Path) -> None:
+    """An int16 TIFF (X-ray, thermal cameras) was clipped to [0, 1]: almost all white, and denoise wrote it back so."""
+    cv2.imwrite(str(tmp_path / "signed.tif"), (np.arange(64 * 64) % 4000).astype(np.int16).reshape(64, 64))
+    with pytest.raises(ImageReadError, match=r"signed\.tif: int16 pixels are not supported"):
+        read_image(tmp_path / "signed.tif")
+
+
+def test_masks_with_an_opaque_alpha_channel_mark_only_the_defect(tmp_path: Path) -> None:
+    """Annotation tools save masks with an opaque black background: the maximum over the channels, alpha included,
+    made every pixel a defect pixel. A mask drawn in alpha alone still reads."""
+    from PIL import Image
+
+    colour = np.zeros((32, 32), np.uint8)
+    colour[4:8, 4:8] = 255
+    opaque = np.full((32, 32), 255, np.uint8)
+    Image.fromarray(np.dstack([colour, opaque]), "LA").save(tmp_path / "grey-alpha.png")  # OpenCV reads 4 channels
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.dstack([colour, colour, colour, opaque]))
+    cv2.imwrite(str(tmp_path / "alpha-only.png"), np.dstack([np.zeros_like(colour)] * 3 + [colour]))
+    for name in ("grey-alpha.png", "rgba.png", "alpha-only.png"):
+        assert read_mask(tmp_path / name).sum() == 16, name
+
+
+def test_a_mask_made_smaller_keeps_thin_defects_where_they_are() -> None:
+    """Nearest-neighbour sampling took each cell's top-left pixel: a 1 px scratch vanished at 1/4 size unless its
+    column was a multiple of 4, and blocks moved by half a pixel."""
+    from robust_ad.data.images import resize_mask
+
+    scratch = np.zeros((1024, 1024), bool)
+    scratch[100:900, 501] = True
+    small = resize_mask(scratch, 256)
+    assert small[30:220, 125].all() and small.sum(axis=0).nonzero()[0].tolist() == [125]
+    block = np.zeros((1024, 1024), bool)
+    block[512:520, 512:520] = True
+    assert np.argwhere(resize_mask(block, 256)).tolist() == [[128, 128], [128, 129], [129, 128], [129, 129]]
+    np.testing.assert_array_equal(resize_mask(resize_mask(block, 256), 1024)[::4, ::4], resize_mask(block, 256))
+
+
 def test_skip_bad_skips_and_default_raises(synth_root: Path, tmp_path: Path) -> None:
     for i in range(3):
         make_image(tmp_path / "good" / f"{i}.png", seed=i)

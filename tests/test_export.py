@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -301,6 +302,24 @@ def test_example_script_scores_a_folder(onnx_file: Path, synth_root: Path, tmp_p
         np.stack([read_image(Path(line.split("\t")[0])) for line in lines])
     )[1]
     np.testing.assert_allclose([float(line.split("\t")[1]) for line in lines], scores, atol=1e-3)
+
+
+def test_example_script_reads_frames_as_robust_ad_does(onnx_file: Path, synth_root: Path, tmp_path: Path) -> None:
+    """A JPEG turned by its EXIF tag and a 16-bit grey frame score as robust-ad reads them."""
+    from PIL import Image
+
+    source = cv2.imread(str(sorted((synth_root / "bottle" / "test" / "scratch").iterdir())[0]))[:, :, ::-1]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (folder := tmp_path / "frames").mkdir()
+    Image.fromarray(np.ascontiguousarray(np.rot90(source))).save(folder / "turned.jpg", quality=95, exif=exif)
+    cv2.imwrite(str(folder / "grey16.png"), (source.mean(axis=2) * 257).astype(np.uint16))
+    result = _example_script(onnx_file, folder)
+    assert result.returncode in (0, 1), result.stderr
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    images = np.stack([read_image(Path(path)) for path, *_ in lines])
+    expected = InferenceSession(onnx_file, device="cpu").predict(images)[1]
+    np.testing.assert_allclose([float(score) for _, score, _ in lines], expected, atol=1e-2)
 
 
 def test_example_script_lists_an_unreadable_file_scores_the_rest_and_exits_3(

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from robust_ad.data.dataset import AnomalyDataset
-from robust_ad.data.images import is_image_file, list_images, read_raw
+from robust_ad.data.images import is_image_file, list_images, read_raw, to_mask
 from robust_ad.data.layouts import layout_folders
 from robust_ad.errors import ImageReadError, counted
 from robust_ad.progress import track
@@ -74,7 +72,7 @@ def check_dataset(dataset: AnomalyDataset) -> CheckReport:
             report.problems.append(
                 f"{sample.mask_path}: mask size {mask.shape[1::-1]} differs from image {image.shape[1::-1]}"
             )
-        elif not np.any(mask):
+        elif not to_mask(mask).any():
             report.problems.append(f"{sample.mask_path}: mask of a defective image is empty")
         else:
             report.masks_matched += 1

@@ -2,13 +2,16 @@
 
 Conversion rules (documented in the README):
 - 8-bit images are divided by 255, 16-bit by 65535 (a warning, once, when 16-bit values stay below 4096: 12-bit
-  camera data), float images are clipped to [0, 1].
+  camera data), float images are clipped to [0, 1]; other pixel types (signed integers, 32-bit) are refused.
 - Grayscale is replicated to three channels; RGBA drops its alpha channel; OpenCV's BGR becomes RGB.
-- Masks: any non-zero pixel is a defect pixel.
+- An EXIF orientation tag is applied: pixels come out as viewers show them.
+- Masks: any non-zero colour pixel is a defect pixel (an alpha channel is the mask only where the colours are all
+  zero); a mask resized smaller marks every pixel that any defect pixel falls in.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -35,12 +38,60 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else []
 
 
+def _jpeg_complete(data: bytes) -> bool:
+    """Whether the JPEG's segments reach its end-of-image marker (data after it, such as a phone's appended video
+    or a camera's metadata, is allowed; an embedded thumbnail's own marker does not count)."""
+    pos = 2
+    while pos + 1 < len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill byte, restart, TEM: no length
+            pos += 1 if marker == 0xFF else 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:  # entropy-coded data: the next marker is an 0xFF not followed by 0x00 or a restart
+            while (pos := data.find(b"\xff", pos)) >= 0 and pos + 1 < len(data):
+                following = data[pos + 1]
+                if following != 0xFF and following != 0x00 and not 0xD0 <= following <= 0xD7:
+                    break
+                pos += 1 if following == 0xFF else 2
+            else:
+                return False
+    return False
+
+
 def _check_complete(data: bytes, path: Path) -> None:
     """OpenCV decodes truncated PNG/JPEG files silently (grey tail); refuse them instead."""
-    if data.startswith(b"\x89PNG") and not data.rstrip(b"\x00").endswith(_PNG_END):
+    if data.startswith(b"\x89PNG") and _PNG_END not in data:
         raise ImageReadError(f"{path}: truncated PNG (no IEND chunk)")
-    if data.startswith(b"\xff\xd8") and _JPEG_END not in data[-1024:]:
+    if data.startswith(b"\xff\xd8") and not _jpeg_complete(data):
         raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
+
+
+def _orientation(data: bytes) -> int:
+    """The EXIF orientation tag of a JPEG, PNG or WebP file (1 to 8; 1 when there is none), which OpenCV ignores
+    when it keeps the bit depth (its TIFF reader applies the tag itself: 1 for TIFF)."""
+    from PIL import Image
+
+    if not data.startswith((b"\xff\xd8", b"\x89PNG")) and data[8:12] != b"WEBP":
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # reads the header only
+            value = header.getexif().get(0x0112, 1)
+    except Exception:  # a format Pillow cannot parse has no tag it could read either
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _oriented(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` turned as EXIF ``orientation`` says a viewer shows it (Pillow's ImageOps.exif_transpose)."""
+    if orientation in (5, 6, 7, 8):  # the ones with a transpose
+        image = image.swapaxes(0, 1)
+    flips = {2: (1,), 3: (0, 1), 4: (0,), 5: (), 6: (1,), 7: (0, 1), 8: (0,)}.get(orientation, ())
+    return np.ascontiguousarray(np.flip(image, flips) if flips else image)
 
 
 def read_raw(path: str | Path) -> np.ndarray:
@@ -56,7 +107,15 @@ def read_raw(path: str | Path) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
-    return image
+    if image.dtype not in (np.uint8, np.uint16) and image.dtype.kind != "f":
+        raise ImageReadError(
+            f"{path}: {image.dtype} pixels are not supported (8- or 16-bit unsigned, or float in [0, 1]): convert "
+            "the image to 16-bit unsigned"
+        )
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in (1, 3, 4):
+        raise ImageReadError(f"{path}: {channels} channels are not supported (grey, RGB or RGBA)")
+    return _oriented(image, _orientation(data))
 
 
 def to_float_rgb(image: np.ndarray) -> np.ndarray:
@@ -90,17 +149,28 @@ def read_image(path: str | Path) -> np.ndarray:
     return to_float_rgb(read_raw(path))
 
 
+def to_mask(raw: np.ndarray) -> np.ndarray:
+    """A decoded mask as a boolean HxW array: any non-zero colour pixel is a defect pixel. An alpha channel (grey +
+    alpha, RGBA) is the mask only where the colours are all zero: an opaque background is not a defect."""
+    if raw.ndim == 2:
+        return raw > 0
+    colour = raw[:, :, :3] if raw.shape[2] == 4 else raw
+    mask = colour.max(axis=2) > 0
+    return mask if mask.any() or raw.shape[2] != 4 else raw[:, :, 3] > 0
+
+
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a defect mask as a boolean HxW array (non-zero = defect)."""
-    raw = read_raw(path)
-    if raw.ndim == 3:
-        raw = raw.max(axis=2)
-    return raw > 0
+    """Read a defect mask as a boolean HxW array (:func:`to_mask`)."""
+    return to_mask(read_raw(path))
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """``mask`` at ``size`` (height, width). Made smaller, a pixel is a defect pixel when any defect pixel falls in
+    it (a thin scratch is never lost, and nothing shifts); made larger, the nearest pixel's label (centred)."""
     height, width = (size, size) if isinstance(size, int) else size
-    return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+    shrinks = height <= mask.shape[0] and width <= mask.shape[1]
+    interpolation = cv2.INTER_AREA if shrinks else cv2.INTER_NEAREST_EXACT
+    return cv2.resize(mask.astype(np.float32), (width, height), interpolation=interpolation) > 0
 
 
 def to_uint(image: np.ndarray, dtype: np.dtype | type = np.uint8) -> np.ndarray:
