@@ -462,6 +462,24 @@ def test_predict_folds_batch_norms_into_the_convolutions_and_scores_as_before(ti
     assert fold_batch_norms(scorer.model) == 0  # already folded
 
 
+def test_folding_keeps_every_feature_layer_the_same() -> None:
+    """conv1 as a feature layer: folding bn1 into it made 'conv1' the batch norm's output, so scoring compared
+    features unlike the calibrated ones."""
+    from robust_ad.models.encoder import Encoder
+
+    encoder = Encoder("resnet18", "layer1", ["conv1", "layer1"], width=0.25)
+    encoder.train()
+    with torch.no_grad():
+        for _ in range(3):  # batch norm statistics far from the identity
+            encoder(torch.rand(4, 3, 32, 32) * 3)
+    images = torch.rand(2, 3, 32, 32)
+    before = encoder.eval().features(images)
+    assert fold_batch_norms(encoder) > 0  # the blocks' batch norms still fold
+    after = encoder.features(images)
+    for name in ("conv1", "bn1", "layer1"):
+        torch.testing.assert_close(after[name], before[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
 def test_colour_response_is_the_least_squares_map_and_falls_back_to_the_cast() -> None:
     rng = np.random.default_rng(0)
     image = torch.tensor(rng.uniform(0.3, 0.7, (50, 3)))

@@ -15,6 +15,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from robust_ad.models.encoder import Encoder
+
 
 def _pairs(module: nn.Module) -> list[tuple[str, str]]:
     """Names of (convolution, batch norm) children of ``module`` where the convolution's output is the batch
@@ -33,15 +35,29 @@ def _pairs(module: nn.Module) -> list[tuple[str, str]]:
     ]
 
 
+def _read_stages(module: nn.Module) -> set[int]:
+    """The encoder stages whose own output is read (a feature layer, the cut layer): folding the batch norm after
+    such a convolution would change that output (``encoder.feature_layers: [conv1, ...]``)."""
+    return {
+        id(stage)
+        for encoder in module.modules()
+        if isinstance(encoder, Encoder)
+        for name, stage in encoder.stages.named_children()
+        if name in {encoder.layer, *encoder.feature_layers}
+    }
+
+
 def fold_batch_norms(module: nn.Module) -> int:
-    """Fold, in place, every batch norm of ``module`` that directly follows a convolution into it; the batch norm
-    becomes an Identity. The outputs stay the same (to rounding) in eval mode, the only mode this is for: the
-    module is put in eval mode, and trained afterwards it would train without those batch norms. Returns how many
-    were folded (0 the second time)."""
+    """Fold, in place, every batch norm of ``module`` that directly follows a convolution into it, unless the
+    convolution's own output is read as a feature; the batch norm becomes an Identity. The outputs stay the same (to
+    rounding) in eval mode, the only mode this is for: the module is put in eval mode, and trained afterwards it
+    would train without those batch norms. Returns how many were folded (0 the second time)."""
     module.eval()
-    folded = 0
+    folded, read = 0, _read_stages(module)
     for parent in list(module.modules()):
         for conv, norm in _pairs(parent):
+            if id(getattr(parent, conv)) in read:
+                continue
             setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, norm)))
             setattr(parent, norm, nn.Identity())
             folded += 1
