@@ -62,9 +62,9 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float 
     masks = masks.astype(bool)
     if not masks.any() or masks.all():
         return None
-    fpr, pro = pro_curve(masks, maps, fpr_limit)
-    keep = fpr <= fpr_limit
-    fpr, pro = np.concatenate([[0.0], fpr[keep]]), np.concatenate([[0.0], pro[keep]])
-    if fpr[-1] < fpr_limit:  # close the curve at the limit
-        fpr, pro = np.append(fpr, fpr_limit), np.append(pro, pro[-1])
+    curve_fpr, curve_pro = pro_curve(masks, maps, fpr_limit)
+    keep = curve_fpr <= fpr_limit
+    fpr, pro = np.concatenate([[0.0], curve_fpr[keep]]), np.concatenate([[0.0], curve_pro[keep]])
+    if fpr[-1] < fpr_limit:  # closed at the limit on the line to the next point, as MVTec AD's evaluation does
+        fpr, pro = np.append(fpr, fpr_limit), np.append(pro, np.interp(fpr_limit, curve_fpr, curve_pro))
     return float(np.trapezoid(pro, fpr) / fpr_limit)
