@@ -18,10 +18,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; asking for CUDA without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    kind, _, index = name.partition(":")
+    if name != "cpu" and (kind != "cuda" or (index and not index.isdigit())):
+        raise ConfigError(f"unknown device '{name}' (choose auto, cpu, cuda or cuda:N)")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but no CUDA GPU is available (use --device auto or cpu)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"unknown device '{name}' (choose auto, cpu or cuda)")
     return torch.device(name)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_ad.errors import ModelError
+from robust_ad.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -125,12 +125,25 @@ def size_warning(shape: tuple[int, ...], size: int | None) -> str | None:
     )
 
 
-def choose_providers(device: str = "auto") -> list[str]:
-    """Execution providers to try, best first: GPU ones for 'auto'/'cuda' when installed, CPU always last."""
+def gpu_index(device: str) -> int | None:
+    """The GPU that ``device`` asks for ('cuda' is GPU 0, 'cuda:N' GPU N), None for 'auto' (GPU 0 if usable) and
+    'cpu'; anything else is refused, as the torch path refuses it (a typo such as 'gpu' ran on the CPU unsaid)."""
+    if device in ("auto", "cpu"):
+        return None
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and (not index or index.isdigit()):
+        return int(index or 0)
+    raise ConfigError(f"unknown device '{device}' (choose auto, cpu, cuda or cuda:N)")
+
+
+def choose_providers(device: str = "auto") -> list[str | tuple[str, dict[str, str]]]:
+    """Execution providers to try, best first: GPU ones for 'auto'/'cuda[:N]' when installed (on GPU N), CPU
+    always last."""
     import onnxruntime as ort
 
+    index = gpu_index(device)
     available = ort.get_available_providers()
-    gpu = [p for p in GPU_PROVIDERS if p in available] if device in ("auto", "cuda") else []
+    gpu = [p for p in GPU_PROVIDERS if p in available] if device != "cpu" else []
     if "TensorrtExecutionProvider" in gpu and not ctypes.util.find_library("nvinfer"):
         gpu.remove("TensorrtExecutionProvider")  # onnxruntime-gpu lists it even where TensorRT is not installed
     if gpu and hasattr(ort, "preload_dlls"):
@@ -138,7 +151,8 @@ def choose_providers(device: str = "auto") -> list[str]:
             ort.preload_dlls()
         except Exception as exc:  # a CPU-only machine: the CPU provider is used below
             log.debug("could not preload CUDA libraries: %s", exc)
-    return [*gpu, "CPUExecutionProvider"]
+    on_gpu = [(name, {"device_id": str(index)}) for name in gpu] if index else gpu
+    return [*on_gpu, "CPUExecutionProvider"]
 
 
 def _gpu_driver_installed() -> bool:
@@ -165,10 +179,10 @@ class InferenceSession:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{path}: not a loadable ONNX model ({first})") from exc
         used = self.session.get_providers()
-        if device in ("auto", "cuda") and not any(p in used for p in GPU_PROVIDERS):
+        if device != "cpu" and not any(p in used for p in GPU_PROVIDERS):
             # a warning where a GPU was asked for, or where one is installed (its driver) and could not be used; on
             # a machine without a GPU (device auto) the CPU is expected: said quietly
-            level = logging.WARNING if device == "cuda" or _gpu_driver_installed() else logging.INFO
+            level = logging.WARNING if device != "auto" or _gpu_driver_installed() else logging.INFO
             log.log(level, "no usable GPU execution provider: running on CPU")
         self.providers = used
         raw = dict(self.session.get_modelmeta().custom_metadata_map)

@@ -189,6 +189,24 @@ def test_onnx_on_a_machine_without_a_gpu_runs_quietly_unless_a_gpu_is_asked_for(
         assert said == ["WARNING"]
 
 
+def test_onnx_device_names_are_checked_and_cuda_n_picks_gpu_n(onnx_file: Path, monkeypatch) -> None:
+    """--device gpu or cuda:0 with --onnx ran on the CPU without a word; the torch path refused the first."""
+    import onnxruntime as ort
+
+    from robust_ad import runtime
+    from robust_ad.errors import ConfigError
+
+    for typo in ("gpu", "cuda:x", "cuda0"):
+        with pytest.raises(ConfigError, match=f"unknown device '{typo}'"):
+            InferenceSession(onnx_file, device=typo)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.delattr(ort, "preload_dlls", raising=False)
+    assert runtime.choose_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": "1"}), "CPUExecutionProvider"]
+    on_gpu_0 = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert runtime.choose_providers("cuda") == runtime.choose_providers("auto") == on_gpu_0
+    assert runtime.choose_providers("cpu") == ["CPUExecutionProvider"]
+
+
 def test_runtime_warns_when_frames_have_another_aspect_ratio(onnx_file: Path, caplog) -> None:
     session = InferenceSession(onnx_file, device="cpu")
     with caplog.at_level("WARNING"):

@@ -333,3 +333,22 @@ def test_an_interrupted_command_says_so_and_exits_130(monkeypatch, tmp_path: Pat
     monkeypatch.undo()  # the half-written category is marked synthetic: --force replaces it
     path = synth.synthesize(tmp_path, "bottle", 32, 3, 1, 1, force=True)
     assert len(list((path / "train" / "good").iterdir())) == 3
+
+
+def test_torch_device_names_are_checked_in_one_line() -> None:
+    from robust_ad.device import resolve_device
+    from robust_ad.errors import ConfigError
+
+    assert resolve_device("cpu").type == "cpu"
+    for typo in ("gpu", "cuda:x", "cpu:0"):
+        with pytest.raises(ConfigError, match=f"unknown device '{typo}'"):
+            resolve_device(typo)
+
+
+def test_one_empty_folder_given_alone_is_named_whole(tmp_path: Path) -> None:
+    from robust_ad.errors import DataError
+    from robust_ad.scoring.files import resolve_paths
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=rf"^no images found in {tmp_path / 'empty'} \(suffixes"):
+        resolve_paths(str(tmp_path / "empty"))

@@ -63,7 +63,7 @@ def resolve_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
             raise DataError(f"{item}: no such file or folder")
     if not found:
         raise DataError(
-            f"no images found in {', '.join(map(str, inputs))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
+            f"no images found in {', '.join(map(str, as_list(inputs)))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     return list(dict.fromkeys(found))
 
