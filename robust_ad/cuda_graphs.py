@@ -29,11 +29,15 @@ class GraphedForward:
         self.module = module
         self.failed = False
         self.graphs: dict[tuple, tuple[torch.Tensor, torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
+        self.state = buffer_state(module)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.failed:
             return self._eager(x)
+        if (state := buffer_state(self.module)) != self.state:  # e.g. recalibrated: captured again
+            self.graphs.clear()
+            self.state = state
         key = (tuple(x.shape), x.dtype)
         if key not in self.graphs:
             try:
@@ -62,6 +66,13 @@ class GraphedForward:
         with torch.cuda.graph(graph):
             outputs = self.module(static_input)
         return static_input, graph, _as_tuple(outputs)
+
+
+def buffer_state(module: nn.Module) -> tuple[int, ...]:
+    """Where ``module``'s own buffers are: a buffer replaced by another tensor (a memory bank of a new length,
+    statistics resampled or dropped, the module moved) changes it, and a graph captured before would read the
+    freed tensor. Buffers updated in place keep their place, and graphs see their new values."""
+    return tuple(buffer.data_ptr() for buffer in module.buffers(recurse=False))
 
 
 def _as_tuple(outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -91,6 +91,21 @@ def test_cuda_scoring_replays_one_captured_graph_for_every_batch(tiny_run: Path,
     assert np.abs(first.maps - maps.cpu().numpy()).max() <= 10 * CPU_CUDA_SCORE_BOUND
 
 
+def test_cuda_scoring_captures_again_after_a_recalibration(tiny_run: Path, synth_root: Path) -> None:
+    """load_memory gives the scorer a new memory bank: the graph captured before read the freed one."""
+    from robust_ad.scoring.inference import replayed
+
+    images = _test_images(synth_root)[:4]
+    scorer, fresh = rundir.load_scorer(tiny_run, "cuda"), rundir.load_scorer(tiny_run, "cuda")
+    predict(scorer, images)
+    statistics = {name: value * 1.5 for name, value in scorer.memory_statistics().items()}
+    statistics["memory_bank"] = statistics["memory_bank"][: len(statistics["memory_bank"]) // 2]
+    for target in (scorer, fresh):
+        target.load_memory(statistics)
+    np.testing.assert_allclose(predict(scorer, images).scores, predict(fresh, images).scores, atol=1e-5)
+    assert len(replayed(scorer).graphs) == 1
+
+
 def test_cuda_encoder_training_and_denoising(synth_root: Path, tmp_path: Path) -> None:
     from robust_ad.api import train
 

@@ -644,3 +644,18 @@ def test_a_camera_switched_between_colour_and_mono_is_warned_of(
     with caplog.at_level("WARNING"):  # grey frames for a colour model: said too
         InferenceSession(onnx_file, device="cpu").predict(np.full((1, 32, 32, 3), 0.5, np.float32))
     assert "frames are grey but the model was trained on colour images" in caplog.text
+
+
+def test_a_recalibrated_scorer_shows_its_new_buffers_to_a_captured_graph(tiny_run: Path) -> None:
+    """A CUDA graph replays the tensors it captured: GraphedForward captures again when the scorer's own buffers
+    move (tests/test_cuda.py replays it on a GPU)."""
+    from robust_ad.cuda_graphs import buffer_state
+
+    scorer = rundir.load_scorer(tiny_run)
+    before = buffer_state(scorer)
+    scorer.load_normalisation(rundir.read_calibration(tiny_run).model_dump())  # in place: same buffers
+    assert buffer_state(scorer) == before
+    statistics = scorer.memory_statistics()
+    statistics["memory_bank"] = statistics["memory_bank"][:10]
+    scorer.load_memory(statistics)
+    assert buffer_state(scorer) != before
