@@ -56,6 +56,8 @@ def write_yaml(path: str | Path, data: Any) -> Path:
 
 
 LOCK_NAME = ".robust-ad.lock"
+MARK_NAME = ".robust-ad.json"  # in each output folder: what robust-ad wrote it as, and the entries it wrote there
+_OWN = {LOCK_NAME, MARK_NAME}
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -130,8 +132,49 @@ def _clear(path: Path) -> None:
             child.unlink()
 
 
+def _entries(path: Path) -> set[str]:
+    return {child.name for child in path.iterdir()} - _OWN
+
+
 def has_content(path: Path) -> bool:
-    return path.is_dir() and any(child.name != LOCK_NAME for child in path.iterdir())
+    return path.is_dir() and bool(_entries(path))
+
+
+def _mark(path: Path) -> dict[str, Any] | None:
+    """What robust-ad recorded of the folder ``path`` (its kind and entries), None where it wrote no record."""
+    try:
+        mark = json.loads((path / MARK_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return mark if isinstance(mark, dict) and isinstance(mark.get("entries"), list) else None
+
+
+def _record(path: Path, what: str, entries: set[str]) -> None:
+    write_json(path / MARK_NAME, {"kind": what, "entries": sorted(entries)})
+
+
+def _refuse_foreign(path: Path, what: str) -> None:
+    """--force clears only a folder that robust-ad wrote as the same kind of output and that holds nothing else (a
+    typo such as --out runs instead of runs/bottle cleared every run in it, and any file of the user's)."""
+    mark = _mark(path)
+    if mark is None:
+        raise OverwriteError(
+            f"{what} {path} holds files that robust-ad did not write there ({_some(_entries(path))}): --force only "
+            f"replaces a folder robust-ad wrote as a {what}; choose another folder, or empty this one yourself"
+        )
+    if mark.get("kind") != what:
+        raise OverwriteError(f"{path} is a {mark.get('kind')} of robust-ad, not a {what}: --force does not replace it")
+    foreign = _entries(path) - set(mark["entries"])
+    if foreign:
+        raise OverwriteError(
+            f"{what} {path} also holds {_some(foreign)}, which robust-ad did not write: --force would delete "
+            "them; move them out first"
+        )
+
+
+def _some(names: set[str]) -> str:
+    shown = sorted(names)[:3]
+    return ", ".join(shown) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 @contextmanager
@@ -171,8 +214,17 @@ def output_folder(
         if has_content(path) and not keep:
             if not force:
                 raise OverwriteError(f"{what} {path} is not empty; pass --force to overwrite it")
+            _refuse_foreign(path, what)
             _clear(path)
-        yield path
+        mark = _mark(path)
+        before = _entries(path)
+        ours = before & set(mark["entries"]) if mark is not None else before  # --resume of a folder of before
+        _record(path, what, ours)
+        _record_in_parent(path)
+        try:
+            yield path
+        finally:
+            _record(path, what, ours | (_entries(path) - before))  # what this call wrote, even if it failed
     except BaseException:
         if created and not has_content(path):
             lock.release()
@@ -181,6 +233,14 @@ def output_folder(
     finally:
         _HELD.discard(path.resolve())
         lock.release()
+
+
+def _record_in_parent(path: Path) -> None:
+    """A folder written inside another output folder (a run's eval/) is recorded there as its own."""
+    parent = path.parent
+    mark = _mark(parent)
+    if mark is not None and path.name not in mark["entries"]:
+        _record(parent, mark["kind"], {*mark["entries"], path.name})
 
 
 def check_writable(path: str | Path, force: bool) -> Path:

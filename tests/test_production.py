@@ -211,7 +211,8 @@ def test_data_root_defaults_to_the_environment_then_the_usual_places(
     recipe = tiny_recipe(tmp_path, autoencoder={"epochs": 1})
     result = runner.invoke(app, ["train", "--category", "fabric", "--recipe", str(recipe)])  # user's own words
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load((work / "runs" / "fabric" / rundir.CONFIG).read_text())["data_root"] == "datasets/mvtec"
+    recorded = yaml.safe_load((work / "runs" / "fabric" / rundir.CONFIG).read_text())["data_root"]
+    assert recorded == str(work / "datasets" / "mvtec")  # absolute: eval finds it from any working directory
 
 
 def test_score_without_model_uses_the_runs_folder(
@@ -261,6 +262,41 @@ def test_force_never_replaces_a_real_dataset_or_a_models_files(
     export = ["export", "--model", str(tiny_run), "--out", str(tiny_run / rundir.MODEL), "--force"]
     assert "--out must name an .onnx file" in _one_line_error(runner.invoke(app, export))
     assert (tiny_run / rundir.MODEL).read_bytes() == model
+
+
+def test_force_replaces_only_what_robust_ad_wrote_there(tiny_run: Path, synth_root: Path, tmp_path: Path) -> None:
+    """A user trial: 'train --out allruns --force' (runs/bottle meant) deleted two trained runs and notes.txt, and
+    'score --out keep --force' a run and a report; now refused, nothing deleted. A folder robust-ad wrote as the
+    same kind of output is still replaced, its eval/ folder included."""
+    images = str(synth_root / "bottle" / "test" / "good")
+    allruns = tmp_path / "allruns"
+    _copy_run(tiny_run, allruns / "bottle")
+    (allruns / "notes.txt").write_text("precious")
+    train = ["train", "--category", "bottle", "--data-root", str(synth_root), "--epochs", "1", "--force"]
+    line = _one_line_error(runner.invoke(app, [*train, "--out", str(allruns)]))
+    assert "holds files that robust-ad did not write there (bottle, notes.txt)" in line, line
+    assert (allruns / "notes.txt").read_text() == "precious" and (allruns / "bottle" / rundir.MODEL).is_file()
+    assert "is a run folder of robust-ad, not a results folder" in _one_line_error(
+        runner.invoke(app, ["score", images, "--model", str(tiny_run), "--out", str(allruns / "bottle"), "--force"])
+    )
+    results = tmp_path / "results"
+    for _ in range(2):  # its own results folder: replaced
+        assert (
+            runner.invoke(app, ["score", images, "--model", str(tiny_run), "--out", str(results), "--force"]).exit_code
+            == 0
+        )
+    (results / "report_for_boss.txt").write_text("important")
+    line = _one_line_error(
+        runner.invoke(app, ["score", images, "--model", str(tiny_run), "--out", str(results), "--force"])
+    )
+    assert (
+        "also holds report_for_boss.txt, which robust-ad did not write" in line
+        and (results / "report_for_boss.txt").is_file()
+    )
+    run = allruns / "bottle"
+    assert runner.invoke(app, ["eval", "--model", str(run)]).exit_code == 0  # run/eval/, recorded in the run folder
+    assert runner.invoke(app, [*train, "--out", str(run)]).exit_code == 0
+    assert not (run / "eval").exists() and (run / rundir.MODEL).is_file()
 
 
 def test_force_never_clears_a_dataset_linked_into_the_data_root(
