@@ -71,7 +71,7 @@ def _visa(root: Path, with_masks: bool = True) -> Path:
     rows.append("candle,test,normal,candle/Data/Images/Normal/100.JPG,")
     for i in range(2):
         make_image(base / "Images" / "Anomaly" / f"{i:03d}.JPG", value=0.8, seed=i)
-        mask = f"candle/Data/Masks/Anomaly/{i:03d}.png"
+        mask = f"candle/Data/Masks/Anomaly/{i:03d}.png" if with_masks else ""
         if with_masks:
             make_mask(root / mask)
         rows.append(f"candle,test,anomaly,candle/Data/Images/Anomaly/{i:03d}.JPG,{mask}")
@@ -99,6 +99,28 @@ def test_a_visa_split_file_with_an_unknown_label_or_split_is_refused(tmp_path: P
     assert AnomalyDataset.load(tmp_path, "candle", val_fraction=0.25).layout == "visa"
 
 
+def test_a_visa_split_file_that_contradicts_itself_is_refused(tmp_path: Path) -> None:
+    """A user trial: an anomalous image in the train split was trained on as normal (and counted among the held-out
+    normals), an image in both splits was scored on; a mask file that does not exist was dropped without a word."""
+    split = _visa(tmp_path) / "split_csv" / "1cls.csv"
+    text = split.read_text()
+    split.write_text(
+        text.replace(
+            "candle,test,anomaly,candle/Data/Images/Anomaly/000", "candle,train,anomaly,candle/Data/Images/Anomaly/000"
+        )
+    )
+    with pytest.raises(DataError, match=r"line 7: an anomalous image in the train split"):
+        AnomalyDataset.load(tmp_path, "candle")
+    split.write_text(text + "candle,test,normal,candle/Data/Images/Normal/001.JPG,\n")
+    with pytest.raises(DataError, match=r"line 10: candle/Data/Images/Normal/001.JPG is listed already \(line 3\)"):
+        AnomalyDataset.load(tmp_path, "candle")
+    split.write_text(text.replace("Masks/Anomaly/001.png", "Masks/Anomaly/001_typo.png"))
+    report = check_dataset(AnomalyDataset.load(tmp_path, "candle"))
+    assert not report.usable and "001_typo.png: cannot open" in report.reason()
+    split.write_bytes(b"\xef\xbb\xbf" + text.encode())  # saved by a spreadsheet
+    assert check_dataset(AnomalyDataset.load(tmp_path, "candle")).usable
+
+
 def test_defects_without_masks_still_load(tmp_path: Path) -> None:
     ds = AnomalyDataset.load(_visa(tmp_path, with_masks=False), "candle")
     assert not ds.has_masks()
@@ -118,6 +140,8 @@ def test_folder_layout_with_defect_subfolders(tmp_path: Path) -> None:
     assert ds.defect_types == ["dent", "scratch"]
     assert len(ds.test) == 4 and len(ds.train) + len(ds.val) == 8
     assert ds.has_masks("scratch") and not ds.has_masks("dent")
+    make_mask(tmp_path / "masks" / "dent" / "d0.PNG")  # any image suffix, any case (it was unused)
+    assert AnomalyDataset.load(tmp_path, "parts").has_masks("dent")
 
 
 def test_folder_masks_of_a_name_shared_by_two_defect_types_are_refused_unless_kept_per_type(tmp_path: Path) -> None:
@@ -343,3 +367,11 @@ def test_check_notes_empty_defect_folders_and_masks_of_no_defect_image(tmp_path:
     make_mask(tmp_path / "plain" / "masks" / "d9.png")
     notes = check_dataset(AnomalyDataset.load(tmp_path / "plain", "x", test_normal_fraction=0.34)).notes
     assert any("belongs to no defect image and is not used (one is d9.png)" in n for n in notes)
+
+
+def test_a_line_with_good_parts_only_checks_as_trainable(tmp_path: Path) -> None:
+    """'datasets check' refused what 'train' accepts (a new line, no defects collected yet)."""
+    for i in range(4):
+        make_image(tmp_path / "good" / f"{i}.png", seed=i)
+    report = check_dataset(AnomalyDataset.load(tmp_path, "x"))
+    assert report.usable and any("has no test images: it trains" in note for note in report.notes)

@@ -24,7 +24,9 @@ class CheckReport:
 
     @property
     def usable(self) -> bool:
-        return not self.problems and bool(self.dataset.train) and bool(self.dataset.test)
+        """Whether it can be trained on (a line with good parts only can: ``notes`` says what its lack of test images
+        costs)."""
+        return not self.problems and bool(self.dataset.train)
 
     def reason(self) -> str:
         """One line saying why the dataset is not usable ('' when it is)."""
@@ -32,8 +34,6 @@ class CheckReport:
             extra = len(self.problems) - 1
             more = f" (and {counted(extra, 'more problem')}, all listed above)" if extra else ""
             return self.problems[0] + more
-        if not self.dataset.test:
-            return f"category '{self.dataset.category}' has no test images"
         return ""
 
 
@@ -77,6 +77,11 @@ def check_dataset(dataset: AnomalyDataset) -> CheckReport:
         else:
             report.masks_matched += 1
     report.notes += _notes(train_sizes, grey) + _unused(dataset)
+    if not dataset.test:
+        report.notes.append(
+            f"category '{dataset.category}' has no test images: it trains, and its threshold comes from held-out "
+            "good images; 'eval' needs labelled test images (good and defective)"
+        )
     return report
 
 
@@ -95,7 +100,7 @@ def _unused(dataset: AnomalyDataset) -> list[str]:
             f"{counted(len(unused), 'mask file')} under {masks} belong{'' if many else 's'} to no defect "
             f"image and {'are' if many else 'is'} not used (one is {unused[0].relative_to(masks)}): a mask is named "
             "after its image "
-            f"({'<defect type>/<stem>_mask.png' if dataset.layout == 'mvtec' else '<stem>.png or <stem>_mask.png'})"
+            f"({'<defect type>/<stem>_mask.png' if dataset.layout == 'mvtec' else '<stem>[_mask], any image suffix'})"
         )
     return notes
 

@@ -84,7 +84,8 @@ def read_visa(root: Path, category: str, split_csv: Path | None = None) -> tuple
         raise DataError(f"VisA split file {split_csv} not found (expected <root>/split_csv/1cls.csv)")
     train: list[Sample] = []
     test: list[Sample] = []
-    with split_csv.open(newline="") as handle:
+    lines: dict[str, int] = {}
+    with split_csv.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark too
         reader = csv.DictReader(handle)
         missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
         if missing:
@@ -93,28 +94,36 @@ def read_visa(root: Path, category: str, split_csv: Path | None = None) -> tuple
             if row["object"] != category:
                 continue
             label, split = row["label"].strip().lower(), row["split"].strip().lower()
+            where = f"{split_csv}, line {line}"
             if label not in VISA_LABELS or split not in ("train", "test"):  # a typo must not move an image silently
                 raise DataError(
-                    f"{split_csv}, line {line}: label {row['label']!r} and split {row['split']!r} must be one of "
+                    f"{where}: label {row['label']!r} and split {row['split']!r} must be one of "
                     f"{'/'.join(VISA_LABELS)} and train/test"
                 )
             anomalous = label == "anomaly"
-            mask = root / row["mask"] if anomalous and row["mask"].strip() else None
-            sample = Sample(
-                root / row["image"],
-                int(anomalous),
-                "anomaly" if anomalous else NORMAL,
-                mask if mask is not None and mask.is_file() else None,
-            )
+            if anomalous and split == "train":
+                raise DataError(f"{where}: an anomalous image in the train split (robust-ad trains on normal images)")
+            image = row["image"].strip()
+            if image in lines:
+                raise DataError(f"{where}: {image} is listed already (line {lines[image]}): each image once")
+            lines[image] = line
+            mask = root / row["mask"].strip() if anomalous and row["mask"].strip() else None  # missing: a problem
+            sample = Sample(root / image, int(anomalous), "anomaly" if anomalous else NORMAL, mask)
             (train if split == "train" else test).append(sample)
     return train, test
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    """The image files of ``folder`` by stem, any image suffix in any case (a mask.PNG or mask.bmp too)."""
+    return {path.stem: path for path in reversed(list_images(folder))}  # the first by name where stems repeat
 
 
 def read_folder(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     """Plain folder: good/, defect/ (images, or one subfolder per defect type), optional masks/.
 
-    Masks are matched by stem: masks/<type>/<stem>[_mask].png, else masks/<stem>[_mask].png; a mask of the shared
-    folder whose stem names images of several defect types is refused (it would mark the wrong type's pixels).
+    Masks are matched by stem (any image suffix): masks/<type>/<stem>[_mask].png, else masks/<stem>[_mask].png; a
+    mask of the shared folder whose stem names images of several defect types is refused (it would mark the wrong
+    type's pixels).
     All images are returned as candidates; the dataset moves a seeded fraction of the good ones to the test split.
     """
     base = _folder_base(root, category)
@@ -126,12 +135,13 @@ def read_folder(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     masks = base / "masks"
     images = [(path, defect) for folder, defect in groups for path in list_images(folder)]
     stems = Counter(path.stem for path, _ in images)
+    by_stem = {folder: _by_stem(masks / folder) for folder in {"", *(defect for _, defect in images)}}
     defects = []
     for path, defect in images:
-        own = [masks / defect / f"{path.stem}{end}.png" for end in ("", "_mask")]
-        shared = [masks / f"{path.stem}{end}.png" for end in ("", "_mask")]
-        mask = next((m for m in own if m.is_file()), None) or next((m for m in shared if m.is_file()), None)
-        if mask in shared and stems[path.stem] > 1:
+        own = [by_stem[defect].get(f"{path.stem}{end}") for end in ("", "_mask")]
+        shared = [by_stem[""].get(f"{path.stem}{end}") for end in ("", "_mask")]
+        mask = next((m for m in own if m), None) or next((m for m in shared if m), None)
+        if mask is not None and mask in shared and stems[path.stem] > 1:
             raise DataError(
                 f"{mask} matches defect images of several types named {path.stem} (one is {path}): put each type's "
                 f"masks in masks/<type>/, or name the images apart"
