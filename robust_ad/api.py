@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 from robust_ad.config import Config, for_mode, from_scratch, load_config
@@ -456,7 +457,8 @@ def train(config: Config | dict, out: str | Path, resume: bool = False, force: b
     seed_everything(config.seed)  # the initial weights too: the same config trains the same model in any process
     model = build_autoencoder(config)  # checks the backbone's layer names before any work
     dataset = open_dataset(config)
-    config = config.model_copy(update={"data_root": str(dataset.root)})
+    # absolute: eval and export --size read the run's data from any working directory
+    config = config.model_copy(update={"data_root": os.path.abspath(dataset.root)})
     read = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]
     with distributed.process_group(device) as device:
         distributed.local_batch_size(config.data.batch_size)  # splits over the processes: checked before writing
@@ -498,6 +500,7 @@ def train(config: Config | dict, out: str | Path, resume: bool = False, force: b
             colour = colour_error(shown, reconstructed)
             held_out = dataset.val or dataset.train
             rundir.write_verification(run_dir, *_verification_images(dataset, config.data.image_size, held_out))
+            rundir.write_split(run_dir, dataset)
             rundir.save_model(run_dir, model.cpu(), memory)
             minutes = (time.perf_counter() - began) / 60
             decoder_minutes = sum(row["seconds"] for row in history) / 60
@@ -657,7 +660,7 @@ def evaluate(
     config = rundir.read_config(model)
     scorer = rundir.load_scorer(model, resolve_device(device))
     calibration = rundir.read_calibration(model)
-    dataset = open_dataset(config, data_root, category)
+    dataset = unseen(open_dataset(config, data_root, category), model)
     test = load_split(dataset, "test", config)
     with output_folder(
         out or Path(model) / "eval", force, "evaluation folder", inputs=[dataset.root], models=[model]
@@ -667,7 +670,8 @@ def evaluate(
         metrics.update(
             {
                 "category": dataset.category,
-                "model": str(model),
+                "model": os.path.abspath(model),
+                "model_sha256": rundir.model_digest(model),
                 "eps": config.encoder.eps,
                 "image_size": config.data.image_size,
                 "machine": machine.describe(),
@@ -682,6 +686,27 @@ def evaluate(
         roc_figure(folder / "roc.png", test, prediction, f"{dataset.category} (eps={config.encoder.eps})")
         html_report(folder, metrics, test, prediction, calibration.map_vmax)
     return metrics
+
+
+def unseen(dataset, run: str | Path):
+    """``dataset`` without the test images that ``run`` trained or calibrated on (its split.json): a folder of good
+    images that grew since training draws its test share anew, and images it had trained on were scored as unseen
+    (optimistic metrics). Said when it happens."""
+    import dataclasses
+
+    from robust_ad import rundir
+
+    seen = rundir.seen_images(run)
+    test = [s for s in dataset.test if s.path.relative_to(dataset.root).as_posix() not in seen]
+    if len(test) < len(dataset.test):
+        log.warning(
+            "%d test images of %s are among the images %s trained or calibrated on (the dataset changed since): "
+            "left out of the evaluation",
+            len(dataset.test) - len(test),
+            dataset.root,
+            run,
+        )
+    return dataclasses.replace(dataset, test=test)
 
 
 def set_threshold(
@@ -700,7 +725,14 @@ def set_threshold(
         path = Path(from_eval) / "metrics.json" if Path(from_eval).is_dir() else Path(from_eval)
         if not path.is_file():
             raise ConfigError(f"{path} not found (run 'robust-ad eval' first)")
-        value = json.loads(path.read_text()).get("f1_max_threshold")
+        metrics = json.loads(path.read_text())
+        own = (rundir.model_digest(model), rundir.read_config(model).category)
+        if (metrics.get("model_sha256", own[0]), metrics.get("category", own[1])) != own:  # older: category only
+            raise ConfigError(
+                f"{path} evaluated another model ({metrics.get('model')}, category {metrics.get('category')}): its "
+                f"threshold is in that model's units; evaluate this one first ('robust-ad eval --model {model}')"
+            )
+        value = metrics.get("f1_max_threshold")
         if value is None:
             raise ConfigError(f"{path} has no F1-optimal threshold (the evaluation had no labelled defects)")
         reason = reason or f"F1-optimal on the test split evaluated in {path} (optimistic: tuned on those images)"
@@ -801,7 +833,7 @@ def evaluate_denoiser(
     if baseline is not None:
         base_eps = rundir.read_config(baseline).encoder.eps
         models[f"robust-ad standard (eps={base_eps})"] = load_denoiser(baseline, dev)
-    dataset = open_dataset(config, data_root, category)
+    dataset = unseen(open_dataset(config, data_root, category), model)
     tune = load_split(dataset, "val", config).images if dataset.val else load_split(dataset, "train", config).images
     test = load_split(dataset, "test", config).images
     models_read = [model, *([baseline] if baseline is not None else [])]

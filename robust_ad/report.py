@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -58,8 +59,8 @@ def html_report(out: Path, metrics: dict, test: ImageSet, prediction: Prediction
             caption = f"{verdict(float(scores[i]), threshold)} {scores[i]:.2f}"
             write_image(out / name, overlay(test.images[i], prediction.maps[i], vmax, caption))
             cells.append(
-                f'<figure><img src="{html.escape(name)}" width="480"><figcaption>'
-                f"{html.escape(str(test.samples[i].path))}<br>{test.samples[i].defect_type}, "
+                f'<figure><img src="{html.escape(quote(name))}" width="480"><figcaption>'
+                f"{html.escape(str(test.samples[i].path))}<br>{html.escape(test.samples[i].defect_type)}, "
                 f"score {scores[i]:.2f}</figcaption></figure>"
             )
         sections.append(f"<h2>{title} ({len(chosen)})</h2>" + ("".join(cells) or "<p>none</p>"))

@@ -1,11 +1,11 @@
 """The run folder: the one module that reads and writes what a trained category model consists of.
 
-``runs/<category>/``: ``model.pt`` (weights and the feature-memory statistics), ``config.yaml`` (everything
-needed to rebuild the model), ``calibration.json`` (:class:`Calibration`: the threshold and every
-normalisation statistic; the only place they live), ``verification.npz`` (held-out normal and defect images
-that ``export`` checks the ONNX file on), ``losses.csv``, ``reconstructions.png``, ``training.json``
-(:class:`TrainingInfo`); while training also ``checkpoint.pt`` (for ``--resume``) and ``encoder.pt`` (the
-robust encoder). A training holds the folder's lock (``.robust-ad.lock``): readers and a second writer are
+``runs/<category>/``: ``model.pt`` (weights and the feature-memory statistics), ``config.yaml`` (everything needed
+to rebuild the model), ``calibration.json`` (:class:`Calibration`: the threshold and every normalisation statistic;
+the only place they live), ``verification.npz`` (held-out normal and defect images that ``export`` checks the ONNX
+file on), ``losses.csv``, ``reconstructions.png``, ``training.json`` (:class:`TrainingInfo`), ``split.json`` (the
+images it trained and calibrated on); while training also ``checkpoint.pt`` (for ``--resume``) and ``encoder.pt``
+(the robust encoder). A training holds the folder's lock (``.robust-ad.lock``): readers and a second writer are
 refused meanwhile. Every file is written atomically.
 """
 
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from robust_ad import __version__
 from robust_ad.config import Config, config_from_dict
+from robust_ad.data.dataset import AnomalyDataset
 from robust_ad.errors import ConfigError, ModelError
 from robust_ad.fileio import refuse_if_busy, write_atomic, write_json, write_text, write_yaml
 from robust_ad.scoring.scorer import AnomalyScorer
@@ -40,6 +41,7 @@ LOSSES = "losses.csv"
 GRID = "reconstructions.png"
 TRAINING = "training.json"
 VERIFICATION = "verification.npz"
+SPLIT = "split.json"  # the images a run trained and calibrated on, relative to its data root
 RUNS = "runs"  # where 'train' writes by default, and where 'score' looks for a model when given none
 MODEL_FORMAT = "robust-ad-model"
 
@@ -235,6 +237,32 @@ def write_losses(run_dir: str | Path, history: list[dict[str, float]]) -> Path:
     writer.writeheader()
     writer.writerows(history)
     return write_text(Path(run_dir) / LOSSES, buffer.getvalue())
+
+
+def write_split(run_dir: str | Path, dataset: AnomalyDataset) -> Path:
+    """The images the run trained (train) and calibrated (val) on, relative to the dataset's root: what it has
+    seen, for traceability and for ``eval``, which leaves them out of a test split that has changed since."""
+    relative = {
+        split: [s.path.relative_to(dataset.root).as_posix() for s in getattr(dataset, split)]
+        for split in ("train", "val")
+    }
+    return write_json(Path(run_dir) / SPLIT, relative)
+
+
+def seen_images(run_dir: str | Path) -> set[str]:
+    """The images (relative to the data root) the run trained or calibrated on; empty for runs before split.json."""
+    path = Path(run_dir) / SPLIT
+    if not path.is_file():
+        return set()
+    record = _read_json(path)
+    return {name for split in ("train", "val") for name in record.get(split, [])}
+
+
+def model_digest(run_dir: str | Path) -> str:
+    """SHA-256 of the run's model file: which model an evaluation measured, wherever the run folder is now."""
+    import hashlib
+
+    return hashlib.sha256((Path(run_dir) / MODEL).read_bytes()).hexdigest()
 
 
 def write_verification(run_dir: str | Path, normal: np.ndarray, defect: np.ndarray) -> Path:

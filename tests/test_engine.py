@@ -208,6 +208,12 @@ def test_threshold_is_adopted_explicitly_and_the_old_one_kept(tiny_run: Path, tm
     assert calibration.previous_thresholds[-1]["threshold"] == pytest.approx(before)
     result = runner.invoke(app, ["threshold", "--model", str(run), "--value", "nan"])
     assert result.exit_code == 2 and "finite" in result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())  # another model's evaluation: refused
+    for key, value in (("model_sha256", "0" * 64), ("category", "screw")):
+        (tmp_path / "other").mkdir(exist_ok=True)
+        (tmp_path / "other" / "metrics.json").write_text(json.dumps({**metrics, key: value}))
+        result = runner.invoke(app, ["threshold", "--model", str(run), "--from-eval", str(tmp_path / "other")])
+        assert result.exit_code == 2 and "evaluated another model" in result.output, result.output
     assert runner.invoke(app, ["threshold", "--model", str(run), "--value", "2.5"]).exit_code == 0
     assert rundir.read_calibration(run).threshold == 2.5 and len(rundir.read_calibration(run).previous_thresholds) == 2
 

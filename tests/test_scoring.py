@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 import cv2
 import numpy as np
@@ -659,3 +662,47 @@ def test_a_recalibrated_scorer_shows_its_new_buffers_to_a_captured_graph(tiny_ru
     statistics["memory_bank"] = statistics["memory_bank"][:10]
     scorer.load_memory(statistics)
     assert buffer_state(scorer) != before
+
+
+def test_eval_leaves_out_test_images_the_run_trained_on(synth_root: Path, tmp_path: Path, caplog) -> None:
+    """A user trial: good images added to a plain folder after training redraw its test share, and eval scored
+    images the model had trained on (optimistic metrics). The run records what it saw (split.json)."""
+    from robust_ad.api import train, unseen
+    from robust_ad.data.dataset import AnomalyDataset
+    from tests.conftest import tiny_config
+
+    source = synth_root / "bottle"
+    root = tmp_path / "data" / "part"
+    shutil.copytree(source / "train" / "good", root / "good")
+    shutil.copytree(source / "test" / "scratch", root / "defect" / "scratch")
+    run = train(tiny_config(tmp_path / "data", category="part", autoencoder={"epochs": 1}), tmp_path / "run")
+    seen = rundir.seen_images(run)
+    first = AnomalyDataset.load(tmp_path / "data", "part")
+    assert seen == {s.path.relative_to(first.root).as_posix() for s in first.train + first.val}
+    for path in sorted((source / "test" / "good").iterdir()):
+        shutil.copy(path, root / "good" / f"new_{path.name}")
+    grown = AnomalyDataset.load(tmp_path / "data", "part")
+    leaked = {s.path.relative_to(grown.root).as_posix() for s in grown.test} & seen
+    assert leaked  # the grown folder's test share holds images the run trained on
+    with caplog.at_level("WARNING"):
+        kept = unseen(grown, run)
+    assert f"{len(leaked)} test images of" in caplog.text
+    assert not {s.path.relative_to(grown.root).as_posix() for s in kept.test} & seen
+    result = runner.invoke(app, ["eval", "--model", str(run), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["model_sha256"] == rundir.model_digest(run)
+
+
+def test_the_reports_overlay_links_survive_any_file_name(tmp_path: Path) -> None:
+    """'#' starts a URL fragment and '?' a query: overlays of such images did not show in report.html."""
+    from robust_ad.report import html_report
+    from robust_ad.scoring.evaluate import evaluate as measure
+
+    test, prediction, _ = _random_evaluation(0)
+    test.samples[:] = [
+        dataclasses.replace(sample, path=Path(f"part #{i}?%41.png")) for i, sample in enumerate(test.samples)
+    ]
+    html_report(tmp_path, measure(test, prediction, -10.0), test, prediction, 1.0)  # every normal image flagged
+    page = (tmp_path / "report.html").read_text()
+    linked = re.findall(r'<img src="(overlays/[^"]+)"', page)
+    assert linked and all((tmp_path / unquote(link)).is_file() for link in linked) and "#" not in "".join(linked)
