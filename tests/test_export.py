@@ -340,6 +340,35 @@ def test_example_script_reads_frames_as_robust_ad_does(onnx_file: Path, synth_ro
     np.testing.assert_allclose([float(score) for _, score, _ in lines], expected, atol=1e-2)
 
 
+def test_example_script_refuses_what_would_lose_frames_or_pass_an_empty_line(
+    onnx_file: Path, tiny_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    """A user trial: --heatmaps into the image folder replaced the images, an empty folder exited 0 (a pass), a
+    file or a missing folder gave a traceback, subfolders were skipped, a float TIFF and every frame of an export
+    with a fixed batch were 'unreadable'."""
+    frames = Path(shutil.copytree(synth_root / "bottle" / "test" / "good", tmp_path / "frames"))
+    before = {p.name: p.read_bytes() for p in frames.iterdir()}
+    result = _example_script(onnx_file, frames, "--heatmaps", str(frames / "maps"))
+    assert result.returncode == 2 and "lies among the images" in result.stderr
+    assert {p.name: p.read_bytes() for p in frames.iterdir()} == before
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "empty", tmp_path / "missing"):
+        assert _example_script(onnx_file, target).returncode == 2
+    shutil.copytree(frames, frames / "line2")
+    cv2.imwrite(str(frames / "float.tif"), read_image(frames / "000.png")[:, :, ::-1].copy())
+    fixed = tmp_path / "b2.onnx"
+    export(tiny_run, fixed, batch=2)
+    for model in (onnx_file, fixed):
+        result = _example_script(model, frames, "--heatmaps", str(tmp_path / "maps"))
+        assert result.returncode in (0, 1), result.stderr
+        scored = dict(line.split("\t", 1) for line in result.stdout.strip().splitlines())
+        assert len(scored) == 2 * len(before) + 1 and "unreadable" not in result.stdout  # subfolders, float TIFF
+        assert scored[str(frames / "float.tif")] == scored[str(frames / "000.png")]
+    assert (tmp_path / "maps" / "line2" / "000.png.png").is_file() and (tmp_path / "maps" / "float.tif.png").is_file()
+    one = _example_script(onnx_file, frames / "001.png")
+    assert one.returncode in (0, 1) and one.stdout.count("\n") == 1
+
+
 def test_example_script_lists_an_unreadable_file_scores_the_rest_and_exits_3(
     onnx_file: Path, synth_root: Path, tmp_path: Path
 ) -> None:
