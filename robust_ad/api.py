@@ -561,8 +561,10 @@ def score(
     onnx: str | Path | None = None,
     force: bool = False,
     category: str | None = None,
+    overlays: bool = True,
 ):
-    """``robust-ad score``: a verdict, score and heat-map overlay per image; scores.csv / scores.json in ``out``.
+    """``robust-ad score``: a verdict, score and heat-map overlay per image (``overlays``: at most 1024 px a panel);
+    scores.csv / scores.json in ``out``.
 
     ``onnx`` scores with the exported file through onnxruntime instead of torch. With neither ``model`` nor
     ``onnx``, the run of ``category`` in ./runs is used, else the most recently trained run there.
@@ -601,7 +603,8 @@ def score(
     with output_folder(
         out, force, "results folder", inputs=_input_paths(paths, files), models=[onnx or model]
     ) as folder:
-        result = score_files(files, predictor, calibrated if threshold is None else threshold, folder, vmax, batch_size)
+        chosen = calibrated if threshold is None else threshold
+        result = score_files(files, predictor, chosen, folder, vmax, batch_size, overlays)
     result.model = str(onnx or model)
     return result
 

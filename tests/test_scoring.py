@@ -592,8 +592,19 @@ def test_score_overlays_say_the_verdict_and_score_above_the_panels(
     out = tmp_path / "results"
     folder = synth_root / "bottle" / "test" / "hole"
     assert runner.invoke(app, ["score", str(folder), "--model", str(tiny_run), "--out", str(out)]).exit_code == 0
-    written, image = read_image(next((out / "overlays").iterdir())), read_image(next(folder.iterdir()))
-    assert written.shape[0] == image.shape[0] + max(14, image.shape[0] // 10)
+    written = read_image(next((out / "overlays").iterdir()))  # a small frame enlarged to be seen: 256 px panels
+    assert written.shape[:2] == (256 + 25, 3 * 256)
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert all((out / row["overlay"]).is_file() for row in rows)
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    cv2.imwrite(str(camera / "frame.png"), cv2.resize(cv2.imread(str(next(folder.iterdir()))), (1500, 1200)))
+    frames = ["score", str(camera), "--model", str(tiny_run)]
+    assert runner.invoke(app, [*frames, "--out", str(tmp_path / "r2")]).exit_code == 0
+    written = read_image(next((tmp_path / "r2" / "overlays").iterdir()))  # panels of 1024 px at most (4500 before)
+    assert written.shape[:2] == (819 + 81, 3 * 1024)
+    assert runner.invoke(app, [*frames, "--out", str(tmp_path / "r3"), "--no-overlays"]).exit_code == 0
+    assert not (tmp_path / "r3" / "overlays").exists() and (tmp_path / "r3" / "scores.csv").is_file()
 
 
 def test_calibration_says_what_it_calibrated_on_and_warns_of_a_handful(

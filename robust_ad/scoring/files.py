@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 # the torch one on the host, the ONNX one inside the graph.
 Predictor = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray]]
 # scores.csv: a row per input file, in input order; an unreadable one has the verdict 'unreadable' and its reason
-COLUMNS = ("path", "score", "normalized_score", "verdict", "error")
+COLUMNS = ("path", "score", "normalized_score", "verdict", "overlay", "error")
+OVERLAY_SIDES = (256, 1024)  # an overlay's panels: a camera frame made smaller, a tiny one larger to be seen
 
 
 @dataclass
@@ -70,6 +71,18 @@ def resolve_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
 
 def _overlay_name(path: Path, index: int) -> str:
     return f"{index:05d}_{path.stem}.png"
+
+
+def _overlay_image(image: np.ndarray) -> np.ndarray:
+    """``image`` at the size of an overlay's panel: its longer side within OVERLAY_SIDES (a 4000 px frame gave a
+    12,000 px wide overlay, most of score's time and memory; a 4 px one an unreadable verdict)."""
+    smallest, largest = OVERLAY_SIDES
+    side = max(image.shape[:2])
+    factor = largest / side if side > largest else smallest / side if side < smallest else 1.0
+    if factor == 1.0:
+        return image
+    size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_NEAREST)
 
 
 def verdict(score: float, threshold: float) -> str:
@@ -116,10 +129,11 @@ def score_files(
                 "verdict": verdict(float(score), threshold),
             }
             if overlays:
-                full = cv2.resize(np.nan_to_num(amap, nan=vmax), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+                shown = _overlay_image(image)
+                full = cv2.resize(np.nan_to_num(amap, nan=vmax), shown.shape[1::-1], interpolation=cv2.INTER_LINEAR)
                 row["overlay"] = f"overlays/{_overlay_name(path, index)}"
                 caption = f"{row['verdict']} {float(score):.2f}"
-                write_image(out / row["overlay"], overlay(image, full, vmax, caption))
+                write_image(out / row["overlay"], overlay(shown, full, vmax, caption))
             run.rows.append(row)
             lines[index] = row
     buffer = io.StringIO()
