@@ -688,12 +688,20 @@ def denoise(
         raise typer.Exit(EXIT_UNREADABLE)
 
 
+def _interrupted(argv: list[str]) -> str:
+    """What an interrupted command left: a training continues with --resume; any other output is incomplete."""
+    words = [word for word in argv if not word.startswith("-")]
+    if words[:1] == ["train"] or words[:2] in (["encoder", "train"], ["encoder", "pretrain"]):
+        return "interrupted (an interrupted training continues with --resume)"
+    return "interrupted: its output is incomplete; run the command again with --force to replace it"
+
+
 def main() -> None:
     """Console-script entry point: usage errors, like every other error, are one line (exit 2)."""
     try:
         code = app(standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort):
-        err_console.print("interrupted (an interrupted training continues with --resume)")
+        err_console.print(_interrupted(sys.argv[1:]))
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # click's usage errors (typer vendors its own click): they format themselves
         if not hasattr(exc, "format_message"):
@@ -702,5 +710,5 @@ def main() -> None:
         command = ctx.command_path if ctx is not None else "robust-ad"
         sys.exit(_fail(f"{exc.format_message()} (see '{command} --help')", EXIT_ERROR).exit_code)
     if code == EXIT_INTERRUPTED:  # typer answers Ctrl-C with this code, silently
-        err_console.print("interrupted (an interrupted training continues with --resume)")
+        err_console.print(_interrupted(sys.argv[1:]))
     sys.exit(code or 0)
