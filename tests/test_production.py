@@ -389,3 +389,17 @@ def test_one_empty_folder_given_alone_is_named_whole(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=rf"^no images found in {tmp_path / 'empty'} \(suffixes"):
         resolve_paths(str(tmp_path / "empty"))
+
+
+def test_long_work_says_how_far_it_is_off_a_terminal(monkeypatch, capsys) -> None:
+    """A service's log showed nothing for the minutes a folder took to score."""
+    from robust_ad import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
+    monkeypatch.delenv("ROBUST_AD_QUIET", raising=False)
+    assert list(progress.track(range(4), "scoring images")) == [0, 1, 2, 3]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("scoring images: 0/4 (0%)") and lines[-1].startswith("scoring images: 3/4 (75%)")
+    monkeypatch.setenv("ROBUST_AD_QUIET", "1")
+    assert list(progress.track(range(4), "scoring images")) == [0, 1, 2, 3]
+    assert capsys.readouterr().err == ""
