@@ -717,3 +717,25 @@ def test_the_reports_overlay_links_survive_any_file_name(tmp_path: Path) -> None
     page = (tmp_path / "report.html").read_text()
     linked = re.findall(r'<img src="(overlays/[^"]+)"', page)
     assert linked and all((tmp_path / unquote(link)).is_file() for link in linked) and "#" not in "".join(linked)
+
+
+def test_score_batches_camera_frames_by_pixels_too(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """16 frames of 48 MP in one batch took 10 GB: a batch also stops at BATCH_PIXELS; results are the same."""
+    from robust_ad.scoring import files
+
+    folder = synth_root / "bottle" / "test" / "hole"
+    args = ["score", str(folder), "--model", str(tiny_run), "--no-overlays", "--batch", "4"]
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "a")]).exit_code == 0
+    sizes = []
+    monkeypatch.setattr(files, "BATCH_PIXELS", 2 * 48 * 48)  # two of these frames a batch
+    real = files.score_files
+
+    def counting(paths, predict, *rest):
+        return real(paths, lambda images: sizes.append(len(images)) or predict(images), *rest)
+
+    monkeypatch.setattr("robust_ad.scoring.files.score_files", counting)
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "b")]).exit_code == 0
+    assert sizes and max(sizes) == 2
+    assert (tmp_path / "a" / "scores.csv").read_text() == (tmp_path / "b" / "scores.csv").read_text()
