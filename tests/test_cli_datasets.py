@@ -47,10 +47,13 @@ def test_synth_then_check(tmp_path: Path) -> None:
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--force" in again.output
-    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
-    result = runner.invoke(app, ["datasets", "check", "--data-root", str(tmp_path), "--category", "bottle"])
+    assert runner.invoke(app, [*args, "--n-per-defect", "2", "--force"]).exit_code == 0
+    check = ["datasets", "check", "--data-root", str(tmp_path), "--category", "bottle"]
+    result = runner.invoke(app, check)
     assert result.exit_code == 0, result.output
     assert "deformed" in result.output and "usable" in result.output
+    next((tmp_path / "bottle" / "ground_truth" / "hole").iterdir()).unlink()  # 1 of 2 left: not 'no'
+    assert any("hole" in row and "1 of 2" in row for row in runner.invoke(app, check).output.splitlines())
 
 
 def test_check_unusable_dataset_exits_nonzero(tmp_path: Path) -> None:
