@@ -58,6 +58,15 @@ def write_yaml(path: str | Path, data: Any) -> Path:
 LOCK_NAME = ".robust-ad.lock"
 MARK_NAME = ".robust-ad.json"  # in each output folder: what robust-ad wrote it as, and the entries it wrote there
 _OWN = {LOCK_NAME, MARK_NAME}
+# a folder written before robust-ad kept that record is known by a file that only its kind of output holds
+_EARLIER = {
+    "run folder": "config.yaml",
+    "results folder": "scores.json",
+    "evaluation folder": "metrics.json",
+    "category folder": "synth.json",
+    "corpus folder": "manifest.csv",
+    "demo folder": "runs",
+}
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -157,6 +166,8 @@ def _refuse_foreign(path: Path, what: str) -> None:
     """--force clears only a folder that robust-ad wrote as the same kind of output and that holds nothing else (a
     typo such as --out runs instead of runs/bottle cleared every run in it, and any file of the user's)."""
     mark = _mark(path)
+    if mark is None and what in _EARLIER and (path / _EARLIER[what]).exists():
+        return  # written by a robust-ad from before the record: its kind's own file says what it is
     if mark is None:
         raise OverwriteError(
             f"{what} {path} holds files that robust-ad did not write there ({_some(_entries(path))}): --force only "
