@@ -351,7 +351,7 @@ def test_score_cli_reports_corrupt_file_and_scores_the_rest(tiny_run: Path, synt
     assert result.exit_code == 3, result.output
     assert "broken.png" in result.output
     rows = list(csv.DictReader((out / "scores.csv").open()))  # every input, in order: a line system sees the gap
-    assert list(rows[0]) == ["path", "score", "normalized_score", "verdict", "error"] and len(rows) == 4
+    assert list(rows[0]) == ["path", "score", "normalized_score", "verdict", "error", "overlay"] and len(rows) == 4
     assert [Path(r["path"]).name for r in rows] == sorted(before)
     broken = next(r for r in rows if r["path"].endswith("broken.png"))
     assert broken["verdict"] == "unreadable" and broken["score"] == "" and "broken.png" in broken["error"]

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # the torch one on the host, the ONNX one inside the graph.
 Predictor = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray]]
 # scores.csv: a row per input file, in input order; an unreadable one has the verdict 'unreadable' and its reason
-COLUMNS = ("path", "score", "normalized_score", "verdict", "overlay", "error")
+COLUMNS = ("path", "score", "normalized_score", "verdict", "error", "overlay")  # new columns go last
 BATCH_PIXELS = 50_000_000  # a batch of camera frames stops here: 600 MB of float RGB
 OVERLAY_SIDES = (256, 1024)  # an overlay's panels: a camera frame made smaller, a tiny one larger to be seen
 
