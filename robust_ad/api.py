@@ -6,10 +6,14 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from robust_ad.config import Config, for_mode, from_scratch, load_config
 from robust_ad.errors import ConfigError, ModelError, RobustADError
 from robust_ad.fileio import check_writable, write_json
+
+if TYPE_CHECKING:  # the API imports its heavy modules when called: 'import robust_ad.api' stays light
+    from robust_ad.data.dataset import AnomalyDataset
 
 log = logging.getLogger(__name__)
 
@@ -691,7 +695,7 @@ def evaluate(
     return metrics
 
 
-def unseen(dataset, run: str | Path):
+def unseen(dataset: AnomalyDataset, run: str | Path) -> AnomalyDataset:
     """``dataset`` without the test images that ``run`` trained or calibrated on (its split.json): a folder of good
     images that grew since training draws its test share anew, and images it had trained on were scored as unseen
     (optimistic metrics). Said when it happens."""
