@@ -49,7 +49,7 @@ def _jpeg_complete(data: bytes) -> bool:
             pos += 1 if marker == 0xFF else 2
             continue
         if marker == 0xDA:  # the first scan
-            return data.rfind(b"\xff\xd9") > pos
+            return data.rfind(_JPEG_END) > pos
         pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     return False
 
