@@ -698,19 +698,33 @@ def evaluate(
 def unseen(dataset: AnomalyDataset, run: str | Path) -> AnomalyDataset:
     """``dataset`` without the test images that ``run`` trained or calibrated on (its split.json): a folder of good
     images that grew since training draws its test share anew, and images it had trained on were scored as unseen
-    (optimistic metrics). Said when it happens."""
+    (optimistic metrics). Said when it happens; refused when no normal test image is left."""
     import dataclasses
 
     from robust_ad import rundir
+    from robust_ad.errors import DataError, counted
 
     seen = rundir.seen_images(run)
+    if not seen and dataset.layout == "folder":
+        log.warning(
+            "%s does not record the images it trained on (trained before robust-ad kept split.json): if %s changed "
+            "since, its test share may hold them",
+            run,
+            dataset.root,
+        )
     test = [s for s in dataset.test if s.path.relative_to(dataset.root).as_posix() not in seen]
     if len(test) < len(dataset.test):
+        left_out = len(dataset.test) - len(test)
+        if not any(s.label == 0 for s in test):
+            raise DataError(
+                f"every normal test image of {dataset.root} is one {run} trained or calibrated on: add good images "
+                "it has not seen to evaluate it"
+            )
         log.warning(
-            "%d test images of %s are among the images %s trained or calibrated on (the dataset changed since): "
-            "left out of the evaluation",
-            len(dataset.test) - len(test),
+            "%s of %s %s among the images %s trained or calibrated on: left out of the evaluation",
+            counted(left_out, "test image"),
             dataset.root,
+            "is" if left_out == 1 else "are",
             run,
         )
     return dataclasses.replace(dataset, test=test)
@@ -735,13 +749,18 @@ def set_threshold(
         metrics = json.loads(path.read_text())
         own = (rundir.model_digest(model), rundir.read_config(model).category)
         if (metrics.get("model_sha256", own[0]), metrics.get("category", own[1])) != own:  # older: category only
+            measured = f"another model ({metrics.get('model')})"
+            if metrics.get("model") == os.path.abspath(model):
+                measured = "the model this folder held before it was trained again"
             raise ConfigError(
-                f"{path} evaluated another model ({metrics.get('model')}, category {metrics.get('category')}): its "
-                f"threshold is in that model's units; evaluate this one first ('robust-ad eval --model {model}')"
+                f"{path} evaluated {measured}: its threshold is in that model's units; evaluate {model} first "
+                f"('robust-ad eval --model {model}')"
             )
         value = metrics.get("f1_max_threshold")
         if value is None:
-            raise ConfigError(f"{path} has no F1-optimal threshold (the evaluation had no labelled defects)")
+            raise ConfigError(
+                f"{path} has no F1-optimal threshold (the evaluation needs both normal and defective test images)"
+            )
         reason = reason or f"F1-optimal on the test split evaluated in {path} (optimistic: tuned on those images)"
     _check_finite(value, "the threshold")
     with output_folder(model, False, "run folder", keep=True):

@@ -21,7 +21,7 @@ from torch import nn
 from robust_ad import __version__, rundir
 from robust_ad.data.resize import METHOD, METHOD_DOC, resize
 from robust_ad.errors import ConfigError, ModelError
-from robust_ad.fileio import atomic_path, check_writable
+from robust_ad.fileio import atomic_path, check_writable, record_written
 from robust_ad.models.folding import fold_batch_norms
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,7 @@ def export(
         onnx.helper.set_model_props(proto, {k: str(v) for k, v in meta.items()})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
+    record_written(out)  # in the run folder: robust-ad's own, for train --force
     return meta
 
 

@@ -56,16 +56,37 @@ def write_yaml(path: str | Path, data: Any) -> Path:
 
 
 LOCK_NAME = ".robust-ad.lock"
-MARK_NAME = ".robust-ad.json"  # in each output folder: what robust-ad wrote it as, and the entries it wrote there
+MARK_NAME = ".robust-ad.json"  # in each output folder: what robust-ad wrote it as, and every file it wrote there
 _OWN = {LOCK_NAME, MARK_NAME}
-# a folder written before robust-ad kept that record is known by a file that only its kind of output holds
+# What each kind of output folder held before robust-ad kept that record: such a folder is replaced only when it
+# holds nothing else at its top (a user's file inside one of these subfolders cannot be told apart then).
 _EARLIER = {
-    "run folder": "config.yaml",
-    "results folder": "scores.json",
-    "evaluation folder": "metrics.json",
-    "category folder": "synth.json",
-    "corpus folder": "manifest.csv",
-    "demo folder": "runs",
+    "run folder": {
+        "config.yaml",
+        "model.pt",
+        "calibration.json",
+        "checkpoint.pt",
+        "encoder.pt",
+        "losses.csv",
+        "reconstructions.png",
+        "training.json",
+        "verification.npz",
+        "split.json",
+        "model.onnx",
+        "eval",
+    },
+    "results folder": {"scores.csv", "scores.json", "overlays"},
+    "evaluation folder": {
+        "metrics.json",
+        "roc.png",
+        "report.html",
+        "overlays",
+        "denoise_metrics.json",
+        "denoise_examples.png",
+    },
+    "category folder": {"synth.json", "train", "test", "ground_truth"},
+    "corpus folder": {"manifest.csv", "images"},
+    "demo folder": {"data", "runs", "results", "results-onnx"},
 }
 
 
@@ -149,43 +170,75 @@ def has_content(path: Path) -> bool:
     return path.is_dir() and bool(_entries(path))
 
 
+def _files(path: Path) -> set[str]:
+    """Every file under ``path`` as a relative POSIX path, and every output folder nested in it (a run's eval/) as
+    its name and '/', whose files its own record lists; robust-ad's lock and record files left out."""
+    found = set()
+    for root, dirs, files in os.walk(path):
+        relative = Path(root).relative_to(path)
+        for nested in [d for d in dirs if (Path(root) / d / MARK_NAME).is_file()]:
+            found.add(f"{(relative / nested).as_posix()}/")
+            dirs.remove(nested)
+        found |= {(relative / name).as_posix() for name in files if name not in _OWN}
+    return found
+
+
 def _mark(path: Path) -> dict[str, Any] | None:
-    """What robust-ad recorded of the folder ``path`` (its kind and entries), None where it wrote no record."""
+    """What robust-ad recorded of the folder ``path`` (its kind and files), None where it wrote no record."""
     try:
         mark = json.loads((path / MARK_NAME).read_text())
     except (OSError, ValueError):
         return None
-    return mark if isinstance(mark, dict) and isinstance(mark.get("entries"), list) else None
+    return mark if isinstance(mark, dict) and isinstance(mark.get("files"), list) else None
 
 
-def _record(path: Path, what: str, entries: set[str]) -> None:
-    write_json(path / MARK_NAME, {"kind": what, "entries": sorted(entries)})
+def _record(path: Path, what: str, files: set[str]) -> None:
+    write_json(path / MARK_NAME, {"kind": what, "files": sorted(files)})
+
+
+def record_written(path: str | Path) -> None:
+    """Add a file written into an output folder by another command (export's model.onnx in a run folder) to that
+    folder's record, so that --force may replace the folder with it."""
+    path = Path(path)
+    mark = _mark(path.parent)
+    if mark is not None:
+        _record(path.parent, mark["kind"], {*mark["files"], path.name})
+
+
+def _foreign(path: Path, what: str) -> list[str]:
+    """What in the output folder ``path`` robust-ad did not write there as a ``what`` (relative paths): all of it
+    where it holds no record and is not such a folder of before."""
+    mark = _mark(path)
+    if mark is None:
+        earlier = _EARLIER.get(what, set())
+        entries = _entries(path)
+        return sorted(entries - earlier) if entries & earlier else sorted(entries)
+    if mark.get("kind") != what:
+        return [f"{path.name}/ (a {mark.get('kind')})"]
+    recorded = set(mark["files"])
+    present = _files(path)
+    foreign = sorted(present - recorded)
+    for nested in sorted(recorded & {f for f in present if f.endswith("/")}):
+        inner = _mark(path / nested)
+        foreign += [f"{nested}{name}" for name in _foreign(path / nested, inner["kind"] if inner else what)]
+    return foreign
 
 
 def _refuse_foreign(path: Path, what: str) -> None:
-    """--force clears only a folder that robust-ad wrote as the same kind of output and that holds nothing else (a
-    typo such as --out runs instead of runs/bottle cleared every run in it, and any file of the user's)."""
+    """--force clears only a folder that robust-ad wrote as the same kind of output and that holds nothing else, to
+    any depth (a typo such as --out runs instead of runs/bottle cleared every run in it, and any file of the
+    user's)."""
     mark = _mark(path)
-    if mark is None and what in _EARLIER and (path / _EARLIER[what]).exists():
-        return  # written by a robust-ad from before the record: its kind's own file says what it is
-    if mark is None:
-        raise OverwriteError(
-            f"{what} {path} holds files that robust-ad did not write there ({_some(_entries(path))}): --force only "
-            f"replaces a folder robust-ad wrote as a {what}; choose another folder, or empty this one yourself"
-        )
-    if mark.get("kind") != what:
+    if mark is not None and mark.get("kind") != what:
         raise OverwriteError(f"{path} is a {mark.get('kind')} of robust-ad, not a {what}: --force does not replace it")
-    foreign = _entries(path) - set(mark["entries"])
+    foreign = _foreign(path, what)
     if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        them = "it" if len(foreign) == 1 else "them"
         raise OverwriteError(
-            f"{what} {path} also holds {_some(foreign)}, which robust-ad did not write: --force would delete "
-            "them; move them out first"
+            f"{what} {path} holds {shown}, which robust-ad did not write there as a {what}: --force would delete "
+            f"{them}; move {them} out first, or choose another folder"
         )
-
-
-def _some(names: set[str]) -> str:
-    shown = sorted(names)[:3]
-    return ", ".join(shown) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 @contextmanager
@@ -213,6 +266,7 @@ def output_folder(
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OverwriteError(f"cannot create {what} {path}: {exc.strerror or exc}") from exc
+    locked_before = (path / LOCK_NAME).exists()
     lock = FileLock(path / LOCK_NAME, timeout=0)
     try:
         lock.acquire()
@@ -227,15 +281,22 @@ def output_folder(
                 raise OverwriteError(f"{what} {path} is not empty; pass --force to overwrite it")
             _refuse_foreign(path, what)
             _clear(path)
+    except BaseException as exc:
+        _HELD.discard(path.resolve())
+        lock.release()
+        if isinstance(exc, OverwriteError) and not locked_before:  # refused: the folder is left as it was
+            (path / LOCK_NAME).unlink(missing_ok=True)
+        raise
+    try:
         mark = _mark(path)
-        before = _entries(path)
-        ours = before & set(mark["entries"]) if mark is not None else before  # --resume of a folder of before
+        before = _files(path)
+        ours = before & set(mark["files"]) if mark is not None else before  # --resume of a folder of before
         _record(path, what, ours)
         _record_in_parent(path)
         try:
             yield path
         finally:
-            _record(path, what, ours | (_entries(path) - before))  # what this call wrote, even if it failed
+            _record(path, what, ours | (_files(path) - before))  # what this call wrote, even if it failed
     except BaseException:
         if created and not has_content(path):
             lock.release()
@@ -247,11 +308,11 @@ def output_folder(
 
 
 def _record_in_parent(path: Path) -> None:
-    """A folder written inside another output folder (a run's eval/) is recorded there as its own."""
+    """An output folder written inside another (a run's eval/) is recorded there as its own."""
     parent = path.parent
     mark = _mark(parent)
-    if mark is not None and path.name not in mark["entries"]:
-        _record(parent, mark["kind"], {*mark["entries"], path.name})
+    if mark is not None and f"{path.name}/" not in mark["files"]:
+        _record(parent, mark["kind"], {*mark["files"], f"{path.name}/"})
 
 
 def check_writable(path: str | Path, force: bool) -> Path:

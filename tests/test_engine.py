@@ -209,11 +209,14 @@ def test_threshold_is_adopted_explicitly_and_the_old_one_kept(tiny_run: Path, tm
     result = runner.invoke(app, ["threshold", "--model", str(run), "--value", "nan"])
     assert result.exit_code == 2 and "finite" in result.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())  # another model's evaluation: refused
-    for key, value in (("model_sha256", "0" * 64), ("category", "screw")):
+    for changed, said in (
+        ({"model_sha256": "0" * 64}, "evaluated the model this folder held before it was trained again"),
+        ({"category": "screw", "model": "/elsewhere/screw"}, "evaluated another model (/elsewhere/screw)"),
+    ):
         (tmp_path / "other").mkdir(exist_ok=True)
-        (tmp_path / "other" / "metrics.json").write_text(json.dumps({**metrics, key: value}))
+        (tmp_path / "other" / "metrics.json").write_text(json.dumps({**metrics, **changed}))
         result = runner.invoke(app, ["threshold", "--model", str(run), "--from-eval", str(tmp_path / "other")])
-        assert result.exit_code == 2 and "evaluated another model" in result.output, result.output
+        assert result.exit_code == 2 and said in " ".join(result.output.split()), result.output
     assert runner.invoke(app, ["threshold", "--model", str(run), "--value", "2.5"]).exit_code == 0
     assert rundir.read_calibration(run).threshold == 2.5 and len(rundir.read_calibration(run).previous_thresholds) == 2
 

@@ -265,43 +265,47 @@ def test_force_never_replaces_a_real_dataset_or_a_models_files(
 
 
 def test_force_replaces_only_what_robust_ad_wrote_there(tiny_run: Path, synth_root: Path, tmp_path: Path) -> None:
-    """A user trial: 'train --out allruns --force' (runs/bottle meant) deleted two trained runs and notes.txt, and
-    'score --out keep --force' a run and a report; now refused, nothing deleted. A folder robust-ad wrote as the
-    same kind of output is still replaced, its eval/ folder included."""
+    """User trials: 'train --out allruns --force' (runs/bottle meant) deleted two trained runs and notes.txt,
+    'score --out keep --force' a run and a report, a project folder with a config.yaml lost its sources, and a
+    file put into a run's eval/ went with the run. Now each is refused, naming what would go, and the folder is
+    left as it was (no lock file either); robust-ad's own folders are still replaced, eval/ and model.onnx too."""
     images = str(synth_root / "bottle" / "test" / "good")
+    score = ["score", images, "--model", str(tiny_run), "--force", "--out"]
+    train = ["train", "--category", "bottle", "--data-root", str(synth_root), "--epochs", "1", "--force", "--out"]
+
+    def refused(args: list[str], folder: Path, *named: str) -> None:
+        before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+        line = _one_line_error(runner.invoke(app, [*args, str(folder)]))
+        assert all(name in line for name in named) and "--force would delete" in line, line
+        assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+
     allruns = tmp_path / "allruns"
     _copy_run(tiny_run, allruns / "bottle")
     (allruns / "notes.txt").write_text("precious")
-    train = ["train", "--category", "bottle", "--data-root", str(synth_root), "--epochs", "1", "--force"]
-    line = _one_line_error(runner.invoke(app, [*train, "--out", str(allruns)]))
-    assert "holds files that robust-ad did not write there (bottle, notes.txt)" in line, line
-    assert (allruns / "notes.txt").read_text() == "precious" and (allruns / "bottle" / rundir.MODEL).is_file()
-    assert "is a run folder of robust-ad, not a results folder" in _one_line_error(
-        runner.invoke(app, ["score", images, "--model", str(tiny_run), "--out", str(allruns / "bottle"), "--force"])
-    )
+    refused(train, allruns, "bottle", "notes.txt")
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print(1)")
+    (project / "config.yaml").write_text("a: 1")  # the name of a run folder's file: not enough to be one
+    refused(train, project, "src")
+    line = _one_line_error(runner.invoke(app, [*score, str(allruns / "bottle")]))
+    assert "is a run folder of robust-ad, not a results folder" in line
     results = tmp_path / "results"
     for _ in range(2):  # its own results folder: replaced
-        assert (
-            runner.invoke(app, ["score", images, "--model", str(tiny_run), "--out", str(results), "--force"]).exit_code
-            == 0
-        )
-    (results / "report_for_boss.txt").write_text("important")
-    line = _one_line_error(
-        runner.invoke(app, ["score", images, "--model", str(tiny_run), "--out", str(results), "--force"])
-    )
-    assert (
-        "also holds report_for_boss.txt, which robust-ad did not write" in line
-        and (results / "report_for_boss.txt").is_file()
-    )
-    (results / "report_for_boss.txt").unlink()
-    (results / ".robust-ad.json").unlink()  # as written before the record existed: its scores.json says what it is
-    assert (
-        runner.invoke(app, ["score", images, "--model", str(tiny_run), "--out", str(results), "--force"]).exit_code == 0
-    )
+        assert runner.invoke(app, [*score, str(results)]).exit_code == 0
+    (results / "overlays" / "annotated_by_me.txt").write_text("mine")  # at any depth
+    refused(score, results, "overlays/annotated_by_me.txt")
+    (results / "overlays" / "annotated_by_me.txt").unlink()
+    (results / ".robust-ad.json").unlink()  # as written before the record existed, and nothing else at its top
+    assert runner.invoke(app, [*score, str(results)]).exit_code == 0
     run = allruns / "bottle"
     assert runner.invoke(app, ["eval", "--model", str(run)]).exit_code == 0  # run/eval/, recorded in the run folder
-    assert runner.invoke(app, [*train, "--out", str(run)]).exit_code == 0
-    assert not (run / "eval").exists() and (run / rundir.MODEL).is_file()
+    assert runner.invoke(app, ["export", "--model", str(run)]).exit_code == 0  # run/model.onnx, recorded too
+    (run / "eval" / "my_analysis.txt").write_text("mine")
+    refused(train, run, "eval/my_analysis.txt")
+    (run / "eval" / "my_analysis.txt").unlink()
+    assert runner.invoke(app, [*train, str(run)]).exit_code == 0
+    assert not (run / "eval").exists() and not (run / "model.onnx").exists() and (run / rundir.MODEL).is_file()
 
 
 def test_force_never_clears_a_dataset_linked_into_the_data_root(

@@ -28,7 +28,7 @@ from robust_ad.data.arrays import ImageSet
 from robust_ad.data.images import read_image
 from robust_ad.data.layouts import Sample
 from robust_ad.data.loading import load_split, open_dataset
-from robust_ad.errors import ModelError
+from robust_ad.errors import DataError, ModelError, counted
 from robust_ad.models.folding import fold_batch_norms
 from robust_ad.scoring import metrics
 from robust_ad.scoring.calibration import calibrate, fit_colour_response, fit_normalisation
@@ -697,11 +697,20 @@ def test_eval_leaves_out_test_images_the_run_trained_on(synth_root: Path, tmp_pa
     assert leaked  # the grown folder's test share holds images the run trained on
     with caplog.at_level("WARNING"):
         kept = unseen(grown, run)
-    assert f"{len(leaked)} test images of" in caplog.text
+    assert f"{counted(len(leaked), 'test image')} of" in caplog.text
     assert not {s.path.relative_to(grown.root).as_posix() for s in kept.test} & seen
     result = runner.invoke(app, ["eval", "--model", str(run), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["model_sha256"] == rundir.model_digest(run)
+    known = [s for s in grown.test if s.label == 1 or s.path.relative_to(grown.root).as_posix() in seen]
+    only_seen = dataclasses.replace(grown, test=known)
+    with pytest.raises(DataError, match=r"every normal test image of .* is one .* trained or calibrated on"):
+        unseen(only_seen, run)
+    (run / rundir.SPLIT).unlink()  # a run from before split.json: it cannot tell, and says so
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert unseen(grown, run).test == grown.test
+    assert "does not record the images it trained on" in caplog.text
 
 
 def test_the_reports_overlay_links_survive_any_file_name(tmp_path: Path) -> None:
