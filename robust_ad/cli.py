@@ -700,7 +700,7 @@ def _interrupted(argv: list[str]) -> str:
     words = [word for word in argv if not word.startswith("-")]
     if words[:1] == ["train"] or words[:2] in (["encoder", "train"], ["encoder", "pretrain"]):
         return "interrupted (an interrupted training continues with --resume)"
-    return "interrupted: its output is incomplete; run the command again with --force to replace it"
+    return "interrupted: any output it had begun is incomplete; run the command again (with --force to replace it)"
 
 
 def main() -> None:

@@ -119,6 +119,12 @@ def test_a_visa_split_file_that_contradicts_itself_is_refused(tmp_path: Path) ->
     assert not report.usable and "001_typo.png: cannot open" in report.reason()
     split.write_bytes(b"\xef\xbb\xbf" + text.encode())  # saved by a spreadsheet
     assert check_dataset(AnomalyDataset.load(tmp_path, "candle")).usable
+    split.write_text(text.encode("utf-16").decode("latin-1"), encoding="latin-1")  # its 'Unicode text'
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        AnomalyDataset.load(tmp_path, "candle")
+    split.write_text(text + "candle,test,normal,./candle/Data/Images/Normal//001.JPG,\n")  # another spelling
+    with pytest.raises(DataError, match=r"candle/Data/Images/Normal/001.JPG is listed already \(line 3\)"):
+        AnomalyDataset.load(tmp_path, "candle")
 
 
 def test_defects_without_masks_still_load(tmp_path: Path) -> None:
@@ -142,6 +148,9 @@ def test_folder_layout_with_defect_subfolders(tmp_path: Path) -> None:
     assert ds.has_masks("scratch") and not ds.has_masks("dent")
     make_mask(tmp_path / "masks" / "dent" / "d0.PNG")  # any image suffix, any case (it was unused)
     assert AnomalyDataset.load(tmp_path, "parts").has_masks("dent")
+    make_mask(tmp_path / "masks" / "dent" / "d0_mask.jpg")  # a second one: which? (a JPEG won over the PNG)
+    with pytest.raises(DataError, match=r"d0.png has 2 masks \(d0.PNG, d0_mask.jpg\): keep one"):
+        AnomalyDataset.load(tmp_path, "parts")
 
 
 def test_folder_masks_of_a_name_shared_by_two_defect_types_are_refused_unless_kept_per_type(tmp_path: Path) -> None:

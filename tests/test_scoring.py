@@ -731,7 +731,7 @@ def test_the_reports_overlay_links_survive_any_file_name(tmp_path: Path) -> None
 def test_score_batches_camera_frames_by_pixels_too(
     tiny_run: Path, synth_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    """16 frames of 48 MP in one batch took 10 GB: a batch also stops at BATCH_PIXELS; results are the same."""
+    """Ten 16 MP frames in one batch took 10 GB: a batch also stops at BATCH_PIXELS; results are the same."""
     from robust_ad.scoring import files
 
     folder = synth_root / "bottle" / "test" / "hole"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import posixpath
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,37 +87,54 @@ def read_visa(root: Path, category: str, split_csv: Path | None = None) -> tuple
     train: list[Sample] = []
     test: list[Sample] = []
     lines: dict[str, int] = {}
-    with split_csv.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark too
-        reader = csv.DictReader(handle)
-        missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{split_csv}: missing columns {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            if row["object"] != category:
-                continue
-            label, split = row["label"].strip().lower(), row["split"].strip().lower()
-            where = f"{split_csv}, line {line}"
-            if label not in VISA_LABELS or split not in ("train", "test"):  # a typo must not move an image silently
-                raise DataError(
-                    f"{where}: label {row['label']!r} and split {row['split']!r} must be one of "
-                    f"{'/'.join(VISA_LABELS)} and train/test"
-                )
-            anomalous = label == "anomaly"
-            if anomalous and split == "train":
-                raise DataError(f"{where}: an anomalous image in the train split (robust-ad trains on normal images)")
-            image = row["image"].strip()
-            if image in lines:
-                raise DataError(f"{where}: {image} is listed already (line {lines[image]}): each image once")
-            lines[image] = line
-            mask = root / row["mask"].strip() if anomalous and row["mask"].strip() else None  # missing: a problem
-            sample = Sample(root / image, int(anomalous), "anomaly" if anomalous else NORMAL, mask)
-            (train if split == "train" else test).append(sample)
+    try:
+        text = split_csv.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark too
+    except UnicodeDecodeError:
+        raise DataError(
+            f"{split_csv}: not UTF-8 text (a spreadsheet's 'Unicode text' is UTF-16): save it as CSV UTF-8"
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
+    if missing:
+        raise DataError(f"{split_csv}: missing columns {', '.join(sorted(missing))}")
+    for line, row in enumerate(reader, start=2):
+        if row["object"] != category:
+            continue
+        label, split = row["label"].strip().lower(), row["split"].strip().lower()
+        where = f"{split_csv}, line {line}"
+        if label not in VISA_LABELS or split not in ("train", "test"):  # a typo must not move an image silently
+            raise DataError(
+                f"{where}: label {row['label']!r} and split {row['split']!r} must be one of "
+                f"{'/'.join(VISA_LABELS)} and train/test"
+            )
+        anomalous = label == "anomaly"
+        if anomalous and split == "train":
+            raise DataError(f"{where}: an anomalous image in the train split (robust-ad trains on normal images)")
+        image = posixpath.normpath(row["image"].strip())  # ./a/b.png and a//b.png are a/b.png
+        if image in lines:
+            raise DataError(f"{where}: {image} is listed already (line {lines[image]}): each image once")
+        lines[image] = line
+        mask = root / row["mask"].strip() if anomalous and row["mask"].strip() else None  # missing: a problem
+        sample = Sample(root / image, int(anomalous), "anomaly" if anomalous else NORMAL, mask)
+        (train if split == "train" else test).append(sample)
     return train, test
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
+def _by_stem(folder: Path) -> dict[str, list[Path]]:
     """The image files of ``folder`` by stem, any image suffix in any case (a mask.PNG or mask.bmp too)."""
-    return {path.stem: path for path in reversed(list_images(folder))}  # the first by name where stems repeat
+    found: dict[str, list[Path]] = {}
+    for path in list_images(folder):
+        found.setdefault(path.stem, []).append(path)
+    return found
+
+
+def _mask_of(image: Path, masks: dict[str, list[Path]]) -> Path | None:
+    """The one mask among ``masks`` named after ``image`` (<stem> or <stem>_mask, any suffix); two are refused (one
+    was picked silently, a lossy JPEG over a PNG)."""
+    found = [path for end in ("", "_mask") for path in masks.get(f"{image.stem}{end}", [])]
+    if len(found) > 1:
+        raise DataError(f"{image} has {len(found)} masks ({', '.join(p.name for p in found)}): keep one")
+    return found[0] if found else None
 
 
 def read_folder(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
@@ -138,10 +157,9 @@ def read_folder(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     by_stem = {folder: _by_stem(masks / folder) for folder in {"", *(defect for _, defect in images)}}
     defects = []
     for path, defect in images:
-        own = [by_stem[defect].get(f"{path.stem}{end}") for end in ("", "_mask")]
-        shared = [by_stem[""].get(f"{path.stem}{end}") for end in ("", "_mask")]
-        mask = next((m for m in own if m), None) or next((m for m in shared if m), None)
-        if mask is not None and mask in shared and stems[path.stem] > 1:
+        own, shared = _mask_of(path, by_stem[defect]), _mask_of(path, by_stem[""])
+        mask = own or shared
+        if mask is not None and mask == shared and stems[path.stem] > 1:
             raise DataError(
                 f"{mask} matches defect images of several types named {path.stem} (one is {path}): put each type's "
                 f"masks in masks/<type>/, or name the images apart"

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 Predictor = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray]]
 # scores.csv: a row per input file, in input order; an unreadable one has the verdict 'unreadable' and its reason
 COLUMNS = ("path", "score", "normalized_score", "verdict", "error", "overlay")  # new columns go last
-BATCH_PIXELS = 50_000_000  # a batch of camera frames stops here: 600 MB of float RGB
+BATCH_PIXELS = 16_000_000  # a batch of camera frames stops here (one 4000 x 4000 frame): 190 MB of float RGB
 OVERLAY_SIDES = (256, 1024)  # an overlay's panels: a camera frame made smaller, a tiny one larger to be seen
 
 
@@ -99,7 +99,7 @@ def _read_batches(
     paths: Sequence[Path], batch_size: int, run: ScoreRun, lines: dict[int, dict]
 ) -> Iterator[tuple[list[tuple[int, Path]], list[np.ndarray]]]:
     """(index, path) and image of each readable file, in batches of ``batch_size`` images or BATCH_PIXELS pixels,
-    whichever comes first (16 camera frames of 48 MP took 10 GB); unreadable files go into ``run`` and ``lines``."""
+    whichever comes first (ten 16 MP camera frames took 10 GB); unreadable files go into ``run`` and ``lines``."""
     images: list[np.ndarray] = []
     kept: list[tuple[int, Path]] = []
     for index, path in track(list(enumerate(paths)), "scoring images"):
