@@ -172,7 +172,8 @@ def has_content(path: Path) -> bool:
 
 def _files(path: Path) -> set[str]:
     """Every file under ``path`` as a relative POSIX path, and every output folder nested in it (a run's eval/) as
-    its name and '/', whose files its own record lists; robust-ad's lock and record files left out."""
+    its name and '/', whose files its own record lists; links to folders as files; robust-ad's lock and record files
+    left out."""
     found = set()
     for root, dirs, files in os.walk(path):
         relative = Path(root).relative_to(path)
@@ -180,6 +181,7 @@ def _files(path: Path) -> set[str]:
             found.add(f"{(relative / nested).as_posix()}/")
             dirs.remove(nested)
         found |= {(relative / name).as_posix() for name in files if name not in _OWN}
+        found |= {(relative / name).as_posix() for name in dirs if (Path(root) / name).is_symlink()}  # a link too
     return found
 
 

@@ -296,6 +296,9 @@ def test_force_replaces_only_what_robust_ad_wrote_there(tiny_run: Path, synth_ro
     (results / "overlays" / "annotated_by_me.txt").write_text("mine")  # at any depth
     refused(score, results, "overlays/annotated_by_me.txt")
     (results / "overlays" / "annotated_by_me.txt").unlink()
+    (results / "my_data").symlink_to(project)  # a link the user made: it is theirs too
+    refused(score, results, "my_data")
+    (results / "my_data").unlink()
     (results / ".robust-ad.json").unlink()  # as written before the record existed, and nothing else at its top
     assert runner.invoke(app, [*score, str(results)]).exit_code == 0
     run = allruns / "bottle"
