@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -703,8 +704,16 @@ def _interrupted(argv: list[str]) -> str:
     return "interrupted: any output it had begun is incomplete; run the command again (with --force to replace it)"
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler, a CI cancel, timeout) unwinds like Ctrl-C: output folders record what was written and
+    release their locks; the exit code is the conventional 128 + 15."""
+    err_console.print(_interrupted(sys.argv[1:]).replace("interrupted", "terminated", 1))
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console-script entry point: usage errors, like every other error, are one line (exit 2)."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort):

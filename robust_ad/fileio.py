@@ -30,9 +30,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+        _note_written(path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_WRITTEN: dict[Path, set[str]] = {}  # per output folder this process holds: what it wrote there (relative paths)
+
+
+def _note_written(path: Path) -> None:
+    """Record ``path`` with every output folder being written that holds it: robust-ad's own files, never a file
+    someone else put there meanwhile. A nested folder's record file stands for that folder ('runs/bottle/')."""
+    resolved = path.resolve()
+    for folder, written in _WRITTEN.items():
+        if folder in resolved.parents:
+            relative = resolved.relative_to(folder)
+            if relative.name != MARK_NAME:
+                written.add(relative.as_posix())
+            elif relative.parent != Path():  # a nested output folder's record, not the folder's own
+                written.add(f"{relative.parent.as_posix()}/")
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:
@@ -58,35 +75,20 @@ def write_yaml(path: str | Path, data: Any) -> Path:
 LOCK_NAME = ".robust-ad.lock"
 MARK_NAME = ".robust-ad.json"  # in each output folder: what robust-ad wrote it as, and every file it wrote there
 _OWN = {LOCK_NAME, MARK_NAME}
-# What each kind of output folder held before robust-ad kept that record: such a folder is replaced only when it
-# holds nothing else at its top (a user's file inside one of these subfolders cannot be told apart then).
-_EARLIER = {
-    "run folder": {
-        "config.yaml",
-        "model.pt",
-        "calibration.json",
-        "checkpoint.pt",
-        "encoder.pt",
-        "losses.csv",
-        "reconstructions.png",
-        "training.json",
-        "verification.npz",
-        "split.json",
-        "model.onnx",
-        "eval",
-    },
-    "results folder": {"scores.csv", "scores.json", "overlays"},
-    "evaluation folder": {
-        "metrics.json",
-        "roc.png",
-        "report.html",
-        "overlays",
-        "denoise_metrics.json",
-        "denoise_examples.png",
-    },
-    "category folder": {"synth.json", "train", "test", "ground_truth"},
-    "corpus folder": {"manifest.csv", "images"},
-    "demo folder": {"data", "runs", "results", "results-onnx"},
+# The files a run folder held before robust-ad kept that record: such a folder (and only such: any other folder
+# from before, a demo's data/ or an eval/ among them, may hold a user's files) is replaced when it holds only these.
+_EARLIER_RUN = {
+    "config.yaml",
+    "model.pt",
+    "calibration.json",
+    "checkpoint.pt",
+    "encoder.pt",
+    "losses.csv",
+    "reconstructions.png",
+    "training.json",
+    "verification.npz",
+    "split.json",
+    "model.onnx",
 }
 
 
@@ -211,10 +213,9 @@ def _foreign(path: Path, what: str) -> list[str]:
     """What in the output folder ``path`` robust-ad did not write there as a ``what`` (relative paths): all of it
     where it holds no record and is not such a folder of before."""
     mark = _mark(path)
-    if mark is None:
-        earlier = _EARLIER.get(what, set())
-        entries = _entries(path)
-        return sorted(entries - earlier) if entries & earlier else sorted(entries)
+    if mark is None:  # of before: a run folder's own files are known, nothing else is
+        known = _EARLIER_RUN if what == "run folder" else set()
+        return sorted(name for name in _entries(path) if name not in known or (path / name).is_dir())
     if mark.get("kind") != what:
         return [f"{path.name}/ (a {mark.get('kind')})"]
     recorded = set(mark["files"])
@@ -222,8 +223,16 @@ def _foreign(path: Path, what: str) -> list[str]:
     foreign = sorted(present - recorded)
     for nested in sorted(recorded & {f for f in present if f.endswith("/")}):
         inner = _mark(path / nested)
-        foreign += [f"{nested}{name}" for name in _foreign(path / nested, inner["kind"] if inner else what)]
+        kind = inner["kind"] if inner else what
+        if kind == what == "run folder":  # another model trained into a subfolder of this one
+            foreign.append(f"{nested} (another run folder)")
+            continue
+        foreign += [f"{nested}{name}" for name in _foreign(path / nested, kind)]
     return foreign
+
+
+def _a(noun: str | None) -> str:
+    return f"{'an' if str(noun)[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _refuse_foreign(path: Path, what: str) -> None:
@@ -232,13 +241,15 @@ def _refuse_foreign(path: Path, what: str) -> None:
     user's)."""
     mark = _mark(path)
     if mark is not None and mark.get("kind") != what:
-        raise OverwriteError(f"{path} is a {mark.get('kind')} of robust-ad, not a {what}: --force does not replace it")
+        raise OverwriteError(
+            f"{path} is {_a(mark.get('kind'))} of robust-ad, not {_a(what)}: --force does not replace it"
+        )
     foreign = _foreign(path, what)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         them = "it" if len(foreign) == 1 else "them"
         raise OverwriteError(
-            f"{what} {path} holds {shown}, which robust-ad did not write there as a {what}: --force would delete "
+            f"{what} {path} holds {shown}, which robust-ad did not write there as {_a(what)}: --force would delete "
             f"{them}; move {them} out first, or choose another folder"
         )
 
@@ -292,13 +303,17 @@ def output_folder(
     try:
         mark = _mark(path)
         before = _files(path)
-        ours = before & set(mark["files"]) if mark is not None else before  # --resume of a folder of before
+        ours = before & _EARLIER_RUN if what == "run folder" else set()  # --resume, threshold of a run of before
+        if mark is not None:
+            ours = before & set(mark["files"])
+        written = _WRITTEN.setdefault(path.resolve(), set())
         _record(path, what, ours)
         _record_in_parent(path)
         try:
             yield path
         finally:
-            _record(path, what, ours | (_files(path) - before))  # what this call wrote, even if it failed
+            del _WRITTEN[path.resolve()]
+            _record(path, what, ours | (written & _files(path)))  # what this call wrote, even if it failed
     except BaseException:
         if created and not has_content(path):
             lock.release()
@@ -310,16 +325,26 @@ def output_folder(
 
 
 def _record_in_parent(path: Path) -> None:
-    """An output folder written inside another (a run's eval/) is recorded there as its own."""
+    """An output folder written inside another that no command is writing (a run's eval/) is recorded there as its
+    own (one being written records it when it is done)."""
     parent = path.parent
     mark = _mark(parent)
-    if mark is not None and f"{path.name}/" not in mark["files"]:
+    if mark is not None and parent.resolve() not in _WRITTEN and f"{path.name}/" not in mark["files"]:
         _record(parent, mark["kind"], {*mark["files"], f"{path.name}/"})
 
 
-def check_writable(path: str | Path, force: bool) -> Path:
-    """Refuse to overwrite an existing file unless ``force``."""
+def check_writable(path: str | Path, force: bool, replaces: str = "") -> Path:
+    """Refuse to overwrite an existing file unless ``force``, and even then a file that belongs to an output folder
+    (a run's model.pt or calibration.json: encoder train --out and encoder eval --out could replace them) unless it
+    has the ``replaces`` suffix (export's .onnx)."""
     path = Path(path)
-    if path.exists() and not force:
+    if not path.exists():
+        return path
+    mark = _mark(path.parent)
+    earlier = mark is None and (path.parent / "config.yaml").is_file() and path.name in _EARLIER_RUN
+    if ((mark is not None and path.name in mark["files"]) or earlier) and path.suffix != replaces:
+        kind = mark["kind"] if mark is not None else "run folder"
+        raise OverwriteError(f"{path} belongs to the {kind} {path.parent}: --force does not replace it from here")
+    if not force:
         raise OverwriteError(f"{path} exists; pass --force to overwrite it")
     return path

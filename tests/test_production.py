@@ -299,9 +299,19 @@ def test_force_replaces_only_what_robust_ad_wrote_there(tiny_run: Path, synth_ro
     (results / "my_data").symlink_to(project)  # a link the user made: it is theirs too
     refused(score, results, "my_data")
     (results / "my_data").unlink()
-    (results / ".robust-ad.json").unlink()  # as written before the record existed, and nothing else at its top
-    assert runner.invoke(app, [*score, str(results)]).exit_code == 0
+    (results / ".robust-ad.json").unlink()  # written before the record existed: its overlays/ could hold anything
+    refused(score, results, "overlays", "scores.json")
     run = allruns / "bottle"
+    (run / ".robust-ad.json").unlink()  # a run folder from before, its own files only: replaced
+    (run / "notes.txt").write_text("mine")
+    refused(train, run, "notes.txt")
+    assert runner.invoke(app, ["threshold", "--model", str(run), "--value", "1.5"]).exit_code == 0
+    refused(train, run, "notes.txt")  # threshold did not adopt it as robust-ad's
+    (run / "notes.txt").unlink()
+    assert runner.invoke(app, [*train, str(run)]).exit_code == 0
+    assert runner.invoke(app, [*train, str(run / "v2")]).exit_code == 0  # another model inside this one
+    refused(train, run, "v2/ (another run folder)")
+    shutil.rmtree(run / "v2")
     assert runner.invoke(app, ["eval", "--model", str(run)]).exit_code == 0  # run/eval/, recorded in the run folder
     assert runner.invoke(app, ["export", "--model", str(run)]).exit_code == 0  # run/model.onnx, recorded too
     (run / "eval" / "my_analysis.txt").write_text("mine")
@@ -309,6 +319,23 @@ def test_force_replaces_only_what_robust_ad_wrote_there(tiny_run: Path, synth_ro
     (run / "eval" / "my_analysis.txt").unlink()
     assert runner.invoke(app, [*train, str(run)]).exit_code == 0
     assert not (run / "eval").exists() and not (run / "model.onnx").exists() and (run / rundir.MODEL).is_file()
+
+
+def test_a_file_put_into_an_output_folder_while_a_command_writes_stays_the_users(tmp_path: Path) -> None:
+    """The record held whatever appeared in the folder meanwhile (a note written during an hours-long training),
+    so the next --force deleted it; it lists what robust-ad wrote."""
+    from robust_ad.errors import OverwriteError
+    from robust_ad.fileio import output_folder, write_text
+
+    with output_folder(tmp_path / "out", False, "results folder") as folder:
+        write_text(folder / "scores.csv", "path\n")
+        (folder / "my_notes.txt").write_text("written while it ran")
+    with (
+        pytest.raises(OverwriteError, match=r"holds my_notes.txt, which robust-ad did not write there"),
+        output_folder(tmp_path / "out", True, "results folder"),
+    ):
+        pass
+    assert (tmp_path / "out" / "my_notes.txt").is_file()
 
 
 def test_force_never_clears_a_dataset_linked_into_the_data_root(
@@ -417,3 +444,43 @@ def test_long_work_says_how_far_it_is_off_a_terminal(monkeypatch, capsys) -> Non
     monkeypatch.setenv("ROBUST_AD_QUIET", "1")
     assert list(progress.track(range(4), "scoring images")) == [0, 1, 2, 3]
     assert capsys.readouterr().err == ""
+
+
+def test_a_terminated_training_records_what_it_wrote_and_force_replaces_it(synth_root: Path, tmp_path: Path) -> None:
+    """SIGTERM skipped the record of what a training had written, so --force refused robust-ad's own folder."""
+    import signal
+    import subprocess
+    import time
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "robust_ad", "train", "--category", "bottle", "--data-root", str(synth_root)]
+    args += ["--recipe", str(tiny_recipe(tmp_path, autoencoder={"epochs": 200})), "--out", str(run)]
+    training = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):  # until its first checkpoint
+        if (run / rundir.CHECKPOINT).is_file() or training.poll() is not None:
+            break
+        time.sleep(0.1)
+    training.send_signal(signal.SIGTERM)
+    _, err = training.communicate(timeout=120)
+    assert training.returncode == 143 and "terminated (an interrupted training continues with --resume)" in err
+    again = ["train", "--category", "bottle", "--data-root", str(synth_root), "--epochs", "1", "--force"]
+    result = runner.invoke(app, [*again, "--recipe", str(tiny_recipe(tmp_path)), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_file_of_a_run_folder_is_not_replaced_by_another_commands_out(tiny_run: Path, tmp_path: Path) -> None:
+    """encoder train --out RUN/model.pt --force destroyed a trained model, encoder eval --out RUN/calibration.json
+    its calibration; export may still replace its own .onnx there."""
+    from robust_ad.errors import OverwriteError
+    from robust_ad.fileio import check_writable
+
+    run = _copy_run(tiny_run, tmp_path / "run")
+    for name in (rundir.MODEL, rundir.CALIBRATION):
+        with pytest.raises(OverwriteError, match=f"{name} belongs to the run folder"):
+            check_writable(run / name, force=True)
+    assert runner.invoke(app, ["export", "--model", str(run)]).exit_code == 0
+    assert runner.invoke(app, ["export", "--model", str(run), "--force"]).exit_code == 0
+    (run / ".robust-ad.json").unlink()  # a run folder from before the record: its files are known by name
+    with pytest.raises(OverwriteError, match="belongs to the run folder"):
+        check_writable(run / rundir.MODEL, force=True)
+    assert check_writable(tmp_path / "elsewhere.pt", force=False) == tmp_path / "elsewhere.pt"
