@@ -77,6 +77,10 @@ def test_corpus_from_deb_files_skips_maps_and_cuts_photographs(
     assert all(read_image(out / r["file"]).shape == (64, 64, 3) for r in rows)
     again = runner.invoke(app, [*args, "--package", "fake-textures"])
     assert again.exit_code == 2 and "--force" in again.output
+    (tmp_path / "no-debs").mkdir()  # refused before the corpus it would replace is cleared
+    empty = ["datasets", "corpus", "--out", str(out), "--debs", str(tmp_path / "no-debs"), "--force"]
+    assert "no .deb files" in runner.invoke(app, empty).output
+    assert (out / "manifest.csv").is_file() and all((out / r["file"]).is_file() for r in rows)
 
 
 def test_corpus_refuses_what_it_cannot_use(tmp_path: Path) -> None:

@@ -171,16 +171,17 @@ def assemble_corpus(
     for folder in photo_folders:
         if not Path(folder).is_dir():
             raise DataError(f"{folder}: no such folder of photographs")
+    deb_files: list[Path] = []
+    if debs is not None:  # checked before an earlier corpus in ``out`` is replaced
+        deb_files = [d for d in sorted(Path(debs).glob("*.deb")) if not packages or _package_name(d) in packages]
+        if not deb_files:
+            raise DataError(f"no .deb files{' of ' + ', '.join(packages) if packages else ''} in {debs}")
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
     inputs = [*photo_folders, *([debs] if debs is not None else [])]
     with tempfile.TemporaryDirectory() as work, output_folder(out, force, "corpus folder", inputs=inputs) as out:
         work = Path(work)
-        if debs is not None:
-            deb_files = [d for d in sorted(Path(debs).glob("*.deb")) if not packages or _package_name(d) in packages]
-            if not deb_files:
-                raise DataError(f"no .deb files{' of ' + ', '.join(packages) if packages else ''} in {debs}")
-        else:
+        if debs is None:
             deb_files = _download(packages or DEFAULT_PACKAGES, work)
         sources: list[tuple[str, Path, str, bool]] = []  # (source, root, licence, photo)
         for deb in deb_files:
