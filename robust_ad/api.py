@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from robust_ad.config import Config, for_mode, from_scratch, load_config
-from robust_ad.errors import ConfigError, ModelError, RobustADError
+from robust_ad.errors import ConfigError, DataError, ModelError, RobustADError, counted
 from robust_ad.fileio import check_writable, write_json
 
 if TYPE_CHECKING:  # the API imports its heavy modules when called: 'import robust_ad.api' stays light
@@ -340,7 +340,6 @@ def _verification_images(dataset, size: int, normal) -> tuple:
     import numpy as np
 
     from robust_ad.data.arrays import load_samples
-    from robust_ad.errors import DataError
 
     def readable(samples) -> np.ndarray:  # never fail a finished training over a verification image
         try:
@@ -702,7 +701,6 @@ def unseen(dataset: AnomalyDataset, run: str | Path) -> AnomalyDataset:
     import dataclasses
 
     from robust_ad import rundir
-    from robust_ad.errors import DataError, counted
 
     seen = rundir.seen_images(run)
     if not seen and dataset.layout == "folder":
@@ -812,7 +810,6 @@ def denoise(
 
     from robust_ad.denoising import denoise_files
     from robust_ad.device import resolve_device
-    from robust_ad.errors import DataError
     from robust_ad.fileio import output_folder
     from robust_ad.scoring.files import resolve_paths
 

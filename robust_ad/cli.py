@@ -151,11 +151,9 @@ def datasets_corpus(
     console.print(f"wrote {out}/manifest.csv ({counted(sum(counts.values()), 'image')})")
 
 
-def _mask_count(dataset, defect: str) -> str:
+def _masks_text(masked: int, total: int) -> str:
     """'yes', 'no', or how many of a defect type's test images have a mask ('3 of 4')."""
-    samples = [s for s in dataset.test if s.label == 1 and s.defect_type == defect]
-    masked = sum(s.mask_path is not None for s in samples)
-    return "yes" if masked == len(samples) else "no" if not masked else f"{masked} of {len(samples)}"
+    return "yes" if masked == total else "no" if not masked else f"{masked} of {total}"
 
 
 @datasets_app.command("check")
@@ -176,7 +174,7 @@ def datasets_check(
         table.add_column(column)
     for split, counts in dataset.counts().items():
         for defect, count in sorted(counts.items()):
-            masks = "-" if defect == "good" else _mask_count(dataset, defect)
+            masks = "-" if defect == "good" else _masks_text(*dataset.mask_count(defect))
             table.add_row(split, defect, str(count), masks)
     console.print(table)
     sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common())

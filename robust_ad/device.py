@@ -11,17 +11,14 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from robust_ad.errors import ConfigError
+from robust_ad.errors import ConfigError, gpu_index
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; asking for CUDA without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind, _, index = name.partition(":")
-    if name != "cpu" and (kind != "cuda" or (index and not index.isdigit())):
-        raise ConfigError(f"unknown device '{name}' (choose auto, cpu, cuda or cuda:N)")
-    if kind == "cuda" and not torch.cuda.is_available():
+    if gpu_index(name) is not None and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but no CUDA GPU is available (use --device auto or cpu)")
     return torch.device(name)
 

@@ -200,13 +200,15 @@ def _record(path: Path, what: str, files: set[str]) -> None:
     write_json(path / MARK_NAME, {"kind": what, "files": sorted(files)})
 
 
-def record_written(path: str | Path) -> None:
-    """Add a file written into an output folder by another command (export's model.onnx in a run folder) to that
-    folder's record, so that --force may replace the folder with it."""
+def record_written(path: str | Path, folder: bool = False) -> None:
+    """Add a file (or an output ``folder``: a run's eval/) written into an output folder that no command is writing
+    (export's model.onnx in a run folder) to that folder's record, so that --force may replace the folder with it;
+    one being written records what this process writes into it when it is done (atomic writes note them)."""
     path = Path(path)
-    mark = _mark(path.parent)
-    if mark is not None:
-        _record(path.parent, mark["kind"], {*mark["files"], path.name})
+    parent, entry = path.parent, f"{path.name}/" if folder else path.name
+    mark = _mark(parent)
+    if mark is not None and parent.resolve() not in _WRITTEN and entry not in mark["files"]:
+        _record(parent, mark["kind"], {*mark["files"], entry})
 
 
 def _foreign(path: Path, what: str) -> list[str]:
@@ -308,7 +310,7 @@ def output_folder(
             ours = before & set(mark["files"])
         written = _WRITTEN.setdefault(path.resolve(), set())
         _record(path, what, ours)
-        _record_in_parent(path)
+        record_written(path, folder=True)
         try:
             yield path
         finally:
@@ -322,15 +324,6 @@ def output_folder(
     finally:
         _HELD.discard(path.resolve())
         lock.release()
-
-
-def _record_in_parent(path: Path) -> None:
-    """An output folder written inside another that no command is writing (a run's eval/) is recorded there as its
-    own (one being written records it when it is done)."""
-    parent = path.parent
-    mark = _mark(parent)
-    if mark is not None and parent.resolve() not in _WRITTEN and f"{path.name}/" not in mark["files"]:
-        _record(parent, mark["kind"], {*mark["files"], f"{path.name}/"})
 
 
 def check_writable(path: str | Path, force: bool, replaces: str = "") -> Path:

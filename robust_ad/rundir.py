@@ -260,9 +260,9 @@ def seen_images(run_dir: str | Path) -> set[str]:
 
 def model_digest(run_dir: str | Path) -> str:
     """SHA-256 of the run's model file: which model an evaluation measured, wherever the run folder is now."""
-    import hashlib
+    from robust_ad.training.pretrained import sha256_of
 
-    return hashlib.sha256((Path(run_dir) / MODEL).read_bytes()).hexdigest()
+    return sha256_of(Path(run_dir) / MODEL)
 
 
 def write_verification(run_dir: str | Path, normal: np.ndarray, defect: np.ndarray) -> Path:

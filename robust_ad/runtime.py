@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_ad.errors import ConfigError, ModelError
+from robust_ad.errors import ModelError, gpu_index
 
 log = logging.getLogger(__name__)
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -123,17 +123,6 @@ def size_warning(shape: tuple[int, ...], size: int | None) -> str | None:
         f"input frames of {shape[1]}x{shape[0]} px are smaller than the model's {size}x{size}: they are enlarged "
         "to be scored, so scores may rise; send the full camera frames"
     )
-
-
-def gpu_index(device: str) -> int | None:
-    """The GPU that ``device`` asks for ('cuda' is GPU 0, 'cuda:N' GPU N), None for 'auto' (GPU 0 if usable) and
-    'cpu'; anything else is refused, as the torch path refuses it (a typo such as 'gpu' ran on the CPU unsaid)."""
-    if device in ("auto", "cpu"):
-        return None
-    kind, _, index = device.partition(":")
-    if kind == "cuda" and (not index or index.isdigit()):
-        return int(index or 0)
-    raise ConfigError(f"unknown device '{device}' (choose auto, cpu, cuda or cuda:N)")
 
 
 def choose_providers(device: str = "auto") -> list[str | tuple[str, dict[str, str]]]:

@@ -59,10 +59,15 @@ class AnomalyDataset:
     def defect_types(self) -> list[str]:
         return sorted({s.defect_type for s in self.test if s.label == 1})
 
+    def mask_count(self, defect_type: str | None = None) -> tuple[int, int]:
+        """How many anomalous test images (of ``defect_type``) have a mask, and how many there are."""
+        defects = [s for s in self.test if s.label == 1 and defect_type in (None, s.defect_type)]
+        return sum(s.mask_path is not None for s in defects), len(defects)
+
     def has_masks(self, defect_type: str | None = None) -> bool:
         """Whether every anomalous test image (of ``defect_type``) has a mask."""
-        defects = [s for s in self.test if s.label == 1 and defect_type in (None, s.defect_type)]
-        return bool(defects) and all(s.mask_path is not None for s in defects)
+        masked, total = self.mask_count(defect_type)
+        return bool(total) and masked == total
 
     def counts(self) -> dict[str, Counter]:
         return {
