@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from robust_ad.config import Config, for_mode, from_scratch, load_config
 from robust_ad.errors import ConfigError, DataError, ModelError, RobustADError, counted
-from robust_ad.fileio import check_writable, write_json
+from robust_ad.fileio import check_writable, refuse_inside, write_json
 
 if TYPE_CHECKING:  # the API imports its heavy modules when called: 'import robust_ad.api' stays light
     from robust_ad.data.dataset import AnomalyDataset
@@ -18,13 +18,16 @@ if TYPE_CHECKING:  # the API imports its heavy modules when called: 'import robu
 log = logging.getLogger(__name__)
 
 
-def _check_out(out: str | Path, suffix: str, force: bool, resume: bool = False) -> None:
-    """An output file of the named type (so --force cannot replace a dataset image or a model file), not
-    overwritten without ``force`` (``resume`` continues it)."""
+def _check_out(out: str | Path, suffix: str, force: bool, data: str | Path | None, resume: bool = False) -> None:
+    """An output file of the named type (so --force cannot replace a dataset image or a model file) outside the
+    ``data`` read (data root or corpus), not overwritten without ``force`` (``resume`` continues it)."""
     if Path(out).suffix != suffix:
         raise ConfigError(f"--out must name a {suffix} file, got {out}")
-    if not resume:
-        check_writable(out, force)
+    inputs = [data] if data is not None and Path(data).is_dir() else []
+    if resume:
+        refuse_inside(out, inputs)
+    else:
+        check_writable(out, force, inputs=inputs)
 
 
 def _input_paths(paths: str | Path | list[str | Path], files: list[Path]) -> list[Path]:
@@ -67,7 +70,7 @@ def train_encoder(config: Config, categories: list[str], out: str | Path, resume
     from robust_ad.training import distributed
     from robust_ad.training.encoder import train_encoder as _train
 
-    _check_out(out, ".pt", force, resume)
+    _check_out(out, ".pt", force, config.data_root, resume)
     files = labelled_files(config, categories, "train")
     with distributed.process_group(resolve_device(config.device)) as device:
         return _train(
@@ -97,7 +100,7 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
     from robust_ad.training.encoder import train_encoder as _train
 
     files = corpus_files(corpus, "train", cache_mb=config.data.cache_mb)
-    _check_out(out, ".pt", force, resume)
+    _check_out(out, ".pt", force, corpus, resume)
     n_sources = len(set(files.labels))
     files = files.verify(config.data.skip_bad, f"reading the corpus ({len(files)} images, {n_sources} sources)")
     encoder = config.encoder.model_copy(update={"proxy_task": "labels+corruption"})
@@ -176,7 +179,7 @@ def evaluate_encoder(
     from robust_ad.training.encoder import evaluate_encoder as _evaluate
 
     if out is not None:
-        _check_out(out, ".json", force)
+        _check_out(out, ".json", force, corpus or data_root)
     if bool(categories) == (corpus is not None):
         raise ConfigError("give either categories or a corpus to evaluate on")
     if not Path(encoder).is_file() and str(encoder) in pretrained.REGISTRY:

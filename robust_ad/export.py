@@ -185,7 +185,8 @@ def export(
     out = Path(out) if out else run_dir / "model.onnx"
     if out.suffix != ".onnx":  # also keeps --force from replacing model.pt, config.yaml or a dataset image
         raise ConfigError(f"--out must name an .onnx file, got {out}")
-    check_writable(out, force, replaces=".onnx")
+    data = rundir.read_config(run_dir).data_root  # a user's .onnx inside the dataset is not replaced either
+    check_writable(out, force, replaces=".onnx", inputs=[data] if data and Path(data).is_dir() else [])
     if batch != "dynamic" and (not str(batch).isdigit() or int(batch) < 1):
         raise ConfigError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     if not MIN_OPSET <= opset <= max_opset():

@@ -326,11 +326,18 @@ def output_folder(
         lock.release()
 
 
-def check_writable(path: str | Path, force: bool, replaces: str = "") -> Path:
+def refuse_inside(path: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output file inside one of ``inputs`` (a dataset or corpus the command reads)."""
+    _refuse_overlap(Path(path), "output file", inputs, ())
+
+
+def check_writable(path: str | Path, force: bool, replaces: str = "", inputs: Iterable[str | Path] = ()) -> Path:
     """Refuse to overwrite an existing file unless ``force``, and even then a file that belongs to an output folder
     (a run's model.pt or calibration.json: encoder train --out and encoder eval --out could replace them) unless it
-    has the ``replaces`` suffix (export's .onnx)."""
+    has the ``replaces`` suffix (export's .onnx). A file inside one of ``inputs`` (the dataset a command reads) is
+    refused, as an output folder there is."""
     path = Path(path)
+    refuse_inside(path, inputs)
     if not path.exists():
         return path
     mark = _mark(path.parent)

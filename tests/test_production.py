@@ -484,3 +484,33 @@ def test_a_file_of_a_run_folder_is_not_replaced_by_another_commands_out(tiny_run
     with pytest.raises(OverwriteError, match="belongs to the run folder"):
         check_writable(run / rundir.MODEL, force=True)
     assert check_writable(tmp_path / "elsewhere.pt", force=False) == tmp_path / "elsewhere.pt"
+
+
+def test_an_output_file_inside_the_data_read_is_refused(tiny_run: Path, synth_root: Path, tmp_path: Path) -> None:
+    """A review: 'encoder eval --out' and 'export --out' with --force replaced a user's file inside the dataset
+    (output folders there were already refused); 'encoder train --out' wrote its file among the images."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "bottle", data / "bottle")
+    notes = data / "bottle" / "notes.json"
+    notes.write_text("{}")
+    evaluate = [
+        "encoder",
+        "eval",
+        "--encoder",
+        "robust-ad-r18w05-l2-eps1",
+        "--category",
+        "bottle",
+        "--data-root",
+        str(data),
+    ]
+    encoder = ["encoder", "train", "--category", "bottle", "--data-root", str(data), "--epochs", "1"]
+    for args in (
+        [*evaluate, "--out", str(notes), "--force"],
+        [*encoder, "--out", str(data / "bottle" / "enc.pt")],
+        [*encoder, "--out", str(data / "bottle" / "enc.pt"), "--resume"],
+    ):
+        assert "overlaps the input" in _one_line_error(runner.invoke(app, args)), args
+    assert notes.read_text() == "{}" and not (data / "bottle" / "enc.pt").exists()
+    export = ["export", "--model", str(tiny_run), "--out", str(synth_root / "bottle" / "model.onnx")]
+    assert "overlaps the input" in _one_line_error(runner.invoke(app, export))
+    assert not (synth_root / "bottle" / "model.onnx").exists()
