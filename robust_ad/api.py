@@ -481,7 +481,8 @@ def train(config: Config | dict, out: str | Path, resume: bool = False, force: b
         with output_folder(run_dir, force, "run folder", inputs=read, keep=resume):
             if not resume:
                 rundir.write_config(run_dir, config)
-            began = time.perf_counter()
+            earlier = rundir.trained_seconds(run_dir) if resume else 0.0  # the interrupted part, by its epochs
+            began = time.perf_counter() - earlier
             train_files, val_set, corrupt, info, history = _fit(model, config, dataset, run_dir, resume, device)
             rundir.write_losses(run_dir, history)
             shown = (val_set or load_samples(dataset.train[:16], config.data.image_size)).images

@@ -159,6 +159,13 @@ def is_unfinished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CONFIG).is_file() and not is_finished(run_dir)
 
 
+def trained_seconds(run_dir: str | Path) -> float:
+    """The epoch seconds an interrupted training has spent so far (its checkpoints' histories), which a resumed
+    training counts into its time."""
+    files = [Path(run_dir) / name for name in (ENCODER, CHECKPOINT)]
+    return sum(row["seconds"] for f in files if f.is_file() for row in load_checkpoint(f).get("history", []))
+
+
 def find_run(category: str | None = None, runs: str | Path = RUNS) -> Path:
     """The detector of ``category`` in ``runs``, else (no category) the most recently trained finished detector
     there (denoising runs, which cannot score, are passed over)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from robust_ad import rundir
+from robust_ad.tensors import load_checkpoint, save_checkpoint
 from tests.conftest import tiny_config, tiny_recipe
 
 pytestmark = pytest.mark.slow
@@ -82,9 +83,15 @@ def test_an_interrupted_torchrun_training_resumes(synth_root: Path, tmp_path: Pa
     process.send_signal(signal.SIGTERM)  # as a job scheduler stops a job: torchrun stops its workers
     process.communicate(timeout=60)
     assert rundir.is_unfinished(run)
+    checkpoint = load_checkpoint(run / rundir.CHECKPOINT)  # as if each epoch so far had taken a minute
+    save_checkpoint(
+        run / rundir.CHECKPOINT, {**checkpoint, "history": [{**row, "seconds": 60.0} for row in checkpoint["history"]]}
+    )
     _finish(_torchrun(2, recipe, synth_root, run, "--resume"))
     assert rundir.is_finished(run)
     assert [row["epoch"] for row in _losses(run)] == list(range(1, 41))
+    training = rundir.read_training(run)  # its time counts the part before the interruption too
+    assert training.minutes >= training.decoder_minutes + training.encoder_minutes >= len(checkpoint["history"])
 
 
 @pytest.mark.parametrize(
