@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from robust_ad.config import Config, for_mode, from_scratch, load_config
 from robust_ad.errors import ConfigError, DataError, ModelError, RobustADError, counted
-from robust_ad.fileio import check_writable, refuse_inside, write_json
+from robust_ad.fileio import EVALUATION, check_writable, refuse_inside, write_json
 
 if TYPE_CHECKING:  # the API imports its heavy modules when called: 'import robust_ad.api' stays light
     from robust_ad.data.dataset import AnomalyDataset
@@ -672,9 +672,7 @@ def evaluate(
     calibration = rundir.read_calibration(model)
     dataset = unseen(open_dataset(config, data_root, category), model)
     test = load_split(dataset, "test", config)
-    with output_folder(
-        out or Path(model) / "eval", force, "evaluation folder", inputs=[dataset.root], models=[model]
-    ) as folder:
+    with output_folder(out or Path(model) / "eval", force, EVALUATION, inputs=[dataset.root], models=[model]) as folder:
         prediction = predict(scorer, test.images, batch_size, "evaluating")
         metrics = _evaluate(test, prediction, calibration.threshold)
         metrics.update(
@@ -865,7 +863,7 @@ def evaluate_denoiser(
     test = load_split(dataset, "test", config).images
     models_read = [model, *([baseline] if baseline is not None else [])]
     with output_folder(
-        out or Path(model) / "eval", force, "evaluation folder", inputs=[dataset.root], models=models_read
+        out or Path(model) / "eval", force, EVALUATION, inputs=[dataset.root], models=models_read
     ) as folder:
         examples: dict = {}
         rows = evaluate_denoising(models, tune[:16], test, seed=config.seed, examples=examples)

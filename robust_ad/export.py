@@ -186,7 +186,8 @@ def export(
     if out.suffix != ".onnx":  # also keeps --force from replacing model.pt, config.yaml or a dataset image
         raise ConfigError(f"--out must name an .onnx file, got {out}")
     data = rundir.read_config(run_dir).data_root  # a user's .onnx inside the dataset is not replaced either
-    check_writable(out, force, replaces=".onnx", inputs=[data] if data and Path(data).is_dir() else [])
+    own = out.parent.resolve() == run_dir.resolve()  # its own run folder's .onnx, never another run's
+    check_writable(out, force, replaces=".onnx" if own else "", inputs=[data] if data and Path(data).is_dir() else [])
     if batch != "dynamic" and (not str(batch).isdigit() or int(batch) < 1):
         raise ConfigError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     if not MIN_OPSET <= opset <= max_opset():

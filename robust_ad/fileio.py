@@ -36,6 +36,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+EVALUATION = "evaluation folder"  # the one kind of output folder that belongs to the folder it lies in (a run's)
 _WRITTEN: dict[Path, set[str]] = {}  # per output folder this process holds: what it wrote there (relative paths)
 
 
@@ -201,8 +202,8 @@ def _record(path: Path, what: str, files: set[str]) -> None:
 
 
 def record_written(path: str | Path, folder: bool = False) -> None:
-    """Add a file (or an output ``folder``: a run's eval/) written into an output folder that no command is writing
-    (export's model.onnx in a run folder) to that folder's record, so that --force may replace the folder with it;
+    """Add a file (export's model.onnx) or an output ``folder`` (a run's eval/) written into an output folder that no
+    command is writing to that folder's record, so that --force may replace the folder with it;
     one being written records what this process writes into it when it is done (atomic writes note them)."""
     path = Path(path)
     parent, entry = path.parent, f"{path.name}/" if folder else path.name
@@ -222,7 +223,7 @@ def _foreign(path: Path, what: str) -> list[str]:
         return [f"{path.name}/ (a {mark.get('kind')})"]
     recorded = set(mark["files"])
     present = _files(path)
-    foreign = sorted(present - recorded)
+    foreign = [_described(path, name) for name in sorted(present - recorded)]
     for nested in sorted(recorded & {f for f in present if f.endswith("/")}):
         inner = _mark(path / nested)
         kind = inner["kind"] if inner else what
@@ -231,6 +232,13 @@ def _foreign(path: Path, what: str) -> list[str]:
             continue
         foreign += [f"{nested}{name}" for name in _foreign(path / nested, kind)]
     return foreign
+
+
+def _described(path: Path, name: str) -> str:
+    """``name`` in ``path``, with its kind where it is another output folder of robust-ad ('scores/ (a results
+    folder)')."""
+    inner = _mark(path / name) if name.endswith("/") else None
+    return f"{name} ({_a(inner['kind'])})" if inner else name
 
 
 def _a(noun: str | None) -> str:
@@ -310,7 +318,8 @@ def output_folder(
             ours = before & set(mark["files"])
         written = _WRITTEN.setdefault(path.resolve(), set())
         _record(path, what, ours)
-        record_written(path, folder=True)
+        if what == EVALUATION:  # part of the run it evaluates (<run>/eval): train --force replaces it with the run
+            record_written(path, folder=True)
         try:
             yield path
         finally:

@@ -266,9 +266,10 @@ def test_force_never_replaces_a_real_dataset_or_a_models_files(
 
 def test_force_replaces_only_what_robust_ad_wrote_there(tiny_run: Path, synth_root: Path, tmp_path: Path) -> None:
     """User trials: 'train --out allruns --force' (runs/bottle meant) deleted two trained runs and notes.txt,
-    'score --out keep --force' a run and a report, a project folder with a config.yaml lost its sources, and a
-    file put into a run's eval/ went with the run. Now each is refused, naming what would go, and the folder is
-    left as it was (no lock file either); robust-ad's own folders are still replaced, eval/ and model.onnx too."""
+    'score --out keep --force' a run and a report, a project folder with a config.yaml lost its sources, a
+    file put into a run's eval/ went with the run, and so did results scored or denoised into the run folder. Now
+    each is refused, naming what would go, and the folder is left as it was (no lock file either); robust-ad's own
+    folders are still replaced, eval/ and model.onnx too."""
     images = str(synth_root / "bottle" / "test" / "good")
     score = ["score", images, "--model", str(tiny_run), "--force", "--out"]
     train = ["train", "--category", "bottle", "--data-root", str(synth_root), "--epochs", "1", "--force", "--out"]
@@ -310,10 +311,13 @@ def test_force_replaces_only_what_robust_ad_wrote_there(tiny_run: Path, synth_ro
     (run / "notes.txt").unlink()
     assert runner.invoke(app, [*train, str(run)]).exit_code == 0
     assert runner.invoke(app, [*train, str(run / "v2")]).exit_code == 0  # another model inside this one
-    refused(train, run, "v2/ (another run folder)")
+    refused(train, run, "v2/ (a run folder)")
     shutil.rmtree(run / "v2")
     assert runner.invoke(app, ["eval", "--model", str(run)]).exit_code == 0  # run/eval/, recorded in the run folder
     assert runner.invoke(app, ["export", "--model", str(run)]).exit_code == 0  # run/model.onnx, recorded too
+    assert runner.invoke(app, [*score, str(run / "scores")]).exit_code == 0  # the user's results, not the run's
+    refused(train, run, "scores/ (a results folder)")
+    shutil.rmtree(run / "scores")
     (run / "eval" / "my_analysis.txt").write_text("mine")
     refused(train, run, "eval/my_analysis.txt")
     (run / "eval" / "my_analysis.txt").unlink()
@@ -470,7 +474,7 @@ def test_a_terminated_training_records_what_it_wrote_and_force_replaces_it(synth
 
 def test_a_file_of_a_run_folder_is_not_replaced_by_another_commands_out(tiny_run: Path, tmp_path: Path) -> None:
     """encoder train --out RUN/model.pt --force destroyed a trained model, encoder eval --out RUN/calibration.json
-    its calibration; export may still replace its own .onnx there."""
+    its calibration, export --model A --out B/model.onnx B's exported model; export may still replace its own."""
     from robust_ad.errors import OverwriteError
     from robust_ad.fileio import check_writable
 
@@ -480,6 +484,8 @@ def test_a_file_of_a_run_folder_is_not_replaced_by_another_commands_out(tiny_run
             check_writable(run / name, force=True)
     assert runner.invoke(app, ["export", "--model", str(run)]).exit_code == 0
     assert runner.invoke(app, ["export", "--model", str(run), "--force"]).exit_code == 0
+    other = ["export", "--model", str(tiny_run), "--out", str(run / "model.onnx"), "--force"]  # another run's model
+    assert "belongs to the run folder" in _one_line_error(runner.invoke(app, other))
     (run / ".robust-ad.json").unlink()  # a run folder from before the record: its files are known by name
     with pytest.raises(OverwriteError, match="belongs to the run folder"):
         check_writable(run / rundir.MODEL, force=True)
