@@ -23,6 +23,8 @@ from robust_ad.data.resize import METHOD, METHOD_DOC, resize
 from robust_ad.errors import ConfigError, ModelError
 from robust_ad.fileio import atomic_path, check_writable, record_written
 from robust_ad.models.folding import fold_batch_norms
+from robust_ad.tensors import to_images, to_tensor
+from robust_ad.training.noise import apply_noise
 
 log = logging.getLogger(__name__)
 # Parity of onnxruntime against the fp32 torch graph on the run's own held-out images (normal and defective,
@@ -259,6 +261,13 @@ def _as_input(images: np.ndarray, uint8: bool) -> torch.Tensor:
     return x if uint8 else x.float() / 255.0
 
 
+def _with_noise(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 images with Gaussian noise of sigma 25 grey levels, always the same."""
+    clean = to_tensor((images / 255.0).astype(np.float32))
+    noisy = to_images(apply_noise(clean, "gaussian", 25 / 255, torch.Generator().manual_seed(0)))
+    return np.round(noisy * 255).astype(np.uint8)
+
+
 def _refuse(what: str) -> ModelError:
     return ModelError(f"ONNX parity check failed: {what}; the file was not written (--no-verify keeps it anyway)")
 
@@ -269,13 +278,19 @@ def _check_real_images(
     """Parity on the run's own held-out images, in the units that decide verdicts."""
     samples = rundir.read_verification(run_dir)
     images = np.concatenate([samples["normal"], samples["defect"]])
-    want, have = _outputs(graph, session, _as_input(images, uint8), batch)
+    if meta["mode"] == "denoise":  # with noise: clean images pass the guard unchanged and would test nothing
+        images = _with_noise(images)
+    given = _as_input(images, uint8)
+    want, have = _outputs(graph, session, given, batch)
     if meta["mode"] == "denoise":  # clean images: grey levels (uint8) or [0, 1] values
         bound = {"fp32": 1.0, "fp16": 3.0}[precision] / (1.0 if uint8 else 255.0)
         diff = float(np.abs(want[0] - have[0]).max())
         if diff > bound:
-            raise _refuse(f"max |image difference| {diff:.3g} on {len(images)} held-out images exceeds {bound:.3g}")
-        return {"parity_images": len(images), "parity_image_max_diff": diff}
+            raise _refuse(
+                f"max |image difference| {diff:.3g} on {len(images)} noisy held-out images exceeds {bound:.3g}"
+            )
+        changed = float((want[0] != given.numpy()).mean())  # the share of pixels the network changed there
+        return {"parity_images": len(images), "parity_image_max_diff": diff, "parity_pixels_changed": changed}
     problems = [
         problem
         for problem in (

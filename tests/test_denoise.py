@@ -223,6 +223,7 @@ def test_denoiser_exports_to_onnx_with_the_clean_image_as_output(denoiser: Path,
     meta = export(denoiser, path)
     session = InferenceSession(path, device="cpu")
     assert session.output_names == ["clean"] and meta["mode"] == "denoise"
+    assert meta["parity_pixels_changed"] > 0.5  # checked on noisy images, which the network changes (not the guard)
     model = rundir.load_model(denoiser)
     for shape in ((2, 40, 36, 3), (1, 300, 70, 3)):  # the second wraps the guard's probe tile
         images = np.random.default_rng(0).random(shape).astype(np.float32)
