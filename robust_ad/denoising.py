@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from functools import partial
@@ -15,6 +16,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from robust_ad import rundir
 from robust_ad.data.images import like_raw, read_raw, to_float_rgb, write_image, write_raw
 from robust_ad.errors import ConfigError, ImageReadError, ModelError
+from robust_ad.fileio import write_atomic
 from robust_ad.models.denoiser import SkipDenoiser
 from robust_ad.models.folding import fold_batch_norms
 from robust_ad.progress import track
@@ -68,7 +70,11 @@ def denoise_files(
             continue
         noisy = to_float_rgb(raw)
         clean = model.reconstruct(noisy[None], **options)[0]
-        write_raw(target, like_raw(clean, raw))
+        result = like_raw(clean, raw)
+        if np.array_equal(result, raw):  # left as it was (a clean frame): the file itself, not a re-encoded JPEG
+            write_atomic(target, partial(shutil.copyfile, path))
+        else:
+            write_raw(target, result)
         row = {"path": str(path), "output": str(target)}
         if compare:
             row["comparison"] = str(out / "comparison" / f"{path.stem}.png")

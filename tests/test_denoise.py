@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from robust_ad import rundir
 from robust_ad.api import train
 from robust_ad.cli import app
-from robust_ad.data.images import read_image
+from robust_ad.data.images import read_image, write_image
 from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.denoising import corrupt_images, evaluate_denoising, image_quality, load_denoiser
 from robust_ad.export import export
@@ -307,6 +307,43 @@ def test_near_clean_images_are_never_made_worse(denoiser: Path) -> None:
     assert float(estimate_sigma(to_tensor(near_clean)).max()) < rundir.read_config(denoiser).denoise.min_sigma
     restored = rundir.load_model(denoiser).reconstruct(near_clean)
     assert image_quality(smooth, restored)[0] >= image_quality(smooth, near_clean)[0] - 0.1
+
+
+def test_jpeg_outputs_keep_the_inputs_quality(denoiser: Path, tmp_path: Path) -> None:
+    """A user trial: a clean quality-100 JPEG came back 5 dB worse, re-encoded at OpenCV's default quality 95 with
+    4:2:0 chroma. A frame the denoiser leaves as it was is now the file itself; a changed one is written at quality
+    100 without chroma subsampling."""
+    yy, xx = np.mgrid[0:96, 0:96] / 96
+    smooth = np.round(np.stack([yy, xx, (yy + xx) / 2], -1) * 255).astype(np.uint8)
+    textured = np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8)
+    (tmp_path / "in").mkdir()
+    for name, image in (("clean.jpg", smooth), ("noise.jpg", textured)):
+        cv2.imwrite(str(tmp_path / "in" / name), image, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    args = ["denoise", str(tmp_path / "in"), "--model", str(denoiser), "--out", str(tmp_path / "out")]
+    assert runner.invoke(app, args).exit_code == 0
+    assert (tmp_path / "out" / "clean.jpg").read_bytes() == (tmp_path / "in" / "clean.jpg").read_bytes()
+    written = tmp_path / "written.jpg"
+    write_image(written, textured / 255.0)
+    assert image_quality(textured[None] / 255.0, read_image(written)[None])[0] > 40  # quality 95, 4:2:0: 12.7 dB
+
+
+def test_frames_one_pixel_wide_or_high_are_denoised_too(denoiser: Path, tmp_path: Path) -> None:
+    """A user trial: a 1 px frame stopped the whole folder with an internal error (the noise estimate's Haar step
+    had no pixels), in torch and in the exported graph."""
+    (tmp_path / "in").mkdir()
+    shapes = {"dot.png": (1, 1), "row.png": (1, 64), "column.png": (64, 1), "part.png": (40, 36)}
+    rng = np.random.default_rng(0)
+    for name, shape in shapes.items():
+        cv2.imwrite(str(tmp_path / "in" / name), rng.integers(0, 255, (*shape, 3), np.uint8))
+    args = ["denoise", str(tmp_path / "in"), "--model", str(denoiser), "--out", str(tmp_path / "out")]
+    assert runner.invoke(app, args).exit_code == 0
+    assert {name: cv2.imread(str(tmp_path / "out" / name)).shape[:2] for name in shapes} == shapes
+    export(denoiser, tmp_path / "d.onnx")
+    session = InferenceSession(tmp_path / "d.onnx", device="cpu")
+    model = rundir.load_model(denoiser)
+    for shape in shapes.values():
+        images = rng.integers(0, 255, (1, *shape, 3)).astype(np.float32) / 255
+        assert np.abs(session.denoise(images) - model.reconstruct(images)).max() <= 1 / 255 + 1e-6
 
 
 def _smooth(size: int = 64, count: int = 4) -> np.ndarray:

@@ -119,10 +119,16 @@ def _noise_channels(x: torch.Tensor) -> torch.Tensor:
 def _median_hh(x: torch.Tensor) -> torch.Tensor:
     """Donoho's estimate over all of ``x``'s channels: median |HH| / 0.6745, (N,)."""
     n, c = x.shape[:2]
-    even = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+    even = x.index_select(2, _even_index(x.shape[-2], x.device)).index_select(3, _even_index(x.shape[-1], x.device))
     hh = haar(even).reshape(n, c, 4, -1)[:, :, 3].abs().flatten(1)
     median = hh.sort(dim=1).values[:, (hh.shape[1] - 1) // 2]  # torch.median, as ONNX can express it
     return median / 0.6745
+
+
+def _even_index(n: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The first even number of a side's pixels, at least 2 (a side of 1 px repeated: no detail, no noise read)."""
+    n = torch.as_tensor(n, device=device)
+    return torch.arange(torch.clamp(n // 2 * 2, min=2), device=device).clamp(max=n - 1)
 
 
 def _padded_index(n: int | torch.Tensor, device: torch.device, multiple: int = MULTIPLE) -> torch.Tensor:
