@@ -77,9 +77,17 @@ def main() -> int:
     ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    session = ort.InferenceSession(args.model, options, providers=providers)
-    print(f"# onnxruntime on {session.get_providers()[0]}", file=sys.stderr)
+    try:
+        session = ort.InferenceSession(args.model, options, providers=providers)
+    except Exception as exc:  # onnxruntime's own exception types: a missing, corrupt or foreign file
+        print(f"error: {args.model}: not a loadable ONNX model ({str(exc).strip()[:200]})", file=sys.stderr)
+        return 2
     meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("format") != "robust-ad" or meta.get("mode", "detect") != "detect":
+        what = "a robust-ad denoiser" if meta.get("mode") == "denoise" else "not a robust-ad detection model"
+        print(f"error: {args.model} is {what}: this script scores detection models", file=sys.stderr)
+        return 2
+    print(f"# onnxruntime on {session.get_providers()[0]}", file=sys.stderr)
     threshold, vmax = float(meta["threshold"]), float(meta["map_vmax"])
     graph_input = session.get_inputs()[0]
     batch_size = graph_input.shape[0] if isinstance(graph_input.shape[0], int) else 1  # export --batch N: N frames

@@ -266,6 +266,28 @@ def test_corrupt_or_foreign_onnx_files_fail_in_one_line(tmp_path: Path) -> None:
         InferenceSession(tmp_path / "missing.onnx")
 
 
+def test_example_script_refuses_a_file_it_cannot_score_in_one_line(
+    onnx_file: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    """A user trial: a denoiser's ONNX file gave a traceback and exit 1, the script's 'part anomalous'."""
+    proto = onnx.load(str(onnx_file))
+    props = {p.key: p.value for p in proto.metadata_props}
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {**props, "mode": "denoise"})
+    onnx.save(proto, str(tmp_path / "denoiser.onnx"))
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx at all")
+    foreign = tmp_path / "foreign.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 1, 1), (torch.rand(1, 3, 8, 8),), str(foreign), dynamo=False)
+    cases = {
+        "denoiser.onnx": "is a robust-ad denoiser",
+        "bad.onnx": "not a loadable",
+        "foreign.onnx": "not a robust-ad",
+    }
+    for name, message in cases.items():
+        result = _example_script(tmp_path / name, synth_root / "bottle" / "test" / "good")
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, name
+
+
 def test_runtime_imports_and_runs_without_torch(onnx_file: Path) -> None:
     code = (
         "import sys\n"
