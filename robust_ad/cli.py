@@ -580,7 +580,8 @@ def export(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the onnxruntime-vs-torch parity check."),
     force: bool = FORCE,
 ) -> None:
-    """Export the whole scoring graph (preprocessing, maps, normalised score) as one ONNX file."""
+    """Export the whole scoring graph (preprocessing, maps, normalised score), or a denoiser (noisy frame in, clean
+    frame out, any size), as one ONNX file."""
     from robust_ad.api import export as export_model
     from robust_ad.errors import ConfigError
 

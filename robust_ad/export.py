@@ -91,7 +91,11 @@ def _graph(run_dir: Path, size: tuple[int, int] | None, uint8: bool, reconstruct
         "value_range": "0..255 (uint8)" if uint8 else "0..1 (float32)",
     }
     if config.mode == "denoise":
-        return DenoisingGraph(rundir.load_model(run_dir), uint8).eval(), {**meta, "outputs": "clean"}
+        if size or reconstruction:  # a denoiser's graph works at the frame's own size and has one output
+            raise ConfigError("--size and --reconstruction apply to detection models, not to a denoiser")
+        model = rundir.load_model(run_dir)
+        guard = getattr(model, "guard", False)  # the mirror denoiser of earlier versions has none
+        return DenoisingGraph(model, uint8).eval(), {**meta, "outputs": "clean", "guard": str(guard).lower()}
     calibration = rundir.read_calibration(run_dir)
     trained = config.data.image_size
     size = tuple(size) if size else (trained, trained)  # a list from the Python API compares as the tuple

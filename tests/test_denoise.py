@@ -19,6 +19,7 @@ from robust_ad.cli import app
 from robust_ad.data.images import read_image, write_image
 from robust_ad.data.loading import load_split, open_dataset
 from robust_ad.denoising import corrupt_images, evaluate_denoising, image_quality, load_denoiser
+from robust_ad.errors import ConfigError
 from robust_ad.export import export
 from robust_ad.models.denoiser import SkipDenoiser, estimate_sigma, impulses, median9
 from robust_ad.runtime import InferenceSession
@@ -224,6 +225,10 @@ def test_denoiser_exports_to_onnx_with_the_clean_image_as_output(denoiser: Path,
     session = InferenceSession(path, device="cpu")
     assert session.output_names == ["clean"] and meta["mode"] == "denoise"
     assert meta["parity_pixels_changed"] > 0.5  # checked on noisy images, which the network changes (not the guard)
+    assert meta["guard"] == "true"
+    for option in ({"size": (32, 32)}, {"reconstruction": True}):  # a detection model's options: said, not ignored
+        with pytest.raises(ConfigError, match="apply to detection models"):
+            export(denoiser, tmp_path / "other.onnx", **option)
     model = rundir.load_model(denoiser)
     for shape in ((2, 40, 36, 3), (1, 300, 70, 3)):  # the second wraps the guard's probe tile
         images = np.random.default_rng(0).random(shape).astype(np.float32)
