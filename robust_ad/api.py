@@ -813,24 +813,20 @@ def denoise(
     from robust_ad.denoising import denoise_files
     from robust_ad.device import resolve_device
     from robust_ad.fileio import output_folder
-    from robust_ad.scoring.files import resolve_paths
+    from robust_ad.scoring.files import output_names, resolve_paths
 
     if sigma is not None and not 0 <= sigma <= 255:
         raise ConfigError(f"--sigma must be a noise level between 0 and 255 grey levels, got {sigma}")
     files = resolve_paths(paths)
-    # outputs keep the input names, --compare pictures their stems (as PNG): one would silently replace the other
-    for what, name_of in [("file name", lambda p: p.name)] + [("name", lambda p: p.stem)] * compare:
-        names = Counter(name_of(p) for p in files)
-        if max(names.values()) > 1:
-            shared = next(name for name, count in names.items() if count > 1)
-            clash = [str(p) for p in files if name_of(p) == shared][:2]
-            also = " (--compare writes comparison/<name>.png)" if what == "name" else ""
-            raise DataError(
-                f"two inputs share the {what} {shared}{also} ({', '.join(clash)}): denoise them into separate --out "
-                "folders"
-            )
+    names = output_names(paths, files)  # one output would silently replace another of the same name
+    shared = next((name for name, count in Counter(names.values()).items() if count > 1), None)
+    if shared is not None:
+        clash = [str(p) for p in files if names[p] == shared][:2]
+        raise DataError(
+            f"two inputs share the output name {shared} ({', '.join(clash)}): denoise them into separate --out folders"
+        )
     with output_folder(out, force, "output folder", inputs=_input_paths(paths, files), models=[model]) as folder:
-        return denoise_files(files, model, folder, compare, resolve_device(device), sigma, guard)
+        return denoise_files(files, model, folder, compare, resolve_device(device), sigma, guard, names)
 
 
 def evaluate_denoiser(

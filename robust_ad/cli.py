@@ -671,8 +671,12 @@ def _evaluate_denoiser(
 def denoise(
     paths: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     model: Path = typer.Option(..., "--model", help="Run folder of 'robust-ad train --mode denoise'."),
-    out: Path = typer.Option(..., "--out", help="Folder for the denoised images (never an input folder)."),
-    compare: bool = typer.Option(False, "--compare", help="Also write side-by-side noisy | denoised PNGs."),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for the denoised images, under the names and subfolders they had (not an input)."
+    ),
+    compare: bool = typer.Option(
+        False, "--compare", help="Also write side-by-side noisy | denoised PNGs (comparison/<name>.png)."
+    ),
     sigma: float = typer.Option(
         None, "--sigma", help="Known noise level (std on 0..255 grey levels); default: estimated per image."
     ),

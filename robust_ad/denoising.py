@@ -45,10 +45,12 @@ def denoise_files(
     device: str = "cpu",
     sigma: float | None = None,
     guard: bool | None = None,
+    names: dict[Path, str] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Denoise each file at its own resolution; outputs keep the input's bit depth and channels. ``sigma``: a
     known noise level in 8-bit grey levels, for the skip denoiser (which otherwise estimates it per image);
-    ``guard``: turn its SURE guard on or off (default: as trained, ``denoise.guard``).
+    ``guard``: turn its SURE guard on or off (default: as trained, ``denoise.guard``); ``names``: each file's
+    output path in ``out`` (default: its name), and ``comparison/<that>.png`` with ``compare``.
 
     Returns (written, errors). ``out`` is a fresh folder that holds no input (``api.denoise`` makes it with
     ``fileio.output_folder``, which refuses input folders).
@@ -62,7 +64,8 @@ def denoise_files(
         model.guard = guard
     written, errors = [], []
     for path in track(paths, "denoising"):
-        target = out / path.name
+        name = names[path] if names else path.name
+        target = out / name
         try:
             raw = read_raw(path)
         except ImageReadError as exc:  # listed by the caller (the CLI: 'skipped: ...')
@@ -77,7 +80,7 @@ def denoise_files(
             write_raw(target, result)
         row = {"path": str(path), "output": str(target)}
         if compare:
-            row["comparison"] = str(out / "comparison" / f"{path.stem}.png")
+            row["comparison"] = str(out / "comparison" / f"{name}.png")
             write_image(row["comparison"], np.concatenate([noisy, clean], axis=1))
         written.append(row)
     return written, errors

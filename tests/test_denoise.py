@@ -148,27 +148,34 @@ def test_denoise_cli_keeps_depth_channels_and_inputs(denoiser: Path, tmp_path: P
     assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
 
 
-def test_denoise_refuses_inputs_that_would_share_an_output_name(denoiser: Path, tmp_path: Path) -> None:
+def test_denoise_keeps_subfolders_and_refuses_inputs_that_would_share_an_output(denoiser: Path, tmp_path: Path) -> None:
+    """A user trial: two cameras' folders with the same frame names were refused (outputs were flat); now their
+    subfolders are kept. Two folders given that hold the same names would still share outputs: refused."""
     for folder in ("a", "b"):
         _write_variants(tmp_path / folder)
     result = runner.invoke(
         app,
         ["denoise", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(denoiser), "--out", str(tmp_path / "out")],
     )
-    assert result.exit_code == 2 and "share the file name" in result.output
+    assert result.exit_code == 2 and "share the output name" in result.output
     first = sorted(p.name for p in (tmp_path / "a").iterdir())[0]  # the clash named is of two files of that name
-    assert f"share the file name {first} ({tmp_path / 'a' / first}, {tmp_path / 'b' / first})" in " ".join(
+    assert f"share the output name {first} ({tmp_path / 'a' / first}, {tmp_path / 'b' / first})" in " ".join(
         result.output.split()
     )
     assert not (tmp_path / "out").exists()
-    # --compare writes comparison/<stem>.png: photo.jpg and photo.png would share one (the JPEG's was lost)
-    make_image(tmp_path / "stems" / "photo.png")
-    cv2.imwrite(str(tmp_path / "stems" / "photo.jpg"), np.full((32, 32, 3), 128, np.uint8))
-    args = ["denoise", str(tmp_path / "stems"), "--model", str(denoiser), "--out", str(tmp_path / "out")]
-    result = runner.invoke(app, [*args, "--compare"])
-    assert result.exit_code == 2 and "share the name photo (--compare writes comparison/<name>.png)" in result.output
-    assert not (tmp_path / "out").exists()
-    assert runner.invoke(app, args).exit_code == 0  # without --compare the outputs keep distinct names
+    for camera in ("a", "b"):
+        make_image(tmp_path / "line" / camera / "frame.png", seed=len(camera))
+    make_image(tmp_path / "line" / "b" / "photo.png")  # --compare: photo.png and photo.jpg stay apart too
+    cv2.imwrite(str(tmp_path / "line" / "b" / "photo.jpg"), np.full((32, 32, 3), 128, np.uint8))
+    args = ["denoise", str(tmp_path / "line"), "--model", str(denoiser), "--out", str(tmp_path / "out"), "--compare"]
+    assert runner.invoke(app, args).exit_code == 0
+    inputs = sorted(p.relative_to(tmp_path / "line") for p in (tmp_path / "line").rglob("*") if p.is_file())
+    written = [p for p in (tmp_path / "out").rglob("*.*") if "comparison" not in p.parts and p.name[0] != "."]
+    assert sorted(p.relative_to(tmp_path / "out") for p in written) == inputs
+    comparisons = sorted(
+        p.relative_to(tmp_path / "out" / "comparison") for p in (tmp_path / "out" / "comparison").rglob("*.png")
+    )
+    assert comparisons == sorted(Path(f"{p}.png") for p in inputs)
 
 
 def test_a_single_path_given_to_the_api_is_one_input(denoiser: Path, tmp_path: Path) -> None:

@@ -70,6 +70,18 @@ def resolve_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def output_names(inputs: str | Path | Sequence[str | Path], files: list[Path]) -> dict[Path, str]:
+    """Where each of :func:`resolve_paths`' ``files`` goes in an output folder: its path below the folder it was
+    found in (a folder given: subfolders are kept, so cameras that name their frames alike stay apart), else its
+    name (a file or a glob given)."""
+    folders = [Path(item) for item in as_list(inputs) if Path(item).is_dir()]
+    names = {}
+    for path in files:
+        base = next((folder for folder in folders if folder in path.parents), None)
+        names[path] = path.relative_to(base).as_posix() if base else path.name
+    return names
+
+
 def _overlay_name(path: Path, index: int) -> str:
     return f"{index:05d}_{path.stem}.png"
 
