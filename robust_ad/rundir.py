@@ -129,6 +129,9 @@ def write_config(run_dir: str | Path, config: Config) -> Path:
 
 def read_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / CONFIG
+    if Path(run_dir).is_file():  # model.pt or an exported model.onnx: the folder is what is asked for
+        onnx = " ('score --onnx' runs an ONNX file)" if Path(run_dir).suffix == ".onnx" else ""
+        raise ModelError(f"{run_dir} is a file, not a run folder: give the folder 'robust-ad train' wrote{onnx}")
     if not Path(run_dir).is_dir():
         raise ModelError(f"model folder {run_dir} not found (train one with 'robust-ad train')")
     if not path.is_file():

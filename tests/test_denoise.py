@@ -212,6 +212,10 @@ def test_denoise_rejects_a_detection_model(tiny_run: Path, tmp_path: Path) -> No
         app, ["denoise", str(tmp_path / "in"), "--model", str(tiny_run), "--out", str(tmp_path / "out")]
     )
     assert result.exit_code == 2 and "detection model" in result.output
+    (tmp_path / "model.onnx").write_bytes(b"")  # a user trial: 'model folder ... not found' for an existing file
+    onnx = ["denoise", str(tmp_path / "in"), "--model", str(tmp_path / "model.onnx"), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, onnx)
+    assert result.exit_code == 2 and "is a file, not a run folder" in result.output and "score --onnx" in result.output
 
 
 def test_a_denoiser_saved_with_other_networks_is_refused_in_one_line(denoiser: Path, tmp_path: Path) -> None:
