@@ -346,19 +346,22 @@ def test_score_cli_reports_corrupt_file_and_scores_the_rest(tiny_run: Path, synt
         (folder / source.name).write_bytes(source.read_bytes())
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (folder / "moved.png").symlink_to(tmp_path / "gone.png")  # a user trial: a broken link was passed over silently
     out = tmp_path / "results"
     result = runner.invoke(app, ["score", str(folder), "--model", str(tiny_run), "--out", str(out)])
     assert result.exit_code == 3, result.output
-    assert "broken.png" in result.output
+    assert "broken.png" in result.output and "moved.png" in result.output
     rows = list(csv.DictReader((out / "scores.csv").open()))  # every input, in order: a line system sees the gap
-    assert list(rows[0]) == ["path", "score", "normalized_score", "verdict", "error", "overlay"] and len(rows) == 4
-    assert [Path(r["path"]).name for r in rows] == sorted(before)
+    assert list(rows[0]) == ["path", "score", "normalized_score", "verdict", "error", "overlay"] and len(rows) == 5
+    assert [Path(r["path"]).name for r in rows] == sorted([*before, "moved.png"])
     broken = next(r for r in rows if r["path"].endswith("broken.png"))
     assert broken["verdict"] == "unreadable" and broken["score"] == "" and "broken.png" in broken["error"]
-    assert {r["verdict"] for r in rows if r is not broken} <= {"normal", "anomalous"}
+    moved = next(r for r in rows if r["path"].endswith("moved.png"))
+    assert moved["verdict"] == "unreadable" and "cannot open" in moved["error"]
+    assert {r["verdict"] for r in rows if r not in (broken, moved)} <= {"normal", "anomalous"}
     assert len(list((out / "overlays").iterdir())) == 3
     assert json.loads((out / "scores.json").read_text())["errors"][0]["path"].endswith("broken.png")
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.exists()} == before  # inputs untouched
     again = runner.invoke(app, ["score", str(folder / "*.png"), "--model", str(tiny_run), "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
     strict = runner.invoke(

@@ -30,7 +30,10 @@ _JPEG_END = b"\xff\xd9"
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image by its name; a link whose target is gone counts too (it is then reported as unreadable, not
+    passed over in silence)."""
+    present = path.is_file() or (path.is_symlink() and not path.exists())
+    return present and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def list_images(folder: Path) -> list[Path]:
