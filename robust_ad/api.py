@@ -240,7 +240,15 @@ def with_published_encoder(config: Config) -> Config:
     if not name or config.encoder.weights:  # the user's weights replace the recipe's named encoder
         return from_scratch(config) if name else config
     entry = lookup(name)
-    if "eps" in config.encoder.model_fields_set and config.encoder.eps not in (0, entry.eps):  # given, not default
+    given = config.encoder.model_fields_set  # by a recipe or an option, not defaults
+    for key in ("backbone", "width", "norm"):
+        if key in given and getattr(config.encoder, key) != getattr(entry, key):
+            raise ConfigError(
+                f"encoder.{key} {getattr(config.encoder, key)} contradicts encoder.pretrained {name}, a "
+                f"{entry.backbone} of width {entry.width:g} ({entry.norm}): name an encoder of that architecture "
+                "('robust-ad encoder list'), or train one on the category (--encoder scratch)"
+            )
+    if "eps" in given and config.encoder.eps not in (0, entry.eps):
         eps = f"{config.encoder.eps:g}"
         raise ConfigError(
             f"encoder.eps {eps} contradicts encoder.pretrained {name}, robust at eps {entry.eps:g}: name an encoder "

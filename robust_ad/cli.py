@@ -199,6 +199,9 @@ EPOCHS = typer.Option(None, "--epochs", help="Training epochs.")
 IMAGE_SIZE = typer.Option(None, "--image-size", help="Side of the square images the model is trained at.")
 BATCH_SIZE = typer.Option(None, "--batch-size", help="Training batch size.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+# the commands that read a recipe: an option left out keeps the recipe's value (its default otherwise)
+RECIPE_DEVICE = typer.Option(None, "--device", help="auto, cpu or cuda (default: the recipe's, else auto).")
+RECIPE_SEED = typer.Option(None, "--seed", help="Seed for splits and initialisation (default: the recipe's, else 0).")
 PRECISION = typer.Option(
     None,
     "--precision",
@@ -246,10 +249,10 @@ def encoder_train(
     epochs: int = EPOCHS,
     image_size: int = IMAGE_SIZE,
     batch_size: int = BATCH_SIZE,
-    device: str = DEVICE,
+    device: str = RECIPE_DEVICE,
     precision: str = PRECISION,
     compile_: bool = COMPILE,
-    seed: int = SEED,
+    seed: int = RECIPE_SEED,
     resume: bool = RESUME,
     force: bool = FORCE,
 ) -> None:
@@ -301,10 +304,10 @@ def encoder_pretrain(
     epochs: int = EPOCHS,
     image_size: int = IMAGE_SIZE,
     batch_size: int = BATCH_SIZE,
-    device: str = DEVICE,
+    device: str = RECIPE_DEVICE,
     precision: str = PRECISION,
     compile_: bool = COMPILE,
-    seed: int = SEED,
+    seed: int = RECIPE_SEED,
     resume: bool = RESUME,
     force: bool = FORCE,
 ) -> None:
@@ -386,7 +389,11 @@ def encoder_eval(
 def train(
     category: str = typer.Option(..., "--category", help="Product category to train on (normal images only)."),
     data_root: Path = DATA_ROOT,
-    mode: str = typer.Option("detect", "--mode", help="detect (anomalies) or denoise (noisy to clean images)."),
+    mode: str = typer.Option(
+        None,
+        "--mode",
+        help="detect (anomalies) or denoise (noisy to clean images); default: the recipe's, else detect.",
+    ),
     noise: list[str] = typer.Option(
         None,
         "--noise",
@@ -410,10 +417,10 @@ def train(
     encoder_epochs: int = typer.Option(None, "--encoder-epochs", help="Robust encoder training epochs."),
     image_size: int = IMAGE_SIZE,
     batch_size: int = BATCH_SIZE,
-    device: str = DEVICE,
+    device: str = RECIPE_DEVICE,
     precision: str = PRECISION,
     compile_: bool = COMPILE,
-    seed: int = SEED,
+    seed: int = RECIPE_SEED,
     resume: bool = RESUME,
     force: bool = FORCE,
 ) -> None:
@@ -442,16 +449,18 @@ def train(
             "pretrained": None if encoder == SCRATCH else encoder,
             "finetune_epochs": encoder_finetune_epochs,
         },
-        autoencoder={"epochs": epochs if mode != "denoise" else None},
-        denoise={"noises": noise or None, "epochs": epochs if mode == "denoise" else None},
+        autoencoder={"epochs": epochs},  # the decoder's, or the mirror denoiser's
+        denoise={"noises": noise or None, "epochs": epochs},  # the skip denoiser's
     )
     if encoder is not None and encoder_weights is not None:
         raise ConfigError("give one of --encoder NAME or --encoder-weights PATH, not both")
+    if noise and config.mode != "denoise":
+        raise ConfigError("--noise applies to --mode denoise (this run detects anomalies)")
     if encoder == SCRATCH:
         config = from_scratch(config)
     elif encoder is None and encoder_weights is None and eps is not None:
         config = encoder_at_eps(config, eps)
-    default_out = Path("runs") / (category if mode == "detect" else f"{category}-denoise")
+    default_out = Path("runs") / (category if config.mode == "detect" else f"{category}-denoise")
     run_dir = train_run(config, out or default_out, resume=resume, force=force)
     if _main_process():
         console.print(f"[green]trained[/green] {category}: run folder {run_dir}")

@@ -7,6 +7,7 @@ The resolved config is saved with every run (``config.yaml``) and is all that is
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -48,7 +49,9 @@ class EncoderConfig(_Section):
     feature_layers: Annotated[list[str], Field(min_length=1)] = ["layer1", "layer2"]
     width: Annotated[float, Field(gt=0, le=4)] = 1.0  # channel multiplier (tests use tiny widths)
     weights: str | None = None  # a robust checkpoint file to load instead of training
-    pretrained: str | None = None  # a published robust encoder by name ('robust-ad encoder list')
+    # a published robust encoder by name ('robust-ad encoder list'): the shipped one unless a recipe says (null: train
+    # one on the category's proxy task), so that a recipe of a few lines gets what the default recipe gets
+    pretrained: str | None = "robust-ad-r18w05-l2-eps1"
     finetune_epochs: Annotated[int, Field(ge=0)] = 0  # proxy-task epochs on the category, from loaded weights
     norm: Literal["l2", "linf"] = "l2"
     eps: NonNegative = 1.0  # PGD radius on [0, 1] images; 0 trains the standard baseline
@@ -177,7 +180,7 @@ class Config(_Section):
     mode: Literal["detect", "denoise"] = "detect"
     # Training arithmetic: bf16 autocast, or fp16 autocast with gradient scaling (CUDA only; else fp32); auto: bf16
     # on a CPU that computes it in hardware (AMX or AVX-512 BF16), else fp32 (robust_ad/training/engine.py)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # torch.compile the networks a training step runs (fewer, fused kernels on GPUs; the first steps compile)
     compile: bool = False
     category: str = ""
@@ -249,11 +252,36 @@ def recipe_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"recipe {name_or_path} not found (give a YAML path or a name from recipes/)")
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML as people write recipes: 1e-3 is a number (YAML 1.1 reads it as a string), and a key given twice is an
+    error (the last one silently won, dropping the first block's other settings)."""
+
+
+def _unique_mapping(loader: _RecipeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"'{key}' is given twice (line {key_node.start_mark.line + 1}): merge the two into one")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.load(path.read_text(), Loader=_RecipeLoader) or {}  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    except (UnicodeDecodeError, OSError) as exc:  # a binary file, a folder, one without read permission
+        raise ConfigError(f"{path} is not a readable YAML text file ({type(exc).__name__})") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
     return values

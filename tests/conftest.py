@@ -44,6 +44,7 @@ def tiny_config(root: Path, category: str = "bottle", **sections: dict):
         "category": category,
         "data_root": str(root),
         "device": "cpu",
+        "precision": "fp32",  # the same arithmetic on every CI machine
         "data": {"image_size": 32, "batch_size": 8},
         "encoder": {"width": 0.125, "epochs": 1, "eps": 0.5, "batch_size": 16},
         "autoencoder": {"epochs": 3, "decoder_width": 0.25},

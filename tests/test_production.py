@@ -60,6 +60,40 @@ def test_bad_recipe_values_fail_before_any_work(
     assert not out.exists()
 
 
+def test_a_recipe_is_read_as_written(synth_root: Path, tmp_path: Path) -> None:
+    """A user trial: a recipe's seed, mode and device were replaced by the options' defaults, a key given twice
+    dropped the first block, 1e-3 was 'not a valid number', a binary file was an internal error, a recipe of a
+    few lines trained an encoder from scratch (the code's defaults were not the default recipe's) and an explicit
+    backbone was replaced by the shipped encoder's in silence."""
+    from robust_ad.config import load_config
+
+    values = yaml.safe_load(tiny_recipe(tmp_path).read_text())
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(yaml.safe_dump({**values, "seed": 7, "mode": "denoise"}))
+    run = tmp_path / "run"
+    train = ["train", "--category", "bottle", "--data-root", str(synth_root), "--epochs", "1"]
+    assert runner.invoke(app, [*train, "--recipe", str(recipe), "--out", str(run)]).exit_code == 0
+    config = rundir.read_config(run)
+    assert (config.seed, config.mode, config.device) == (7, "denoise", "cpu")
+    texts = {
+        "twice.yaml": ("data:\n  image_size: 64\ndata:\n  batch_size: 4\n", "'data' is given twice (line 3)"),
+        "binary.yaml": ("\udcff\udcfe\x00", "is not a readable YAML text file"),
+        "linf.yaml": ("encoder:\n  norm: linf\n", "encoder.norm linf contradicts encoder.pretrained"),
+    }
+    for name, (text, message) in texts.items():
+        (tmp_path / name).write_bytes(text.encode("utf-8", "surrogateescape"))
+        result = runner.invoke(app, [*train, "--recipe", str(tmp_path / name), "--out", str(tmp_path / "no")])
+        assert message in _one_line_error(result), name
+    backbone = runner.invoke(app, [*train, "--backbone", "resnet50", "--out", str(tmp_path / "no")])
+    assert "encoder.backbone resnet50 contradicts" in _one_line_error(backbone)
+    noise = runner.invoke(app, [*train, "--noise", "gaussian", "--out", str(tmp_path / "no")])
+    assert "--noise applies to --mode denoise" in _one_line_error(noise)
+    assert not (tmp_path / "no").exists()
+    (tmp_path / "few.yaml").write_text("autoencoder:\n  lr: 1e-3\n")
+    few, default = load_config(tmp_path / "few.yaml"), load_config("default")
+    assert few.autoencoder.lr == 0.001 and few.model_copy(update={"autoencoder": default.autoencoder}) == default
+
+
 def test_bad_flag_values_are_one_line_errors(tiny_run: Path, synth_root: Path, tmp_path: Path) -> None:
     image = str(synth_root / "bottle" / "test" / "good" / "000.png")
     train = ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(tmp_path / "r")]
