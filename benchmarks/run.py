@@ -137,12 +137,15 @@ def _config(profile: dict, root: Path, category: str, eps: float, shipped_encode
     """The benchmark's settings over the example recipe, with an encoder trained per category unless
     ``sections`` name one (``encoder.weights``) or ``shipped_encoder`` keeps the named one (the recipe's, unless
     ``sections`` name another: the shipped encoder robust at ``eps``; at eps 0 its standard twin)."""
+    own = profile["encoder"]  # a per-category encoder's settings: a named one has its own architecture
+    architecture = ("backbone", "width", "norm")
+    own = {k: v for k, v in own.items() if k not in architecture} if shipped_encoder else own
     overrides = {
         "category": category,
         "data_root": str(root),
         "device": "cpu",
         "data": dict(profile["data"]),
-        "encoder": {**profile["encoder"], "eps": eps},
+        "encoder": {**own, "eps": eps},
         "autoencoder": dict(profile["autoencoder"]),
     }
     config = load_config("synthetic", merge(overrides, sections))
@@ -602,7 +605,6 @@ def _variant(profile: dict, root: Path, category: str, name: str, encoder: dict,
     """The row of one encoder variant ``name`` (a pretrained file or a shipped encoder's name in ``encoder``, or
     none: per-category), trained and measured on ``root``."""
     autoencoder = {**profile["autoencoder"], "epochs": _decoder_epochs(profile)}
-    encoder = {**profile["encoder"], **encoder}
     config = _config(profile, root, category, eps, "pretrained" in encoder, encoder=encoder, autoencoder=autoencoder)
     return {"category": category, "encoder": name, **_train_and_measure(config, run, profile.get("reuse_runs", False))}
 

@@ -55,7 +55,7 @@ def test_each_noise_changes_images_and_keeps_the_range(kind: str) -> None:
 def test_train_takes_the_noises_to_learn(synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
-        "data: {image_size: 32, batch_size: 8}\nencoder: {width: 0.125, epochs: 1, batch_size: 8}\n"
+        "data: {image_size: 32, batch_size: 8}\nencoder: {pretrained: null, width: 0.125, epochs: 1, batch_size: 8}\n"
         "autoencoder: {epochs: 1, decoder_width: 0.25, augment: flip}\n"
         "denoise: {epochs: 2, decoder_width: 0.25, lr_schedule: cosine, augment: dihedral}\n"
     )
