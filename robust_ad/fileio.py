@@ -324,7 +324,9 @@ def output_folder(
             yield path
         finally:
             del _WRITTEN[path.resolve()]
-            _record(path, what, ours | (written & _files(path)))  # what this call wrote, even if it failed
+            # what this call wrote, even if it failed, and what is still there of before (--resume removed its
+            # checkpoint)
+            _record(path, what, (ours | written) & _files(path))
     except BaseException:
         if created and not has_content(path):
             lock.release()

@@ -90,6 +90,8 @@ def test_an_interrupted_torchrun_training_resumes(synth_root: Path, tmp_path: Pa
     _finish(_torchrun(2, recipe, synth_root, run, "--resume"))
     assert rundir.is_finished(run)
     assert [row["epoch"] for row in _losses(run)] == list(range(1, 41))
+    record = json.loads((run / ".robust-ad.json").read_text())  # what the run folder holds, not what it held
+    assert rundir.CHECKPOINT not in record["files"] and all((run / name).exists() for name in record["files"])
     training = rundir.read_training(run)  # its time counts the part before the interruption too
     assert training.minutes >= training.decoder_minutes + training.encoder_minutes >= len(checkpoint["history"])
 
