@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,6 +153,10 @@ def test_an_unpublished_encoder_file_that_does_not_load_is_never_trusted(checkpo
     with pytest.raises(ModelError, match=r"not a readable PyTorch checkpoint .*: replace it with the published file"):
         fetch(NAME)
     assert target.read_bytes() == b"junk!" and pretrained.expected_sha256(REGISTRY[NAME]) is None  # the owner's
+    torch.save({"conv1.weight": torch.zeros(8, 3, 7, 7)}, target)  # a user trial: a checkpoint of another network
+    with pytest.raises(ModelError, match=r"does not fit a resnet18 encoder.*: replace it with the published file"):
+        fetch(NAME)
+    assert pretrained.expected_sha256(REGISTRY[NAME]) is None  # its hash was recorded, pinning the wrong file
     target.unlink()
     assert fetch(NAME) == target  # the real file, downloaded now, loads: its hash is recorded
     assert {row["name"]: row["cached"] for row in list_encoders()}[NAME] == "yes"
@@ -171,6 +177,11 @@ def test_offline_and_not_cached_says_where_to_put_the_file(checkpoint, server, m
         f"cannot download {url}/{NAME}.ckpt (ConnectionError; offline?): put the file there by hand: {target} "
         f"(SHA-256 {sha})"
     )
+    result = subprocess.run(  # a user trial: the download library's own line came first (two lines)
+        [sys.executable, "-m", "robust_ad", "encoder", "fetch", NAME], capture_output=True, text=True, timeout=120
+    )
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot download"), lines
 
 
 def test_train_with_a_published_encoder_loads_it_without_running_pickled_code(

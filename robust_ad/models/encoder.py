@@ -87,7 +87,7 @@ class Encoder(nn.Module):
         cut = names.index(layer) + 1
         if any(names.index(f) >= cut for f in feature_layers):
             raise ConfigError(f"feature layers must come at or before the cut layer '{layer}'")
-        self.backbone, self.layer, self.feature_layers = backbone, layer, list(feature_layers)
+        self.backbone, self.layer, self.feature_layers, self.width = backbone, layer, list(feature_layers), width
         self.stages = nn.Sequential(OrderedDict((name, module) for name, _, module in stages[:cut]))
         self.source_names = {name: source for name, source, _ in stages[:cut]}
         if width != 1.0:

@@ -231,6 +231,7 @@ def fetch(name: str) -> Path:
             f"{target}: SHA-256 {actual} differs from the expected {expected}; delete the file to download it again"
         )
     manual = f"put the file there by hand: {target}" + (f" (SHA-256 {expected})" if expected else "")
+    pooch.get_logger().setLevel(logging.WARNING)  # its 'Downloading data from' line: the progress bar says it
     try:
         path = Path(
             pooch.retrieve(
@@ -250,13 +251,14 @@ def fetch(name: str) -> Path:
 
 
 def _trust_on_first_use(entry: Published, path: Path, downloaded: bool) -> Path:
-    """An encoder file without a published hash: refused unless it is a readable checkpoint (a ``downloaded`` one
-    is removed; one put there by hand is left for its owner), else its hash is recorded, and every later use is
-    checked against it."""
-    from robust_ad.training.weights import read_state_dict
+    """An encoder file without a published hash: refused unless it is a checkpoint of the entry's network (a
+    ``downloaded`` one is removed; one put there by hand is left for its owner), else its hash is recorded, and
+    every later use is checked against it."""
+    from robust_ad.models.encoder import Encoder
+    from robust_ad.training.weights import load_encoder_weights
 
-    try:
-        read_state_dict(path)
+    try:  # a checkpoint that fits the entry's network, or its hash would be recorded as the published file's
+        load_encoder_weights(Encoder(entry.backbone, "layer4", ["layer4"], entry.width), path)
     except ModelError as exc:
         if downloaded:
             path.unlink()

@@ -127,8 +127,8 @@ def load_encoder_weights(encoder: Encoder, path: str | Path) -> Encoder:
     for key, value in mapped.items():
         if value.shape != target[key].shape:
             raise ModelError(
-                f"{path}: does not fit a {encoder.backbone} encoder: {key} has shape {tuple(value.shape)}, "
-                f"expected {tuple(target[key].shape)}"
+                f"{path}: does not fit a {encoder.backbone} encoder (width {encoder.width:g}): {key} has shape "
+                f"{tuple(value.shape)}, expected {tuple(target[key].shape)} (encoder.width sets the channels)"
             )
     encoder.stages.load_state_dict(mapped)
     return encoder
