@@ -284,7 +284,12 @@ def with_encoder_file(config: Config) -> Config:
     recorded, what = file_architecture(weights), "a robust-ad encoder file"
     if recorded is None:
         entry = identify(weights)
-        if entry is None:
+        if entry is None:  # a torchvision or robustness-library file: its eps is the user's to say
+            log.warning(
+                "%s does not say the eps it was trained at: the run records encoder.eps %g (give --eps with its own)",
+                weights,
+                config.encoder.eps,
+            )
             return config
         recorded, what = {k: getattr(entry, k) for k in ("backbone", "norm", "width", "eps")}, f"encoder {entry.name}"
     if all(getattr(config.encoder, k) == v for k, v in recorded.items()):
@@ -750,12 +755,18 @@ def set_threshold(
 
     if (value is None) == (from_eval is None):
         raise ConfigError("give one of --value X or --from-eval EVAL_FOLDER")
+    category = rundir.read_config(model).category  # a run folder ('not found' said as such)
     if from_eval is not None:
         path = Path(from_eval) / "metrics.json" if Path(from_eval).is_dir() else Path(from_eval)
         if not path.is_file():
             raise ConfigError(f"{path} not found (run 'robust-ad eval' first)")
-        metrics = json.loads(path.read_text())
-        own = (rundir.model_digest(model), rundir.read_config(model).category)
+        try:
+            metrics = json.loads(path.read_text())
+        except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
+            raise ConfigError(f"{path} is not the metrics.json of 'robust-ad eval' ({type(exc).__name__})") from exc
+        if not isinstance(metrics, dict):
+            raise ConfigError(f"{path} is not the metrics.json of 'robust-ad eval' (a JSON {type(metrics).__name__})")
+        own = (rundir.model_digest(model), category)
         if (metrics.get("model_sha256", own[0]), metrics.get("category", own[1])) != own:  # older: category only
             measured = f"another model ({metrics.get('model')})"
             if metrics.get("model") == os.path.abspath(model):
@@ -765,6 +776,8 @@ def set_threshold(
                 f"('robust-ad eval --model {model}')"
             )
         value = metrics.get("f1_max_threshold")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigError(f"{path}: f1_max_threshold {value!r} is not a number")
         if value is None:
             raise ConfigError(
                 f"{path} has no F1-optimal threshold (the evaluation needs both normal and defective test images)"

@@ -564,7 +564,7 @@ def threshold(
     calibration = set_threshold(model, value, from_eval, reason)
     previous = calibration.previous_thresholds[-1]["threshold"]
     console.print(
-        f"threshold of {model}: {previous:.3f} -> {calibration.threshold:.3f} ({calibration.threshold_rule}); "
+        f"threshold of {model}: {previous:.4g} -> {calibration.threshold:.4g} ({calibration.threshold_rule}); "
         f"{calibration.normal_images_above()} of {len(calibration.normal_scores)} held-out normal images score above "
         "it; export again to carry it into an ONNX file (at the training size: one exported at another size refits "
         "its own)"

@@ -217,6 +217,17 @@ def test_threshold_is_adopted_explicitly_and_the_old_one_kept(tiny_run: Path, tm
         (tmp_path / "other" / "metrics.json").write_text(json.dumps({**metrics, **changed}))
         result = runner.invoke(app, ["threshold", "--model", str(run), "--from-eval", str(tmp_path / "other")])
         assert result.exit_code == 2 and said in " ".join(result.output.split()), result.output
+    for text, said in (  # a user trial: each was an internal error
+        ("<html></html>", "is not the metrics.json of 'robust-ad eval' (JSONDecodeError)"),
+        ("[1, 2]", "is not the metrics.json of 'robust-ad eval' (a JSON list)"),
+        (json.dumps({**metrics, "f1_max_threshold": "abc"}), "f1_max_threshold 'abc' is not a number"),
+    ):
+        (tmp_path / "other" / "metrics.json").write_text(text)
+        result = runner.invoke(app, ["threshold", "--model", str(run), "--from-eval", str(tmp_path / "other")])
+        assert result.exit_code == 2 and said in " ".join(result.output.split()), result.output
+    result = runner.invoke(app, ["threshold", "--model", str(tmp_path / "nowhere"), "--value", "1"])
+    assert result.exit_code == 2 and "model folder" in result.output and "not found" in result.output
+    assert not (tmp_path / "nowhere").exists()
     assert runner.invoke(app, ["threshold", "--model", str(run), "--value", "2.5"]).exit_code == 0
     assert rundir.read_calibration(run).threshold == 2.5 and len(rundir.read_calibration(run).previous_thresholds) == 2
 
