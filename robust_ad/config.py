@@ -8,6 +8,7 @@ The resolved config is saved with every run (``config.yaml``) and is all that is
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -260,7 +261,11 @@ class _RecipeLoader(yaml.SafeLoader):
 def _unique_mapping(loader: _RecipeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor': its keys may be given again here
+            continue
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, Hashable):  # construct_mapping says what is wrong with it
+            continue
         if key in seen:
             raise ConfigError(f"'{key}' is given twice (line {key_node.start_mark.line + 1}): merge the two into one")
         seen.add(key)
@@ -269,7 +274,9 @@ def _unique_mapping(loader: _RecipeLoader, node: yaml.MappingNode, deep: bool = 
 
 _RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 _RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?([0-9][0-9_]*(\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 
 
@@ -302,8 +309,22 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     category = overrides.get("category") or values.get("category")
     per_category = values.get("categories") or {}
     if isinstance(per_category, dict) and category in per_category:
-        values = merge(values, per_category[category])
-    return validate(merge(values, overrides), where)
+        values = _layer(values, per_category[category])
+    return validate(_layer(values, overrides), where)
+
+
+NAMED_ENCODER_DECIDES = ("backbone", "width", "norm", "eps")  # its architecture, and the eps it is robust at
+
+
+def _layer(base: dict[str, Any], update: Any) -> dict[str, Any]:
+    """:func:`merge`, where an ``update`` that names another encoder (``encoder.pretrained``) also takes the place
+    of the ``base``'s architecture and eps: they described the base's own encoder (``--encoder resnet50_l2_eps3`` on
+    a recipe that names resnet18). What the update itself says still counts, and is checked against the encoder."""
+    encoder = update.get("encoder") if isinstance(update, dict) else None
+    if isinstance(encoder, dict) and "pretrained" in encoder and isinstance(base.get("encoder"), dict):
+        kept = {k: v for k, v in base["encoder"].items() if k not in NAMED_ENCODER_DECIDES}
+        base = {**base, "encoder": kept}
+    return merge(base, update)
 
 
 def for_mode(config: Config) -> Config:

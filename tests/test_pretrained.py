@@ -190,9 +190,10 @@ def test_train_with_a_published_encoder_loads_it_without_running_pickled_code(
     from robust_ad import rundir
 
     _with_hash(monkeypatch, _sha(checkpoint[0]))
-    recipe = tmp_path / "tiny.yaml"  # its eps (the recipes': 1) gives way to the named encoder's
+    recipe = tmp_path / "tiny.yaml"  # its eps and architecture (the shipped encoder's) give way to the named one's
     recipe.write_text(
-        "data: {image_size: 32, batch_size: 8}\nencoder: {eps: 1.0}\nautoencoder: {epochs: 1, decoder_width: 0.25}\n"
+        "data: {image_size: 32, batch_size: 8}\nencoder: {eps: 1.0, backbone: resnet18, width: 0.5, norm: l2}\n"
+        "autoencoder: {epochs: 1, decoder_width: 0.25}\n"
     )
     out = tmp_path / "run"
     args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe)]
@@ -201,6 +202,7 @@ def test_train_with_a_published_encoder_loads_it_without_running_pickled_code(
     assert not checkpoint[1].exists()  # the pickled command never ran
     config = rundir.read_config(out)
     assert config.encoder.pretrained == NAME and config.encoder.backbone == "resnet18" and config.encoder.eps == 3.0
+    assert config.encoder.width == 1.0
     torch.manual_seed(0)  # the fixture's weights, rebuilt
     state = torchvision.models.resnet18(weights=None).state_dict()
     assert torch.equal(rundir.load_model(out).encoder.stages.conv1.weight, state["conv1.weight"])
