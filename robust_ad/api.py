@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from robust_ad.config import Config, for_mode, from_scratch, load_config
 from robust_ad.errors import ConfigError, DataError, ModelError, RobustADError, counted
-from robust_ad.fileio import EVALUATION, check_writable, refuse_inside, write_json
+from robust_ad.fileio import EVALUATION, RUN, check_writable, refuse_inside, write_json
 
 if TYPE_CHECKING:  # the API imports its heavy modules when called: 'import robust_ad.api' stays light
     from robust_ad.data.dataset import AnomalyDataset
@@ -23,7 +23,7 @@ def _check_out(out: str | Path, suffix: str, force: bool, data: str | Path | Non
     ``data`` read (data root or corpus), not overwritten without ``force`` (``resume`` continues it)."""
     if Path(out).suffix != suffix:
         raise ConfigError(f"--out must name a {suffix} file, got {out}")
-    inputs = [data] if data is not None and Path(data).is_dir() else []
+    inputs = [data] if data and Path(data).is_dir() else []  # "": no data root given (not the working directory)
     if resume:
         refuse_inside(out, inputs)
     else:
@@ -75,7 +75,7 @@ def train_encoder(config: Config, categories: list[str], out: str | Path, resume
     with distributed.process_group(resolve_device(config.device)) as device:
         return _train(
             files,
-            config.encoder,
+            config.encoder.model_copy(update={"pretrained": None}),  # it trains one: none is named
             None,
             device,
             config.seed,
@@ -103,7 +103,7 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
     _check_out(out, ".pt", force, corpus, resume)
     n_sources = len(set(files.labels))
     files = files.verify(config.data.skip_bad, f"reading the corpus ({len(files)} images, {n_sources} sources)")
-    encoder = config.encoder.model_copy(update={"proxy_task": "labels+corruption"})
+    encoder = config.encoder.model_copy(update={"proxy_task": "labels+corruption", "pretrained": None})
     with distributed.process_group(resolve_device(config.device)) as device:
         return _train(
             files,
@@ -491,7 +491,7 @@ def train(config: Config | dict, out: str | Path, resume: bool = False, force: b
         if not distributed.is_main():  # trains in step with process 0, which alone writes the run folder
             _fit(model, config, dataset, run_dir, resume, device)
             return run_dir
-        with output_folder(run_dir, force, "run folder", inputs=read, keep=resume):
+        with output_folder(run_dir, force, RUN, inputs=read, keep=resume):
             if not resume:
                 rundir.write_config(run_dir, config)
             earlier = rundir.trained_seconds(run_dir) if resume else 0.0  # the interrupted part, by its epochs
@@ -784,7 +784,7 @@ def set_threshold(
             )
         reason = reason or f"F1-optimal on the test split evaluated in {path} (optimistic: tuned on those images)"
     _check_finite(value, "the threshold")
-    with output_folder(model, False, "run folder", keep=True):
+    with output_folder(model, False, RUN, keep=True):
         calibration = rundir.read_calibration(model)
         history = [
             *calibration.previous_thresholds,

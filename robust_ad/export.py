@@ -231,7 +231,8 @@ def export(
         onnx.helper.set_model_props(proto, {k: str(v) for k, v in meta.items()})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-    record_written(out)  # in the run folder: robust-ad's own, for train --force
+    if own:  # in its run folder: robust-ad's own, for train --force (in another's it stays a file of the user's)
+        record_written(out)
     return meta
 
 

@@ -36,7 +36,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-EVALUATION = "evaluation folder"  # the one kind of output folder that belongs to the folder it lies in (a run's)
+RUN = "run folder"
+EVALUATION = "evaluation folder"  # the one kind of output folder that belongs to the run folder it lies in
 _WRITTEN: dict[Path, set[str]] = {}  # per output folder this process holds: what it wrote there (relative paths)
 
 
@@ -217,7 +218,7 @@ def _foreign(path: Path, what: str) -> list[str]:
     where it holds no record and is not such a folder of before."""
     mark = _mark(path)
     if mark is None:  # of before: a run folder's own files are known, nothing else is
-        known = _EARLIER_RUN if what == "run folder" else set()
+        known = _EARLIER_RUN if what == RUN else set()
         return sorted(name for name in _entries(path) if name not in known or (path / name).is_dir())
     if mark.get("kind") != what:
         return [f"{path.name}/ (a {mark.get('kind')})"]
@@ -227,8 +228,8 @@ def _foreign(path: Path, what: str) -> list[str]:
     for nested in sorted(recorded & {f for f in present if f.endswith("/")}):
         inner = _mark(path / nested)
         kind = inner["kind"] if inner else what
-        if kind == what == "run folder":  # another model trained into a subfolder of this one
-            foreign.append(f"{nested} (another run folder)")
+        if what == RUN and kind != EVALUATION:  # records of before also listed results scored, or a run trained, here
+            foreign.append(_described(path, nested))
             continue
         foreign += [f"{nested}{name}" for name in _foreign(path / nested, kind)]
     return foreign
@@ -313,12 +314,12 @@ def output_folder(
     try:
         mark = _mark(path)
         before = _files(path)
-        ours = before & _EARLIER_RUN if what == "run folder" else set()  # --resume, threshold of a run of before
+        ours = before & _EARLIER_RUN if what == RUN else set()  # --resume, threshold of a run of before
         if mark is not None:
             ours = before & set(mark["files"])
         written = _WRITTEN.setdefault(path.resolve(), set())
         _record(path, what, ours)
-        if what == EVALUATION:  # part of the run it evaluates (<run>/eval): train --force replaces it with the run
+        if what == EVALUATION and (_mark(path.parent) or {}).get("kind") == RUN:  # <run>/eval: part of the run
             record_written(path, folder=True)
         try:
             yield path
@@ -354,7 +355,7 @@ def check_writable(path: str | Path, force: bool, replaces: str = "", inputs: It
     mark = _mark(path.parent)
     earlier = mark is None and (path.parent / "config.yaml").is_file() and path.name in _EARLIER_RUN
     if ((mark is not None and path.name in mark["files"]) or earlier) and path.suffix != replaces:
-        kind = mark["kind"] if mark is not None else "run folder"
+        kind = mark["kind"] if mark is not None else RUN
         raise OverwriteError(f"{path} belongs to the {kind} {path.parent}: --force does not replace it from here")
     if not force:
         raise OverwriteError(f"{path} exists; pass --force to overwrite it")

@@ -351,7 +351,15 @@ def test_force_replaces_only_what_robust_ad_wrote_there(tiny_run: Path, synth_ro
     assert runner.invoke(app, ["export", "--model", str(run)]).exit_code == 0  # run/model.onnx, recorded too
     assert runner.invoke(app, [*score, str(run / "scores")]).exit_code == 0  # the user's results, not the run's
     refused(train, run, "scores/ (a results folder)")
+    record = json.loads((run / ".robust-ad.json").read_text())  # as the version before recorded them: still theirs
+    (run / ".robust-ad.json").write_text(json.dumps({**record, "files": [*record["files"], "scores/"]}))
+    refused(train, run, "scores/ (a results folder)")
     shutil.rmtree(run / "scores")
+    (run / ".robust-ad.json").write_text(json.dumps(record))
+    assert runner.invoke(app, [*score, str(tmp_path / "results2")]).exit_code == 0
+    evaluation = ["eval", "--model", str(run), "--out", str(tmp_path / "results2" / "ev")]  # joins a run folder only
+    assert runner.invoke(app, evaluation).exit_code == 0
+    refused(score, tmp_path / "results2", "ev/ (an evaluation folder)")
     (run / "eval" / "my_analysis.txt").write_text("mine")
     refused(train, run, "eval/my_analysis.txt")
     (run / "eval" / "my_analysis.txt").unlink()
@@ -520,13 +528,18 @@ def test_a_file_of_a_run_folder_is_not_replaced_by_another_commands_out(tiny_run
     assert runner.invoke(app, ["export", "--model", str(run), "--force"]).exit_code == 0
     other = ["export", "--model", str(tiny_run), "--out", str(run / "model.onnx"), "--force"]  # another run's model
     assert "belongs to the run folder" in _one_line_error(runner.invoke(app, other))
+    into = ["export", "--model", str(tiny_run), "--out", str(run / "other.onnx")]  # the user's file in that folder
+    assert runner.invoke(app, into).exit_code == 0
+    assert "other.onnx" not in json.loads((run / ".robust-ad.json").read_text())["files"]
     (run / ".robust-ad.json").unlink()  # a run folder from before the record: its files are known by name
     with pytest.raises(OverwriteError, match="belongs to the run folder"):
         check_writable(run / rundir.MODEL, force=True)
     assert check_writable(tmp_path / "elsewhere.pt", force=False) == tmp_path / "elsewhere.pt"
 
 
-def test_an_output_file_inside_the_data_read_is_refused(tiny_run: Path, synth_root: Path, tmp_path: Path) -> None:
+def test_an_output_file_inside_the_data_read_is_refused(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A review: 'encoder eval --out' and 'export --out' with --force replaced a user's file inside the dataset
     (output folders there were already refused); 'encoder train --out' wrote its file among the images."""
     data = tmp_path / "data"
@@ -554,3 +567,14 @@ def test_an_output_file_inside_the_data_read_is_refused(tiny_run: Path, synth_ro
     export = ["export", "--model", str(tiny_run), "--out", str(synth_root / "bottle" / "model.onnx")]
     assert "overlaps the input" in _one_line_error(runner.invoke(app, export))
     assert not (synth_root / "bottle" / "model.onnx").exists()
+    from robust_ad.api import train_encoder
+    from robust_ad.config import load_config
+    from robust_ad.errors import DataError
+
+    def reached(*args: object) -> None:
+        raise DataError("the data is read")
+
+    monkeypatch.setattr("robust_ad.data.loading.labelled_files", reached)
+    monkeypatch.chdir(tmp_path)  # no data root given: the working directory is not taken for one
+    with pytest.raises(DataError, match="the data is read"):
+        train_encoder(load_config("default", {"device": "cpu"}), ["bottle"], "enc.pt")
