@@ -172,6 +172,10 @@ def test_denoise_keeps_subfolders_and_refuses_inputs_that_would_share_an_output(
     inputs = sorted(p.relative_to(tmp_path / "line") for p in (tmp_path / "line").rglob("*") if p.is_file())
     written = [p for p in (tmp_path / "out").rglob("*.*") if "comparison" not in p.parts and p.name[0] != "."]
     assert sorted(p.relative_to(tmp_path / "out") for p in written) == inputs
+    again = ["denoise", str(tmp_path / "line" / "b"), str(tmp_path / "line"), "--model", str(denoiser)]
+    assert runner.invoke(app, [*again, "--out", str(tmp_path / "out2")]).exit_code == 0  # any order: the same names
+    written = [p for p in (tmp_path / "out2").rglob("*.*") if p.name[0] != "."]
+    assert sorted(p.relative_to(tmp_path / "out2") for p in written) == inputs
     comparisons = sorted(
         p.relative_to(tmp_path / "out" / "comparison") for p in (tmp_path / "out" / "comparison").rglob("*.png")
     )

@@ -67,7 +67,10 @@ def resolve_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
         raise DataError(
             f"no images found in {', '.join(map(str, as_list(inputs)))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    return list(dict.fromkeys(found))
+    unique: dict[Path, Path] = {}
+    for path in found:  # a file reached twice (a folder and a file in it, a relative and an absolute path): once
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def output_names(inputs: str | Path | Sequence[str | Path], files: list[Path]) -> dict[Path, str]:
@@ -77,8 +80,8 @@ def output_names(inputs: str | Path | Sequence[str | Path], files: list[Path]) -
     folders = [Path(item) for item in as_list(inputs) if Path(item).is_dir()]
     names = {}
     for path in files:
-        base = next((folder for folder in folders if folder in path.parents), None)
-        names[path] = path.relative_to(base).as_posix() if base else path.name
+        bases = [folder for folder in folders if folder in path.parents]  # the outermost: the same in any order
+        names[path] = path.relative_to(min(bases, key=lambda f: len(f.parts))).as_posix() if bases else path.name
     return names
 
 
