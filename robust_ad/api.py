@@ -270,11 +270,12 @@ def with_published_encoder(config: Config) -> Config:
     return config.model_copy(update={"encoder": encoder})
 
 
-def with_encoder_file(config: Config) -> Config:
+def with_encoder_file(config: Config, quiet: bool = False) -> Config:
     """``config`` with the architecture and eps of its ``encoder.weights`` file where the file says them: a robust-ad
     encoder file records them, and a published or shipped encoder used by path is known by its hash. The file, not
     the recipe, decides the architecture its weights fit and the eps the run records. Other weights files do not say
-    their eps: the run records the config's (``--eps``)."""
+    their eps: the run records the config's (``--eps``). What it decides is logged unless ``quiet``."""
+    say = logging.DEBUG if quiet else logging.WARNING
     from robust_ad.training.encoder import file_architecture
     from robust_ad.training.pretrained import identify
 
@@ -285,7 +286,8 @@ def with_encoder_file(config: Config) -> Config:
     if recorded is None:
         entry = identify(weights)
         if entry is None:  # a torchvision or robustness-library file: its eps is the user's to say
-            log.warning(
+            log.log(
+                say,
                 "%s does not say the eps it was trained at: the run records encoder.eps %g (give --eps with its own)",
                 weights,
                 config.encoder.eps,
@@ -295,21 +297,28 @@ def with_encoder_file(config: Config) -> Config:
     if all(getattr(config.encoder, k) == v for k, v in recorded.items()):
         return config
     if recorded["eps"] != config.encoder.eps:
-        log.warning(
+        log.log(
+            say,
             "%s (%s) was trained at eps %g: the run records that, not %g",
             weights,
             what,
             recorded["eps"],
             config.encoder.eps,
         )
-    log.info("%s: a %s encoder of width %g: using that architecture", weights, recorded["backbone"], recorded["width"])
+    log.log(
+        min(say, logging.INFO),
+        "%s: a %s encoder of width %g: using that architecture",
+        weights,
+        recorded["backbone"],
+        recorded["width"],
+    )
     return config.model_copy(update={"encoder": config.encoder.model_copy(update=recorded)})
 
 
-def resolve_encoder(config: Config) -> Config:
+def resolve_encoder(config: Config, quiet: bool = False) -> Config:
     """``config`` with the architecture (and, for a published name, the eps) of the encoder it loads:
-    :func:`with_published_encoder`, then :func:`with_encoder_file`."""
-    return with_encoder_file(with_published_encoder(config))
+    :func:`with_published_encoder`, then :func:`with_encoder_file` (``quiet``: the latter logs nothing)."""
+    return with_encoder_file(with_published_encoder(config), quiet)
 
 
 def _prepare_encoder(model, config: Config, train_files, run_dir: Path, resume: bool, device) -> dict:
@@ -391,7 +400,7 @@ def _warn_ignored_on_resume(given: Config, saved: Config) -> None:
         return out
 
     with contextlib.suppress(RobustADError):  # compared as the run stored it: encoder resolved, mode applied
-        given = for_mode(resolve_encoder(given))
+        given = for_mode(resolve_encoder(given, quiet=True))  # the run's own config says it, once
     now, then = flat(given.to_dict()), flat(saved.to_dict())
     same_root = not now["data_root"] or Path(now["data_root"]).resolve() == Path(str(then["data_root"])).resolve()
     ignored = [f"{k} {now[k]!r} (the run's {then.get(k)!r})" for k in now if now[k] != then.get(k)]

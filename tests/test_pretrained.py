@@ -398,10 +398,13 @@ def test_the_api_refuses_an_eps_its_named_encoder_is_not_robust_at(shipped: Path
     assert (trained.pretrained, trained.eps) == (None, 0.25)
 
 
-def test_a_registry_file_used_by_path_records_its_own_eps(shipped: Path, checkpoint, server, monkeypatch) -> None:
+def test_a_registry_file_used_by_path_records_its_own_eps(
+    shipped: Path, checkpoint, server, monkeypatch, caplog
+) -> None:
     """--encoder-weights with a shipped or downloaded encoder's file recorded the recipe's eps (they do not carry
-    it); the registry knows them by hash. An unknown foreign file still records the config's eps."""
-    from robust_ad.api import resolve_encoder
+    it); the registry knows them by hash. An unknown foreign file still records the config's eps, with a warning
+    (once: a resumed run's comparison of settings is quiet)."""
+    from robust_ad.api import _warn_ignored_on_resume, resolve_encoder
     from robust_ad.config import load_config
 
     def resolved(weights: Path):
@@ -409,7 +412,13 @@ def test_a_registry_file_used_by_path_records_its_own_eps(shipped: Path, checkpo
 
     sibling = resolved(shipped / "robust-ad-test-l2-eps2.pt")
     assert (sibling.eps, sibling.width, sibling.backbone) == (2.0, 0.125, "resnet18")
+    caplog.clear()
     assert resolved(checkpoint[0]).eps == 1.0  # not in the registry yet: the config's
+    assert caplog.text.count("does not say the eps") == 1
+    caplog.clear()
+    config = load_config(None, {"encoder": {"weights": str(checkpoint[0]), "eps": 1.0}})
+    _warn_ignored_on_resume(config, resolve_encoder(config, quiet=True))
+    assert "does not say the eps" not in caplog.text
     _with_hash(monkeypatch, None)
     downloaded = fetch(NAME)  # its hash recorded at the first download
     assert resolved(downloaded).eps == 3.0 and resolved(checkpoint[0]).eps == 3.0  # the same bytes anywhere
