@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_ad.errors import ModelError, gpu_index
+from robust_ad.errors import DataError, ModelError, gpu_index
 
 log = logging.getLogger(__name__)
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -149,6 +149,31 @@ def _gpu_driver_installed() -> bool:
     return any(ctypes.util.find_library(name) for name in ("cuda", "nvcuda"))
 
 
+def as_frames(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) RGB frames as float32 in [0, 1]: uint8 and uint16 are scaled; floats must already lie in
+    [0, 1]. Anything else is refused in one line (a frame in 0-255 as floats was clipped to white and scored, an
+    HWC frame without its batch axis or a grey one failed deep in numpy)."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(
+            f"frames must be (N, H, W, 3) RGB, got shape {images.shape}: one frame is frame[None], a grey one "
+            "np.repeat(frame[..., None], 3, -1), an NCHW batch batch.transpose(0, 2, 3, 1)"
+        )
+    if images.dtype == np.uint8 or images.dtype == np.uint16:
+        return images.astype(np.float32) / np.iinfo(images.dtype).max
+    if images.dtype.kind != "f":
+        raise DataError(f"frames must be uint8, uint16 or float in [0, 1], got {images.dtype}")
+    if images.size and not np.isfinite(images).all():
+        raise DataError("frames hold NaN or infinite values")
+    low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise DataError(
+            f"float frames must lie in [0, 1], these span {low:g} to {high:g} (8-bit values: divide by 255, or pass "
+            "the uint8 array itself)"
+        )
+    return images.astype(np.float32, copy=False)
+
+
 class InferenceSession:
     """An exported robust-ad model in onnxruntime."""
 
@@ -199,9 +224,11 @@ class InferenceSession:
         return nchw.astype(np.float32)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(N, H, W, 3) float RGB frames in [0, 1], any size → (anomaly maps, normalised scores, raw scores)."""
+        """(N, H, W, 3) RGB frames, any size: float in [0, 1], or uint8 / uint16 (as cameras give them) →
+        (anomaly maps, normalised scores, raw scores). See :func:`as_frames` for what is refused."""
         if self.metadata.get("mode") != "detect":
             raise ModelError("this ONNX file is a denoising model: it has no anomaly scores")
+        images = as_frames(images)
         for image in images:
             self.check_frames(image)
         maps, scores = self.run_raw(self._to_input(images))[:2]
@@ -209,8 +236,8 @@ class InferenceSession:
         return maps.astype(np.float32), scores.astype(np.float32), raw.astype(np.float32)
 
     def denoise(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) float RGB images in [0, 1] → clean images, same shape, float in [0, 1]."""
-        (clean,) = self.run_raw(self._to_input(images))
+        """(N, H, W, 3) RGB images (as :meth:`predict` takes them) → clean images, same shape, float in [0, 1]."""
+        (clean,) = self.run_raw(self._to_input(as_frames(images)))
         clean = clean.astype(np.float32) / (255.0 if clean.dtype == np.uint8 else 1.0)
         return clean.transpose(0, 2, 3, 1)
 

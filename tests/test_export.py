@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -286,6 +287,28 @@ def test_example_script_refuses_a_file_it_cannot_score_in_one_line(
     for name, message in cases.items():
         result = _example_script(tmp_path / name, synth_root / "bottle" / "test" / "good")
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, name
+
+
+def test_runtime_takes_camera_frames_and_refuses_other_conventions(onnx_file: Path, synth_root: Path) -> None:
+    """A notebook trial: a uint8 frame (or floats in 0-255) was clipped to white and scored 300 times higher, in
+    silence; an HWC frame, a grey one or a list failed deep in numpy or onnxruntime."""
+    from robust_ad.errors import DataError
+
+    session = InferenceSession(onnx_file, device="cpu")
+    frame = cv2.imread(str(synth_root / "bottle" / "test" / "good" / "000.png"))[:, :, ::-1].copy()
+    expected = session.predict(frame[None] / 255.0)[1]
+    assert session.predict(frame[None])[1] == pytest.approx(expected, abs=1e-4)  # uint8, as a camera gives it
+    assert session.predict([frame / 255.0])[1] == pytest.approx(expected, abs=1e-4)  # a list of frames
+    wrong = {
+        "float frames must lie in [0, 1], these span": frame[None].astype(np.float32),
+        "frames must be (N, H, W, 3) RGB, got shape": frame,
+        "got shape (1, 64, 64)": frame[None, :, :, 0],
+        "NaN or infinite": np.full((1, 8, 8, 3), np.nan, np.float32),
+        "uint8, uint16 or float": frame[None].astype(np.int32),
+    }
+    for message, images in wrong.items():
+        with pytest.raises(DataError, match=re.escape(message)):
+            session.predict(images)
 
 
 def test_runtime_imports_and_runs_without_torch(onnx_file: Path) -> None:
