@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,8 @@ from robust_ad.errors import ConfigError, DataError, ModelError, RobustADError, 
 from robust_ad.fileio import EVALUATION, RUN, check_writable, refuse_inside, write_json
 
 if TYPE_CHECKING:  # the API imports its heavy modules when called: 'import robust_ad.api' stays light
+    import numpy as np
+
     from robust_ad.data.dataset import AnomalyDataset
 
 log = logging.getLogger(__name__)
@@ -598,44 +601,83 @@ def score(
     ``onnx`` scores with the exported file through onnxruntime instead of torch. With neither ``model`` nor
     ``onnx``, the run of ``category`` in ./runs is used, else the most recently trained run there.
     """
-    from robust_ad import rundir
-    from robust_ad.device import resolve_device
     from robust_ad.fileio import output_folder
     from robust_ad.scoring.files import resolve_paths, score_files
+
+    files = resolve_paths(paths)
+    predictor, chosen, vmax, used = _scoring_model(model, onnx, threshold, batch_size, device, category)
+    with output_folder(out, force, "results folder", inputs=_input_paths(paths, files), models=[used]) as folder:
+        result = score_files(files, predictor, chosen, folder, vmax, batch_size, overlays)
+    result.model = str(used)
+    return result
+
+
+def _scoring_model(model, onnx, threshold: float | None, batch_size: int, device: str, category: str | None):
+    """What scores, for :func:`score` and :func:`predict`: (predictor, threshold, map_vmax, the run or file)."""
+    from robust_ad import rundir
+    from robust_ad.device import resolve_device
 
     if model is not None and onnx is not None:
         raise ConfigError("give one of --model RUN_FOLDER or --onnx FILE, not both")
     if batch_size < 1:
         raise ConfigError(f"--batch must be at least 1, got {batch_size}")
     _check_finite(threshold, "--threshold")
-    files = resolve_paths(paths)
     if onnx is not None:
         from robust_ad.runtime import InferenceSession
 
         session = InferenceSession(onnx, device=device)
         if session.metadata.get("mode") != "detect":
             raise ModelError(f"{onnx} is a denoising model: score needs a detection model's ONNX file")
-        predictor, meta = session.predictor(batch_size), session.metadata
-        calibrated, vmax = meta["threshold"], meta["map_vmax"]
+        meta = session.metadata
         if threshold is None:  # a threshold given here replaces the file's anyway
             _warn_if_stale(Path(onnx), meta)
-    else:
-        if model is None:
-            model = rundir.find_run(category)
-            log.info("scoring with the run %s", model)
-        scorer = rundir.load_scorer(model, resolve_device(device))
-        calibration = rundir.read_calibration(model)
-        predictor = _torch_predictor(
-            scorer, batch_size, calibration.train_aspect_ratio, calibration.train_channel_spread
-        )
-        calibrated, vmax = calibration.threshold, calibration.map_vmax
-    with output_folder(
-        out, force, "results folder", inputs=_input_paths(paths, files), models=[onnx or model]
-    ) as folder:
-        chosen = calibrated if threshold is None else threshold
-        result = score_files(files, predictor, chosen, folder, vmax, batch_size, overlays)
-    result.model = str(onnx or model)
-    return result
+        chosen = meta["threshold"] if threshold is None else threshold
+        return session.predictor(batch_size), chosen, meta["map_vmax"], onnx
+    if model is None:
+        model = rundir.find_run(category)
+        log.info("scoring with the run %s", model)
+    scorer = rundir.load_scorer(model, resolve_device(device))
+    calibration = rundir.read_calibration(model)
+    predictor = _torch_predictor(scorer, batch_size, calibration.train_aspect_ratio, calibration.train_channel_spread)
+    chosen = calibration.threshold if threshold is None else threshold
+    return predictor, chosen, calibration.map_vmax, model
+
+
+@dataclass
+class Frames:
+    """What :func:`predict` gives for frames in memory: per frame the anomaly map (at the model's size, in
+    normal-standard-deviation units), the normalised and raw image scores, and the verdict at ``threshold``."""
+
+    maps: np.ndarray
+    scores: np.ndarray
+    raw_scores: np.ndarray
+    verdicts: list[str]
+    threshold: float
+
+
+def predict(
+    frames,
+    model: str | Path | None = None,
+    onnx: str | Path | None = None,
+    threshold: float | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    category: str | None = None,
+) -> Frames:
+    """``robust-ad score`` for frames in memory (a camera grab, a notebook): a list of (H, W, 3) RGB frames of any
+    sizes, or an (N, H, W, 3) array; uint8, uint16 or float in [0, 1] (:func:`robust_ad.runtime.as_frames`). The
+    model is chosen as :func:`score` chooses it; nothing is written."""
+    import numpy as np
+
+    from robust_ad.runtime import as_frames
+    from robust_ad.scoring.files import verdict
+
+    predictor, chosen, _, _ = _scoring_model(model, onnx, threshold, batch_size, device, category)
+    images = [as_frames(np.asarray(frame)[None])[0] for frame in frames]
+    if not images:
+        raise DataError("no frames given")
+    maps, scores, raw = predictor(images)
+    return Frames(maps, scores, raw, [verdict(float(s), chosen) for s in scores], chosen)
 
 
 def _warn_if_stale(onnx: Path, meta: dict) -> None:

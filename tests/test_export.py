@@ -346,6 +346,16 @@ def test_score_with_onnx_gives_the_torch_scores(
     for a, b in zip(rows["torch"], rows["onnx"], strict=True):
         assert abs(float(a["normalized_score"]) - float(b["normalized_score"])) <= 1e-4
         assert a["verdict"] == b["verdict"]
+    # a notebook trial: frames in memory could not be scored with the run (only files, or the runtime by hand)
+    from robust_ad.api import predict
+
+    frames = [cv2.imread(r["path"])[:, :, ::-1] for r in rows["torch"]]  # uint8 RGB, as a camera grab
+    frames[0] = cv2.resize(frames[0], (80, 80), interpolation=cv2.INTER_AREA)  # sizes may differ
+    for name, source in (("torch", {"model": tiny_run}), ("onnx", {"onnx": onnx_file})):
+        got = predict(frames[1:], **source)
+        assert got.scores == pytest.approx([float(r["normalized_score"]) for r in rows[name][1:]], abs=1e-4)
+        assert got.verdicts == [r["verdict"] for r in rows[name][1:]] and got.maps.shape[0] == len(frames) - 1
+        assert len(predict(frames, **source).scores) == len(frames)
 
 
 def _example_script(onnx_file: Path, folder: Path, *args: str) -> subprocess.CompletedProcess:
