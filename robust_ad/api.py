@@ -33,6 +33,11 @@ def _check_out(out: str | Path, suffix: str, force: bool, data: str | Path | Non
         check_writable(out, force, inputs=inputs)
 
 
+def _names(categories: str | list[str] | None) -> list[str]:
+    """Categories: one given alone is one ('bottle', not b, o, t, ...)."""
+    return [categories] if isinstance(categories, str) else list(categories or [])
+
+
 def _input_paths(paths: str | Path | list[str | Path], files: list[Path]) -> list[Path]:
     """What a command reads: the files, and the folders it was given (an output may not lie inside either)."""
     from robust_ad.scoring.files import as_list
@@ -66,13 +71,21 @@ def check_dataset(data_root: str | Path, category: str, layout: str = "auto", se
     return check(AnomalyDataset.load(data_root, category, layout, seed=seed))
 
 
-def train_encoder(config: Config, categories: list[str], out: str | Path, resume: bool = False, force: bool = False):
+def _as_config(config: Config | dict) -> Config:
+    """A config, or a dict of settings over the default recipe (as ``--recipe`` left out)."""
+    return load_config("default", config) if isinstance(config, dict) else config
+
+
+def train_encoder(
+    config: Config | dict, categories: str | list[str], out: str | Path, resume: bool = False, force: bool = False
+):
     """``robust-ad encoder train``: robust proxy training on the normal images of ``categories``."""
     from robust_ad.data.loading import labelled_files
     from robust_ad.device import resolve_device
     from robust_ad.training import distributed
     from robust_ad.training.encoder import train_encoder as _train
 
+    config, categories = _as_config(config), _names(categories)
     _check_out(out, ".pt", force, config.data_root, resume)
     files = labelled_files(config, categories, "train")
     with distributed.process_group(resolve_device(config.device)) as device:
@@ -92,7 +105,9 @@ def train_encoder(config: Config, categories: list[str], out: str | Path, resume
         )
 
 
-def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume: bool = False, force: bool = False):
+def pretrain_encoder(
+    config: Config | dict, corpus: str | Path, out: str | Path, resume: bool = False, force: bool = False
+):
     """``robust-ad encoder pretrain``: robust (PGD) training on a corpus from ``datasets corpus``. The proxy task
     is which source image a patch comes from (as many classes as source images) and which corruption it carries
     (``labels+corruption``), on random crops of half to all of each corpus image, resized to
@@ -102,6 +117,7 @@ def pretrain_encoder(config: Config, corpus: str | Path, out: str | Path, resume
     from robust_ad.training import distributed
     from robust_ad.training.encoder import train_encoder as _train
 
+    config = _as_config(config)
     files = corpus_files(corpus, "train", cache_mb=config.data.cache_mb)
     _check_out(out, ".pt", force, corpus, resume)
     n_sources = len(set(files.labels))
@@ -154,7 +170,7 @@ def fetch_encoder(name: str) -> Path:
 
 def evaluate_encoder(
     encoder: str | Path,
-    categories: list[str],
+    categories: str | list[str] | None,
     data_root: str | Path,
     eps: float | None = None,
     norm: str | None = None,
@@ -181,6 +197,7 @@ def evaluate_encoder(
     from robust_ad.training.encoder import EncoderRun, attack_accuracy
     from robust_ad.training.encoder import evaluate_encoder as _evaluate
 
+    categories = _names(categories)
     if out is not None:
         _check_out(out, ".json", force, corpus or data_root)
     if bool(categories) == (corpus is not None):
@@ -476,8 +493,7 @@ def train(config: Config | dict, out: str | Path, resume: bool = False, force: b
     from robust_ad.training.weights import load_encoder_weights
     from robust_ad.viz import reconstruction_grid
 
-    if isinstance(config, dict):
-        config = load_config("default", config)  # as train without --recipe
+    config = _as_config(config)  # a dict: as train without --recipe
     run_dir = Path(out)
     _refuse_resume_or_overwrite(run_dir, resume, force)
     if resume:

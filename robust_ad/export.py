@@ -180,7 +180,7 @@ def export(
     fp16: bool = False,
     opset: int = 18,
     batch: str | int = "dynamic",
-    size: tuple[int, int] | None = None,
+    size: tuple[int, int] | int | None = None,
     uint8: bool = True,
     reconstruction: bool = False,
     verify: bool = True,
@@ -198,6 +198,8 @@ def export(
         raise ConfigError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     if not MIN_OPSET <= opset <= max_opset():
         raise ConfigError(f"--opset must be between {MIN_OPSET} and {max_opset()} (what torch exports), got {opset}")
+    if isinstance(size, int):  # the Python API: one side, as --size S S
+        size = (size, size)
     if size is not None and (len(size) != 2 or min(size) < 16 or max(size) > 4096):
         raise ConfigError(f"--size must be two sides between 16 and 4096 pixels, got {' '.join(map(str, size))}")
     graph, meta = _graph(run_dir, size, uint8, reconstruction)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -571,10 +572,14 @@ def test_an_output_file_inside_the_data_read_is_refused(
     from robust_ad.config import load_config
     from robust_ad.errors import DataError
 
-    def reached(*args: object) -> None:
-        raise DataError("the data is read")
+    def reached(config: object, categories: list[str], split: str) -> None:
+        raise DataError(f"the data of {categories} is read")
 
     monkeypatch.setattr("robust_ad.data.loading.labelled_files", reached)
     monkeypatch.chdir(tmp_path)  # no data root given: the working directory is not taken for one
-    with pytest.raises(DataError, match="the data is read"):
+    with pytest.raises(DataError, match=re.escape("the data of ['bottle'] is read")):
         train_encoder(load_config("default", {"device": "cpu"}), ["bottle"], "enc.pt")
+    # a notebook trial: a dict config (as api.train takes) and one category given alone ('b' was not found; as in
+    # evaluate_encoder)
+    with pytest.raises(DataError, match=re.escape("the data of ['bottle'] is read")):
+        train_encoder({"device": "cpu"}, "bottle", "enc.pt")
