@@ -295,9 +295,10 @@ def with_encoder_file(config: Config, quiet: bool = False) -> Config:
     encoder file records them, and a published or shipped encoder used by path is known by its hash. The file, not
     the recipe, decides the architecture its weights fit and the eps the run records. Other weights files do not say
     their eps: the run records the config's (``--eps``). What it decides is logged unless ``quiet``."""
-    say = logging.DEBUG if quiet else logging.WARNING
     from robust_ad.training.encoder import file_architecture
     from robust_ad.training.pretrained import identify
+
+    say = logging.DEBUG if quiet else logging.WARNING
 
     weights = config.encoder.weights
     if not weights or not Path(weights).is_file():
