@@ -878,10 +878,12 @@ def set_threshold(
 
 
 def export(run_dir: str | Path, out: str | Path | None = None, **options) -> dict:
-    """``robust-ad export``: see :func:`robust_ad.export.export` for the options."""
+    """``robust-ad export``: see :func:`robust_ad.export.export` for the options. Returns the file's metadata and
+    parity numbers, with ``path``: the file written (default ``<run_dir>/model.onnx``)."""
     from robust_ad.export import export as _export
 
-    return _export(run_dir, out, **options)
+    meta = _export(run_dir, out, **options)
+    return {**meta, "path": str(Path(out) if out else Path(run_dir) / "model.onnx")}
 
 
 def denoise(

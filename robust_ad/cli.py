@@ -608,7 +608,7 @@ def export(
         verify=not no_verify,
         force=force,
     )
-    console.print(f"wrote {out or Path(model) / 'model.onnx'}")
+    console.print(f"wrote {meta['path']}")
     if "parity_images" not in meta:
         console.print("parity with torch: not verified (--no-verify)")
     elif "parity_score_max_diff" in meta:

@@ -347,7 +347,10 @@ def test_score_with_onnx_gives_the_torch_scores(
         assert abs(float(a["normalized_score"]) - float(b["normalized_score"])) <= 1e-4
         assert a["verdict"] == b["verdict"]
     # a notebook trial: frames in memory could not be scored with the run (only files, or the runtime by hand)
+    from robust_ad.api import export as export_file
     from robust_ad.api import predict
+
+    assert export_file(tiny_run, tmp_path / "p.onnx")["path"] == str(tmp_path / "p.onnx")  # where it went
 
     frames = [cv2.imread(r["path"])[:, :, ::-1] for r in rows["torch"]]  # uint8 RGB, as a camera grab
     frames[0] = cv2.resize(frames[0], (80, 80), interpolation=cv2.INTER_AREA)  # sizes may differ
