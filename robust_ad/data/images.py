@@ -192,7 +192,7 @@ def like_raw(rgb: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-# JPEG at quality 100 without chroma subsampling: re-encoding a decoded JPEG costs <= 0.1 dB (OpenCV's default,
+# JPEG at quality 100 without chroma subsampling: re-encoding a decoded JPEG costs about 0.1 dB (OpenCV's default,
 # quality 95 with 4:2:0, cost 3 to 5 dB on quality-100 photographs, more than the denoiser's guard allows it to lose)
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 100, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
 
