@@ -31,7 +31,16 @@ import torch
 import yaml
 
 from robust_ad import api, machine, rundir
-from robust_ad.config import COMPONENTS, DEFAULT_COMPONENTS, Config, for_mode, from_scratch, load_config, merge
+from robust_ad.config import (
+    ARCHITECTURE,
+    COMPONENTS,
+    DEFAULT_COMPONENTS,
+    Config,
+    for_mode,
+    from_scratch,
+    load_config,
+    merge,
+)
 from robust_ad.data.corpus import corpus_files
 from robust_ad.data.loading import labelled_images, load_split, open_dataset
 from robust_ad.data.synth import synthesize
@@ -138,8 +147,7 @@ def _config(profile: dict, root: Path, category: str, eps: float, shipped_encode
     ``sections`` name one (``encoder.weights``) or ``shipped_encoder`` keeps the named one (the recipe's, unless
     ``sections`` name another: the shipped encoder robust at ``eps``; at eps 0 its standard twin)."""
     own = profile["encoder"]  # a per-category encoder's settings: a named one has its own architecture
-    architecture = ("backbone", "width", "norm")
-    own = {k: v for k, v in own.items() if k not in architecture} if shipped_encoder else own
+    own = {k: v for k, v in own.items() if k not in ARCHITECTURE} if shipped_encoder else own
     overrides = {
         "category": category,
         "data_root": str(root),

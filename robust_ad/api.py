@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from robust_ad.config import Config, for_mode, from_scratch, load_config
+from robust_ad.config import ARCHITECTURE, NAMED_ENCODER_DECIDES, Config, for_mode, from_scratch, load_config
 from robust_ad.errors import ConfigError, DataError, ModelError, RobustADError, counted
 from robust_ad.fileio import EVALUATION, RUN, check_writable, refuse_inside, write_json
 
@@ -31,11 +31,6 @@ def _check_out(out: str | Path, suffix: str, force: bool, data: str | Path | Non
         refuse_inside(out, inputs)
     else:
         check_writable(out, force, inputs=inputs)
-
-
-def _names(categories: str | list[str] | None) -> list[str]:
-    """Categories: one given alone is one ('bottle', not b, o, t, ...)."""
-    return [categories] if isinstance(categories, str) else list(categories or [])
 
 
 def _input_paths(paths: str | Path | list[str | Path], files: list[Path]) -> list[Path]:
@@ -82,10 +77,11 @@ def train_encoder(
     """``robust-ad encoder train``: robust proxy training on the normal images of ``categories``."""
     from robust_ad.data.loading import labelled_files
     from robust_ad.device import resolve_device
+    from robust_ad.scoring.files import as_list
     from robust_ad.training import distributed
     from robust_ad.training.encoder import train_encoder as _train
 
-    config, categories = _as_config(config), _names(categories)
+    config, categories = _as_config(config), as_list(categories)  # one category alone is one, not its letters
     _check_out(out, ".pt", force, config.data_root, resume)
     files = labelled_files(config, categories, "train")
     with distributed.process_group(resolve_device(config.device)) as device:
@@ -193,11 +189,12 @@ def evaluate_encoder(
     from robust_ad.data.corpus import corpus_files
     from robust_ad.data.loading import labelled_files
     from robust_ad.device import resolve_device
+    from robust_ad.scoring.files import as_list
     from robust_ad.training import pretrained
     from robust_ad.training.encoder import EncoderRun, attack_accuracy
     from robust_ad.training.encoder import evaluate_encoder as _evaluate
 
-    categories = _names(categories)
+    categories = as_list(categories or [])  # one category alone is one, not its letters
     if out is not None:
         _check_out(out, ".json", force, corpus or data_root)
     if bool(categories) == (corpus is not None):
@@ -261,7 +258,7 @@ def with_published_encoder(config: Config) -> Config:
         return from_scratch(config) if name else config
     entry = lookup(name)
     given = config.encoder.model_fields_set  # by a recipe or an option, not defaults
-    for key in ("backbone", "width", "norm"):
+    for key in ARCHITECTURE:
         if key in given and getattr(config.encoder, key) != getattr(entry, key):
             raise ConfigError(
                 f"encoder.{key} {getattr(config.encoder, key)} contradicts encoder.pretrained {name}, a "
@@ -314,7 +311,7 @@ def with_encoder_file(config: Config, quiet: bool = False) -> Config:
                 config.encoder.eps,
             )
             return config
-        recorded, what = {k: getattr(entry, k) for k in ("backbone", "norm", "width", "eps")}, f"encoder {entry.name}"
+        recorded, what = {k: getattr(entry, k) for k in NAMED_ENCODER_DECIDES}, f"encoder {entry.name}"
     if all(getattr(config.encoder, k) == v for k, v in recorded.items()):
         return config
     if recorded["eps"] != config.encoder.eps:
@@ -882,8 +879,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, **options) -> dic
     parity numbers, with ``path``: the file written (default ``<run_dir>/model.onnx``)."""
     from robust_ad.export import export as _export
 
-    meta = _export(run_dir, out, **options)
-    return {**meta, "path": str(Path(out) if out else Path(run_dir) / "model.onnx")}
+    return _export(run_dir, out, **options)
 
 
 def denoise(

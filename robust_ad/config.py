@@ -313,7 +313,8 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     return validate(_layer(values, overrides), where)
 
 
-NAMED_ENCODER_DECIDES = ("backbone", "width", "norm", "eps")  # its architecture, and the eps it is robust at
+ARCHITECTURE = ("backbone", "width", "norm")  # what an encoder's weights fit
+NAMED_ENCODER_DECIDES = (*ARCHITECTURE, "eps")  # a named encoder's architecture, and the eps it is robust at
 
 
 def _layer(base: dict[str, Any], update: Any) -> dict[str, Any]:

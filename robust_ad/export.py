@@ -235,7 +235,7 @@ def export(
         onnx.save(proto, str(tmp))
     if own:  # in its run folder: robust-ad's own, for train --force (in another's it stays a file of the user's)
         record_written(out)
-    return meta
+    return {**meta, "path": str(out)}  # where it went (not in the file's own metadata)
 
 
 def _chunks(x: torch.Tensor, batch: str | int) -> Iterator[tuple[torch.Tensor, int]]:

@@ -221,7 +221,7 @@ def _foreign(path: Path, what: str) -> list[str]:
         known = _EARLIER_RUN if what == RUN else set()
         return sorted(name for name in _entries(path) if name not in known or (path / name).is_dir())
     if mark.get("kind") != what:
-        return [f"{path.name}/ (a {mark.get('kind')})"]
+        return [f"{path.name}/ ({_a(mark.get('kind'))})"]
     recorded = set(mark["files"])
     present = _files(path)
     foreign = [_described(path, name) for name in sorted(present - recorded)]
