@@ -7,6 +7,7 @@ The resolved config is saved with every run (``config.yaml``) and is all that is
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Hashable
 from importlib import resources
@@ -63,6 +64,15 @@ class EncoderConfig(_Section):
     lr: Positive = 1e-3
     lr_schedule: Literal["constant", "cosine"] = "constant"  # over the epochs (cosine: decay to zero)
     batch_size: Count = 32
+
+    @model_validator(mode="after")
+    def _linf_eps_within_pixels(self) -> EncoderConfig:
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError(
+                f"encoder.eps {self.eps:g} with norm linf is more than the whole pixel range [0, 1] "
+                f"(an L-inf radius of {self.eps:g}/255 is {self.eps / 255:.4g})"
+            )
+        return self
 
 
 class AutoencoderConfig(_Section):
@@ -197,6 +207,16 @@ class Config(_Section):
     categories: dict[str, dict[str, Any]] = {}
 
     @model_validator(mode="after")
+    def _l2_eps_within_images(self) -> Config:
+        diameter = math.sqrt(3) * self.data.image_size  # between a black and a white image of the training size
+        if self.encoder.norm == "l2" and self.encoder.eps > diameter:
+            raise ValueError(
+                f"encoder.eps {self.encoder.eps:g} (L2) is larger than the distance between a black and a white "
+                f"{self.data.image_size} px image ({diameter:.0f}): robust classifiers use 0.25 to 5"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _nearest_layers_are_features(self) -> Config:
         unknown = [layer for layer in self.scoring.nearest_layers if layer not in self.encoder.feature_layers]
         if unknown:
@@ -213,7 +233,8 @@ def _one_line(exc: ValidationError, where: str) -> ConfigError:
     """The first problem of a validation error as one line: key, bad value, what is allowed."""
     first = exc.errors()[0]
     message = first["msg"].removeprefix("Value error, ")
-    if not first["loc"]:  # a check across sections names its keys itself
+    if not first["loc"] or (first["type"] == "value_error" and isinstance(first["input"], dict)):
+        # a check across sections, or of a whole section, names its keys itself
         return ConfigError(f"{where}: {message}")
     key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":

@@ -49,12 +49,15 @@ def _copy_run(run: Path, to: Path) -> Path:
         ("scoring", "nearest_pool", 2, "scoring.nearest_pool = 2 is not valid: must be odd, got 2"),
         ("scoring", "upsample", 0, "scoring.upsample = 0 is not valid: Input should be greater than or equal to 1"),
         ("scoring", "nearest_layers", ["layer4"], "scoring.nearest_layers ['layer4'] are not among encoder.feature"),
+        ("encoder", "eps", 1e9, "encoder.eps 1e+09 (L2) is larger than the distance between a black and a white"),
+        ("encoder", "norm", "linf", "encoder.eps 8 with norm linf is more than the whole pixel range [0, 1]"),
     ],
 )
 def test_bad_recipe_values_fail_before_any_work(
     synth_root: Path, tmp_path: Path, section: str, key: str, value: object, message: str
 ) -> None:
-    recipe = tiny_recipe(tmp_path, **{section: {key: value}})
+    settings = {key: value, "eps": 8} if key == "norm" else {key: value}  # 8 meaning 8/255
+    recipe = tiny_recipe(tmp_path, **{section: settings})
     out = tmp_path / "run"
     args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--recipe", str(recipe), "--out", str(out)]
     assert message in _one_line_error(runner.invoke(app, args))
