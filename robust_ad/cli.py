@@ -489,21 +489,22 @@ def score(
     """Score images: verdict, score and heat-map overlay per image.
 
     Exit codes: 0 done; 1 anomalies found (with --fail-on-anomaly); 2 error; 3 some files could not be read
-    (this wins over 1: an unreadable frame is never hidden by an anomaly); 4 internal error.
+    (this wins over 1: an unreadable frame is never hidden by an anomaly); 4 internal error; 130 interrupted;
+    143 stopped (SIGTERM).
     """
     from robust_ad.api import score as score_images
 
     run = score_images(paths, model, out, threshold, batch, device, onnx, force, category, not no_overlays)
     console.print(f"model: {run.model}")
     table = Table(title=f"{counted(len(run.rows), 'image')} scored, {run.n_anomalous} anomalous ({out}/scores.csv)")
-    for column in ("path", "score", "normalised", "verdict"):
+    for column in ("path", "normalised score", "raw score", "verdict"):
         table.add_column(column)
     for row in run.rows[:50]:
         colour = "red" if row["verdict"] == "anomalous" else "green"
         table.add_row(
             row["path"],
-            _number(row["score"], 3),
             _number(row["normalized_score"], 2),
+            _number(row["raw_score"], 3),
             f"[{colour}]{row['verdict']}[/{colour}]",
         )
     if len(run.rows) > 50:

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         os.replace(tmp, path)
         _note_written(path)
+    except OSError as exc:  # a full disk names no file (a write's error), or the temporary's: name the artifact
+        if exc.filename in (None, tmp):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -65,9 +69,21 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda p: p.write_text(text))
 
 
-def write_json(path: str | Path, data: Any) -> Path:
+def json_text(data: Any) -> str:
     """Valid JSON only: a NaN or infinity anywhere is a bug to surface, not a file to write."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    return json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json_text(data))
+
+
+def write_texts(texts: dict[Path, str]) -> None:
+    """Write several files as one: each goes to its temporary first, and only when every one is written are they
+    moved into place (a full disk leaves none of them, never one without the other)."""
+    with ExitStack() as stack:
+        for path, text in texts.items():
+            stack.enter_context(atomic_path(path)).write_text(text)
 
 
 def write_yaml(path: str | Path, data: Any) -> Path:

@@ -352,10 +352,10 @@ def test_score_cli_reports_corrupt_file_and_scores_the_rest(tiny_run: Path, synt
     assert result.exit_code == 3, result.output
     assert "broken.png" in result.output and "moved.png" in result.output
     rows = list(csv.DictReader((out / "scores.csv").open()))  # every input, in order: a line system sees the gap
-    assert list(rows[0]) == ["path", "score", "normalized_score", "verdict", "error", "overlay"] and len(rows) == 5
+    assert list(rows[0]) == ["path", "raw_score", "normalized_score", "verdict", "error", "overlay"] and len(rows) == 5
     assert [Path(r["path"]).name for r in rows] == sorted([*before, "moved.png"])
     broken = next(r for r in rows if r["path"].endswith("broken.png"))
-    assert broken["verdict"] == "unreadable" and broken["score"] == "" and "broken.png" in broken["error"]
+    assert broken["verdict"] == "unreadable" and broken["raw_score"] == "" and "broken.png" in broken["error"]
     moved = next(r for r in rows if r["path"].endswith("moved.png"))
     assert moved["verdict"] == "unreadable" and "cannot open" in moved["error"]
     assert {r["verdict"] for r in rows if r not in (broken, moved)} <= {"normal", "anomalous"}
@@ -608,6 +608,30 @@ def test_score_overlays_say_the_verdict_and_score_above_the_panels(
     assert written.shape[:2] == (819 + 81, 3 * 1024)
     assert runner.invoke(app, [*frames, "--out", str(tmp_path / "r3"), "--no-overlays"]).exit_code == 0
     assert not (tmp_path / "r3" / "overlays").exists() and (tmp_path / "r3" / "scores.csv").is_file()
+
+
+def test_a_full_disk_leaves_neither_score_file_and_names_the_file(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while scores.json was written left scores.csv complete beside no scores.json (a supervisor
+    looking for scores.csv took it as done), and the error named no file."""
+    import errno
+
+    plain = Path.write_text
+
+    def full_disk(self: Path, text: str, *args, **kwargs):
+        if self.name.startswith(".scores.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return plain(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    out = tmp_path / "results"
+    folder = synth_root / "bottle" / "test" / "hole"
+    result = runner.invoke(app, ["score", str(folder), "--model", str(tiny_run), "--out", str(out), "--no-overlays"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: No space left on device ({out / 'scores.json'})"
+    ]
+    assert not list(out.glob("*scores*")) and not list(out.glob(".scores*"))
 
 
 def test_calibration_says_what_it_calibrated_on_and_warns_of_a_handful(

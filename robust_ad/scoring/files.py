@@ -19,7 +19,7 @@ import numpy as np
 
 from robust_ad.data.images import IMAGE_SUFFIXES, is_image_file, read_image, write_image
 from robust_ad.errors import DataError, ImageReadError
-from robust_ad.fileio import write_json, write_text
+from robust_ad.fileio import json_text, write_texts
 from robust_ad.progress import track
 from robust_ad.viz import overlay
 
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 # the torch one on the host, the ONNX one inside the graph.
 Predictor = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray]]
 # scores.csv: a row per input file, in input order; an unreadable one has the verdict 'unreadable' and its reason
-COLUMNS = ("path", "score", "normalized_score", "verdict", "error", "overlay")  # new columns go last
+# normalized_score is what the verdict compares with the threshold (and what the ONNX graph's 'score' output is)
+COLUMNS = ("path", "raw_score", "normalized_score", "verdict", "error", "overlay")  # new columns go last
 BATCH_PIXELS = 16_000_000  # a batch of camera frames stops here (one 4000 x 4000 frame): 190 MB of float RGB
 OVERLAY_SIDES = (256, 1024)  # an overlay's panels: a camera frame made smaller, a tiny one larger to be seen
 
@@ -150,7 +151,7 @@ def score_files(
         for (index, path), image, amap, score, raw_score in zip(kept, images, maps, scores, raw, strict=True):
             row = {
                 "path": str(path),
-                "score": _finite_or_none(raw_score),
+                "raw_score": _finite_or_none(raw_score),
                 "normalized_score": _finite_or_none(score),
                 "verdict": verdict(float(score), threshold),
             }
@@ -166,6 +167,6 @@ def score_files(
     writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(lines[index] for index in sorted(lines))
-    write_text(out / "scores.csv", buffer.getvalue())
-    write_json(out / "scores.json", {"threshold": threshold, "images": run.rows, "errors": run.errors})
+    scores = {"threshold": threshold, "images": run.rows, "errors": run.errors}
+    write_texts({out / "scores.csv": buffer.getvalue(), out / "scores.json": json_text(scores)})
     return run
