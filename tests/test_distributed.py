@@ -90,6 +90,13 @@ def test_an_interrupted_torchrun_training_resumes(synth_root: Path, tmp_path: Pa
     _finish(_torchrun(2, recipe, synth_root, run, "--resume"))
     assert rundir.is_finished(run)
     assert [row["epoch"] for row in _losses(run)] == list(range(1, 41))
+    # every process's random streams are restored: the losses are an uninterrupted training's (process 1's were
+    # drawn anew, and epochs after the interruption differed)
+    _finish(_torchrun(2, recipe, synth_root, tmp_path / "uninterrupted"))
+    for resumed, whole in zip(_losses(run), _losses(tmp_path / "uninterrupted"), strict=True):
+        assert {k: v for k, v in resumed.items() if k != "seconds"} == pytest.approx(
+            {k: v for k, v in whole.items() if k != "seconds"}, rel=1e-5
+        )
     record = json.loads((run / ".robust-ad.json").read_text())  # what the run folder holds, not what it held
     assert rundir.CHECKPOINT not in record["files"] and all((run / name).exists() for name in record["files"])
     training = rundir.read_training(run)  # its time counts the part before the interruption too

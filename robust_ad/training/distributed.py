@@ -115,6 +115,15 @@ def total(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(zip(values, stacked, strict=True))
 
 
+def gathered(value: object) -> list[object]:
+    """Every process's ``value`` (picklable), in rank order; ``[value]`` alone."""
+    if not dist.is_initialized():
+        return [value]
+    values: list[object] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def share_buffers(module: nn.Module) -> None:
     """Process 0's buffers (batch-norm statistics) in every process."""
     if dist.is_initialized():

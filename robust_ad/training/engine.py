@@ -270,16 +270,27 @@ class Engine:
             images = self.augment(images.to(self.device, non_blocking=True))
             yield Batch(images, labels.to(self.device, non_blocking=True), self.generator)
 
-    def _state(self) -> dict:
+    def _streams(self) -> dict:
+        """This process's random streams: augmentation and task (``generator``), and the global ones that PGD's
+        random starts and dropout draw from."""
+        return {
+            "generator": self.generator.get_state(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def _state(self, streams: list[dict]) -> dict:
+        """The checkpoint: process 0's streams at the top (as a one-process training writes them), and every
+        process's in ``process_streams``, so that a resumed torchrun training draws what an uninterrupted one
+        would."""
         return {
             **self.task.metadata(),
             "modules": {name: module.state_dict() for name, module in self.task.modules.items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.task.optimizers.items()},
             "scaler": self.scaler.state_dict(),
-            "generator": self.generator.get_state(),
+            **streams[0],
+            "process_streams": streams,
             "order": self.order.get_state(),
-            "rng": torch.get_rng_state(),  # PGD's random starts and dropout draw from the global streams
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.history,
             "epoch": self.epoch,
         }
@@ -293,13 +304,21 @@ class Engine:
         for name, optimizer in self.task.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"])
         self.order.set_state(state["order"])
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.history, self.epoch = list(state["history"]), int(state["epoch"])
-        if self.rank:  # the checkpoint holds process 0's streams; the others draw their own
+        streams = state.get("process_streams") or [state]  # written before every process's were kept: process 0's
+        if len(streams) == distributed.world_size():
+            mine = streams[self.rank]
+            self.generator.set_state(mine["generator"])
+            torch.set_rng_state(mine["rng"])
+            if mine["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(mine["cuda_rng"])
+        else:  # another number of processes: each draws anew, so the result differs from an uninterrupted run's
+            log.warning(
+                "the checkpoint was written by %d training processes, this training has %d: random streams start anew",
+                len(streams),
+                distributed.world_size(),
+            )
             self.generator.manual_seed(self.seed + RANK_SEED_STRIDE * self.rank + self.epoch)
             torch.manual_seed(self.seed + RANK_SEED_STRIDE * self.rank + self.epoch)
         log.info("resuming %s after epoch %d", self.description, self.epoch)
@@ -356,8 +375,10 @@ class Engine:
                 self.epoch,
                 ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"),
             )
-            if self.checkpoint_path is not None and distributed.is_main():
-                save_checkpoint(self.checkpoint_path, self._state())
+            if self.checkpoint_path is not None:
+                streams = distributed.gathered(self._streams())  # every process takes part
+                if distributed.is_main():
+                    save_checkpoint(self.checkpoint_path, self._state(streams))
         for module in self.task.modules.values():
             module.eval()
         return self.history
