@@ -378,6 +378,24 @@ def test_check_notes_empty_defect_folders_and_masks_of_no_defect_image(tmp_path:
     assert any("belongs to no defect image and is not used (one is d9.png)" in n for n in notes)
 
 
+def test_check_notes_images_that_the_layout_does_not_read(tmp_path: Path) -> None:
+    """good/day2/, train/good/<sub>/ and a bad/ folder beside defect/ were left out while the check said 'usable'."""
+    synthesize(tmp_path, "bottle", size=32, n_train=6, n_test_good=2, n_per_defect=1, seed=0)
+    make_image(tmp_path / "bottle" / "train" / "good" / "day2" / "a.png")
+    make_image(tmp_path / "bottle" / "train" / "good" / "day2" / "b.png")
+    notes = check_dataset(AnomalyDataset.load(tmp_path, "bottle")).notes
+    assert (
+        f"2 images under {tmp_path / 'bottle'} are not read (one is train/good/day2/a.png): the mvtec layout reads"
+        in (" ".join(notes))
+    )
+    for i in range(3):
+        make_image(tmp_path / "plain" / "good" / f"g{i}.png", seed=i)
+    make_image(tmp_path / "plain" / "defect" / "d0.png")
+    make_image(tmp_path / "plain" / "bad" / "ng.png")
+    notes = check_dataset(AnomalyDataset.load(tmp_path / "plain", "x", test_normal_fraction=0.34)).notes
+    assert any(n.startswith(f"1 image under {tmp_path / 'plain'} is not read (one is bad/ng.png)") for n in notes)
+
+
 def test_a_line_with_good_parts_only_checks_as_trainable(tmp_path: Path) -> None:
     """'datasets check' refused what 'train' accepts (a new line, no defects collected yet)."""
     for i in range(4):

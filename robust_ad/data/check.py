@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from robust_ad.data.dataset import AnomalyDataset
 from robust_ad.data.images import is_image_file, list_images, read_raw, to_mask
-from robust_ad.data.layouts import layout_folders
+from robust_ad.data.layouts import READ_FROM, category_folder, layout_folders
 from robust_ad.errors import ImageReadError, counted
 from robust_ad.progress import track
 
@@ -90,6 +91,7 @@ def _unused(dataset: AnomalyDataset) -> list[str]:
     naming slip, which would silently drop a defect type or its pixel metrics."""
     masks, types = layout_folders(dataset.root, dataset.category, dataset.layout)
     notes = [f"{folder} holds no images: that defect type is not tested" for folder in types if not list_images(folder)]
+    notes += _stray_images(dataset, masks)
     if masks is None or not masks.is_dir():
         return notes
     used = {s.mask_path.resolve() for s in dataset.test if s.mask_path is not None}
@@ -103,6 +105,26 @@ def _unused(dataset: AnomalyDataset) -> list[str]:
             f"({'<defect type>/<stem>_mask.png' if dataset.layout == 'mvtec' else '<stem>[_mask], any image suffix'})"
         )
     return notes
+
+
+def _stray_images(dataset: AnomalyDataset, masks: Path | None) -> list[str]:
+    """Images in the category's folder that the layout does not read (a good/day2/ subfolder, a bad/ folder beside
+    defect/): the check said 'usable' while a part of the data was left out."""
+    base = category_folder(dataset.root, dataset.category, dataset.layout)
+    samples = dataset.train + dataset.val + dataset.test
+    read = {s.path.resolve() for s in samples} | {s.mask_path.resolve() for s in samples if s.mask_path is not None}
+    stray = sorted(
+        p
+        for p in base.rglob("*")
+        if is_image_file(p) and p.resolve() not in read and (masks is None or masks not in p.parents)
+    )
+    if not stray:
+        return []
+    many = len(stray) > 1
+    return [
+        f"{counted(len(stray), 'image')} under {base} {'are' if many else 'is'} not read (one is "
+        f"{stray[0].relative_to(base)}): the {dataset.layout} layout reads {READ_FROM[dataset.layout]}"
+    ]
 
 
 def _notes(train_sizes: Counter, grey: dict[bool, Counter]) -> list[str]:

@@ -76,6 +76,18 @@ def _folder_base(root: Path, category: str) -> Path:
     return root / category if (root / category / NORMAL).is_dir() else root
 
 
+def category_folder(root: Path, category: str, layout: str) -> Path:
+    """The folder that holds a category's images in ``layout``."""
+    return _folder_base(root, category) if layout == "folder" else root / category
+
+
+READ_FROM = {  # where each layout reads images, as a note says it
+    "mvtec": "train/good/ and test/<type>/ (not their subfolders)",
+    "visa": "the rows of the split file",
+    "folder": "good/, defect/ and defect/<type>/ (not their subfolders)",
+}
+
+
 VISA_LABELS = ("normal", "anomaly")  # the label column's words in VisA's split files
 
 
