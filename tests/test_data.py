@@ -11,7 +11,7 @@ import pytest
 from robust_ad.data import AnomalyDataset
 from robust_ad.data.arrays import load_samples
 from robust_ad.data.check import check_dataset
-from robust_ad.data.images import read_image, read_mask
+from robust_ad.data.images import read_image, read_mask, read_raw, to_mask
 from robust_ad.data.synth import defect_types, synthesize
 from robust_ad.errors import DataError, ImageReadError, OverwriteError
 from tests.conftest import make_image, make_mask
@@ -394,6 +394,32 @@ def test_check_notes_images_that_the_layout_does_not_read(tmp_path: Path) -> Non
     make_image(tmp_path / "plain" / "bad" / "ng.png")
     notes = check_dataset(AnomalyDataset.load(tmp_path / "plain", "x", test_normal_fraction=0.34)).notes
     assert any(n.startswith(f"1 image under {tmp_path / 'plain'} is not read (one is bad/ng.png)") for n in notes)
+
+
+def test_a_jpeg_mask_is_binarised_at_half_its_largest_value() -> None:
+    """A JPEG mask's ringing (small values around the defect) counted as defect: defects came out 2-4 times larger.
+    A lossless mask keeps every non-zero pixel (VisA numbers its regions 1, 2, ...)."""
+    ringing = np.array([[0, 3, 12, 250], [255, 9, 0, 0]], np.uint8)
+    assert to_mask(ringing, lossy=True).tolist() == [[False, False, False, True], [True, False, False, False]]
+    assert to_mask(ringing).tolist() == [[False, True, True, True], [True, True, False, False]]
+    assert to_mask(np.array([[0, 1], [2, 0]], np.uint8), lossy=True).tolist() == [[False, False], [True, False]]
+    assert not to_mask(np.zeros((2, 2), np.uint8), lossy=True).any()
+
+
+def test_check_notes_lossy_and_inverted_masks_and_takes_any_mask_suffix(tmp_path: Path) -> None:
+    synthesize(tmp_path, "bottle", size=32, n_train=6, n_test_good=2, n_per_defect=2, seed=0)
+    truth = tmp_path / "bottle" / "ground_truth"
+    masks = sorted(truth.rglob("*_mask.png"))
+    inverted = read_raw(masks[0])
+    cv2.imwrite(str(masks[0]), 255 - inverted)
+    lossy = masks[1].with_suffix(".jpg")  # an MVTec mask saved as JPEG: matched, and noted
+    cv2.imwrite(str(lossy), read_raw(masks[1]), [cv2.IMWRITE_JPEG_QUALITY, 50])
+    masks[1].unlink()
+    dataset = AnomalyDataset.load(tmp_path, "bottle")
+    assert lossy in {s.mask_path for s in dataset.test}
+    notes = " ".join(check_dataset(dataset).notes)
+    assert f"mark more than half of their image as defective (an inverted mask?): 1 (one is {masks[0]})" in notes
+    assert f"are lossy JPEGs (stored as PNG, a mask keeps its edges): 1 (one is {lossy})" in notes
 
 
 def test_a_line_with_good_parts_only_checks_as_trainable(tmp_path: Path) -> None:

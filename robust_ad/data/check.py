@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from robust_ad.data.dataset import AnomalyDataset
-from robust_ad.data.images import is_image_file, list_images, read_raw, to_mask
+from robust_ad.data.images import is_image_file, is_lossy, list_images, read_raw, to_mask
 from robust_ad.data.layouts import READ_FROM, category_folder, layout_folders
 from robust_ad.errors import ImageReadError, counted
 from robust_ad.progress import track
@@ -47,6 +49,7 @@ def check_dataset(dataset: AnomalyDataset) -> CheckReport:
     samples = dataset.train + dataset.val + dataset.test
     normal = {id(s) for s in dataset.train + dataset.val}
     train_sizes, grey = Counter(), {True: Counter(), False: Counter()}  # grey[is a training image][is grey]
+    odd_masks: dict[str, list] = defaultdict(list)
     for sample in track(samples, "checking images"):
         try:
             image = read_raw(sample.path)
@@ -73,11 +76,21 @@ def check_dataset(dataset: AnomalyDataset) -> CheckReport:
             report.problems.append(
                 f"{sample.mask_path}: mask size {mask.shape[1::-1]} differs from image {image.shape[1::-1]}"
             )
-        elif not to_mask(mask).any():
+        elif not (binary := to_mask(mask, is_lossy(sample.mask_path))).any():
             report.problems.append(f"{sample.mask_path}: mask of a defective image is empty")
         else:
             report.masks_matched += 1
+            if is_lossy(sample.mask_path):
+                odd_masks["are lossy JPEGs (stored as PNG, a mask keeps its edges)"].append(sample)
+            elif mask.ndim == 3 and len(np.unique(mask.reshape(-1, mask.shape[2]), axis=0)) > 16:
+                odd_masks["hold a photograph's many colours (an annotated image instead of its mask?)"].append(sample)
+            if binary.mean() > 0.5:
+                odd_masks["mark more than half of their image as defective (an inverted mask?)"].append(sample)
     report.notes += _notes(train_sizes, grey) + _unused(dataset)
+    report.notes += [
+        f"masks that {what}: {len(masks)} (one is {masks[0].mask_path}); pixel metrics trust them"
+        for what, masks in odd_masks.items()
+    ]
     if not dataset.test:
         report.notes.append(
             f"category '{dataset.category}' has no test images: it trains, and its threshold comes from held-out "
@@ -102,7 +115,7 @@ def _unused(dataset: AnomalyDataset) -> list[str]:
             f"{counted(len(unused), 'mask file')} under {masks} belong{'' if many else 's'} to no defect "
             f"image and {'are' if many else 'is'} not used (one is {unused[0].relative_to(masks)}): a mask is named "
             "after its image "
-            f"({'<defect type>/<stem>_mask.png' if dataset.layout == 'mvtec' else '<stem>[_mask], any image suffix'})"
+            f"({'<defect type>/' if dataset.layout == 'mvtec' else ''}<stem>[_mask], any image suffix)"
         )
     return notes
 

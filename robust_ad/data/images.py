@@ -148,19 +148,30 @@ def read_image(path: str | Path) -> np.ndarray:
     return to_float_rgb(read_raw(path))
 
 
-def to_mask(raw: np.ndarray) -> np.ndarray:
-    """A decoded mask as a boolean HxW array: any non-zero colour pixel is a defect pixel. An alpha channel (grey +
-    alpha, RGBA) is the mask only where the colours are all zero: an opaque background is not a defect."""
+def to_mask(raw: np.ndarray, lossy: bool = False) -> np.ndarray:
+    """A decoded mask as a boolean HxW array: any non-zero colour pixel is a defect pixel (VisA's masks number
+    their regions 1, 2, ...); in a ``lossy`` (JPEG) mask only pixels above half its largest value, since the
+    compression's ringing around the edges made the defects 2-4 times larger. An alpha channel (grey + alpha,
+    RGBA) is the mask only where the colours are all zero: an opaque background is not a defect."""
     if raw.ndim == 2:
-        return raw > 0
+        return _marked(raw, lossy)
     colour = raw[:, :, :3] if raw.shape[2] == 4 else raw
-    mask = colour.max(axis=2) > 0
-    return mask if mask.any() or raw.shape[2] != 4 else raw[:, :, 3] > 0
+    mask = _marked(colour.max(axis=2), lossy)
+    return mask if mask.any() or raw.shape[2] != 4 else _marked(raw[:, :, 3], lossy)
+
+
+def _marked(values: np.ndarray, lossy: bool) -> np.ndarray:
+    return values > (values.max() / 2 if lossy and values.size else 0)
+
+
+def is_lossy(path: str | Path) -> bool:
+    """Whether an image file is stored lossily (JPEG)."""
+    return Path(path).suffix.lower() in (".jpg", ".jpeg", ".jpe")
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a defect mask as a boolean HxW array (:func:`to_mask`)."""
-    return to_mask(read_raw(path))
+    return to_mask(read_raw(path), is_lossy(path))
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

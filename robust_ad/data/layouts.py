@@ -41,20 +41,22 @@ def detect_layout(root: Path, category: str) -> str:
 
 
 def read_mvtec(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
-    """MVTec AD: train/good, test/<defect>/, ground_truth/<defect>/<stem>_mask.png (masks optional)."""
+    """MVTec AD: train/good, test/<defect>/, ground_truth/<defect>/<stem>_mask.png (masks optional; <stem>.png and
+    any image suffix are taken too)."""
     base = root / category
     train = [Sample(p, 0) for p in list_images(base / "train" / NORMAL)]
     test: list[Sample] = []
     test_dir = base / "test"
     for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []:
         defect = defect_dir.name
+        # MVTec names masks <stem>_mask.png; anomalib's converted VisA (visa_pytorch) uses <stem>.png; any image
+        # suffix is taken, as in the folder layout (a mask saved as .jpg or .PNG was left out)
+        masks = _by_stem(base / "ground_truth" / defect) if defect != NORMAL else {}
         for path in list_images(defect_dir):
             if defect == NORMAL:
                 test.append(Sample(path, 0))
-                continue
-            # MVTec names masks <stem>_mask.png; anomalib's converted VisA (visa_pytorch) uses <stem>.png.
-            masks = [base / "ground_truth" / defect / f"{path.stem}{end}.png" for end in ("_mask", "")]
-            test.append(Sample(path, 1, defect, next((m for m in masks if m.is_file()), None)))
+            else:
+                test.append(Sample(path, 1, defect, _mask_of(path, masks)))
     return train, test
 
 
