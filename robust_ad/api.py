@@ -394,6 +394,21 @@ def _verification_images(dataset, size: int, normal) -> tuple:
     return readable(normal[:8]), readable(defects[:: max(1, len(defects) // 8)][:8])
 
 
+def _check_calibration_images(dataset, config: Config) -> None:
+    """A detection model calibrated on one normal image has no spread to normalise by (every other image scored
+    1e6 or more, all anomalous): refused before training."""
+    from robust_ad.scoring.calibration import MIN_CALIBRATION
+
+    calibrating = len(dataset.val) or min(16, len(dataset.train))
+    if config.mode == "detect" and calibrating < MIN_CALIBRATION:
+        total = len(dataset.train) + len(dataset.val)
+        raise DataError(
+            f"category '{dataset.category}' has {counted(total, 'normal training image')}, {len(dataset.val)} of "
+            f"them held out to calibrate on (data.val_fraction {config.data.val_fraction:g}): calibrating needs at "
+            f"least {MIN_CALIBRATION}; add normal images or raise data.val_fraction"
+        )
+
+
 def _refuse_resume_or_overwrite(run_dir: Path, resume: bool, force: bool) -> None:
     from robust_ad import rundir
     from robust_ad.errors import OverwriteError
@@ -502,6 +517,7 @@ def train(config: Config | dict, out: str | Path, resume: bool = False, force: b
     seed_everything(config.seed)  # the initial weights too: the same config trains the same model in any process
     model = build_autoencoder(config)  # checks the backbone's layer names before any work
     dataset = open_dataset(config)
+    _check_calibration_images(dataset, config)
     # absolute: eval and export --size read the run's data from any working directory
     config = config.model_copy(update={"data_root": os.path.abspath(dataset.root)})
     read = [dataset.root, *([config.encoder.weights] if config.encoder.weights else [])]

@@ -64,6 +64,22 @@ def test_bad_recipe_values_fail_before_any_work(
     assert not out.exists()
 
 
+def test_too_few_normal_images_to_calibrate_are_refused_before_training(tmp_path: Path) -> None:
+    """Six normal images hold one out (val_fraction 0.15): its spread is zero, and the model scored every other
+    image about 1e15, all anomalous, after a warning only. Held out at 0.34, two: trains."""
+    from tests.conftest import make_image
+
+    for i in range(6):
+        make_image(tmp_path / "data" / "part" / "good" / f"{i}.png", seed=i)
+    recipe = tiny_recipe(tmp_path)
+    args = ["train", "--category", "part", "--data-root", str(tmp_path / "data"), "--recipe", str(recipe)]
+    message = _one_line_error(runner.invoke(app, [*args, "--out", str(tmp_path / "run")]))
+    assert "category 'part' has 6 normal training images, 1 of them held out to calibrate on (data.val_fraction" in (
+        message
+    )
+    assert "calibrating needs at least 2" in message and not (tmp_path / "run").exists()
+
+
 def test_a_recipe_is_read_as_written(synth_root: Path, tmp_path: Path) -> None:
     """A user trial: a recipe's seed, mode and device were replaced by the options' defaults, a key given twice
     dropped the first block, 1e-3 was 'not a valid number', a binary file was an internal error, a recipe of a

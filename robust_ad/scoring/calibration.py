@@ -15,6 +15,7 @@ from robust_ad.tensors import to_tensor
 
 log = logging.getLogger(__name__)
 MIN_HELD_OUT = 5  # normal images to calibrate on, below which calibrate warns
+MIN_CALIBRATION = 2  # below which there is no spread to normalise by: every other image scores 1e6 or more
 
 
 @torch.no_grad()
@@ -126,7 +127,7 @@ def calibrate(
     spread and quantile of a handful of images do not describe normal parts.
     """
     if not held_out:
-        log.warning("no held-out normal images (val_fraction 0): calibrating on training images")
+        log.warning("no held-out normal images: calibrating on training images")
     if len(val_images) < MIN_HELD_OUT:
         log.warning(
             "calibrating on %d normal images: the normalisation and threshold are unreliable below %d; add normal "
