@@ -310,6 +310,19 @@ def test_aupro_of_maps_with_ties_closes_its_curve_on_the_line_to_the_next_point(
         assert metrics.aupro(masks, tied) == pytest.approx(_naive_aupro(masks, tied), abs=1e-3)
 
 
+def test_the_best_f1_threshold_lies_halfway_between_the_classes() -> None:
+    """It was one float step under the weakest detected defect: scored a rounding step lower by onnxruntime or on a
+    GPU, that defect came out normal."""
+    labels = np.array([0, 0, 1, 0, 1, 1])
+    scores = np.array([0.1, 0.3, 0.9, 0.2, 175.7, 1.0], np.float32)
+    f1, threshold = metrics.best_f1(labels, scores)
+    assert f1 == 1.0 and threshold == pytest.approx(0.6)
+    assert f1_score(labels, scores > threshold) == f1
+    overlapping = np.array([0.1, 0.95, 0.9, 0.2, 2.0, 1.0], np.float32)  # a normal part above one defect
+    f1, threshold = metrics.best_f1(labels, overlapping)
+    assert f1_score(labels, overlapping > threshold) == pytest.approx(f1) and 0.2 < threshold < 0.9
+
+
 def test_pixel_metrics_are_null_without_masks() -> None:
     test, prediction, _ = _random_evaluation(0, lambda i, defect: defect == "b")
     result = evaluate(test, prediction, 0.9)
