@@ -19,6 +19,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperOption
 
 from robust_ad.errors import RobustADError, counted
 
@@ -43,10 +44,25 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+class _OnceCommand(TyperCommand):
+    """A command that refuses an option of one value given twice (click keeps the last: 'train --category a
+    --category b' trained b alone and said nothing)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        given = args[: args.index("--")] if "--" in args else args
+        for param in self.params:
+            if isinstance(param, TyperOption) and not (param.multiple or param.is_flag or param.count):
+                times = sum(arg.split("=", 1)[0] in param.opts for arg in given)
+                if times > 1:
+                    raise typer.BadParameter(f"given {times} times; give it once", ctx, param)
+        return super().parse_args(ctx, args)
+
+
 class _App(typer.Typer):
     """A Typer app whose commands turn every exception into one line on stderr and a documented exit code."""
 
     def command(self, *args: Any, **kwargs: Any) -> Callable:
+        kwargs.setdefault("cls", _OnceCommand)
         register = super().command(*args, **kwargs)
 
         def decorator(fn: Callable) -> Callable:
@@ -91,8 +107,21 @@ def _main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _print_version(given: bool) -> None:
+    if given:
+        from robust_ad import __version__
+
+        console.print(f"robust-ad {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     _state["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if _main_process() else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
