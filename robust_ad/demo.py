@@ -37,7 +37,7 @@ def run_demo(
         run_dir = api.train(load_config("synthetic", overrides), out / "runs" / category)
         log.info("3/6 evaluating on the test split")
         metrics = api.evaluate(run_dir, device=device)
-        log.info("4/6 scoring the defective test images")
+        log.info("4/6 scoring the test images")
         scored = api.score([data_root / category / "test"], run_dir, out / "results", device=device)
         log.info("5/6 exporting to ONNX (with a parity check against torch)")
         onnx_path = run_dir / "model.onnx"

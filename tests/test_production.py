@@ -119,6 +119,8 @@ def test_bad_flag_values_are_one_line_errors(tiny_run: Path, synth_root: Path, t
     train = ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(tmp_path / "r")]
     assert "data.image_size = 0" in _one_line_error(runner.invoke(app, [*train, "--image-size", "0"]))
     assert "autoencoder.epochs = 0" in _one_line_error(runner.invoke(app, [*train, "--epochs", "0"]))
+    twice = [*train, "--category=fabric"]  # click kept the last: fabric alone was trained, and nothing was said
+    assert "Invalid value for '--category': given 2 times; give it once" in _one_line_error(runner.invoke(app, twice))
     synth = ["datasets", "synth", "--category", "bottle", "--out", str(tmp_path / "d"), "--n-train", "0"]
     assert "--n-train must be at least 1" in _one_line_error(runner.invoke(app, synth))
     assert "--batch must be at least 1" in _one_line_error(
@@ -138,6 +140,13 @@ def test_bad_flag_values_are_one_line_errors(tiny_run: Path, synth_root: Path, t
     unwritable = ["score", image, "--model", str(tiny_run), "--out", "/proc/robust-ad-results"]
     assert "cannot create results folder" in _one_line_error(runner.invoke(app, unwritable))
     assert not list(tmp_path.iterdir())
+
+
+def test_version() -> None:
+    from robust_ad import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"robust-ad {__version__}"
 
 
 def test_an_unexpected_error_is_one_line_with_its_own_exit_code(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
@@ -496,6 +505,17 @@ def test_one_empty_folder_given_alone_is_named_whole(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=rf"^no images found in {tmp_path / 'empty'} \(suffixes"):
         resolve_paths(str(tmp_path / "empty"))
+
+
+def test_an_empty_camera_folder_among_others_is_warned_of(tmp_path: Path, caplog) -> None:
+    """One camera's empty folder beside another's frames was passed over in silence, exit 0."""
+    from robust_ad.scoring.files import resolve_paths
+    from tests.conftest import make_image
+
+    (tmp_path / "cam2").mkdir()
+    frame = make_image(tmp_path / "cam1" / "f.png")
+    assert resolve_paths([tmp_path / "cam1", tmp_path / "cam2"]) == [frame]
+    assert f"no images in {tmp_path / 'cam2'}" in caplog.text
 
 
 def test_long_work_says_how_far_it_is_off_a_terminal(monkeypatch, capsys) -> None:

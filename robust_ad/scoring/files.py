@@ -54,20 +54,25 @@ def as_list(inputs: str | Path | Sequence[str | Path]) -> list[str | Path]:
 def resolve_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """Image files from folders (recursively), files and glob patterns (one, or a list), in a stable order."""
     found: list[Path] = []
+    empty = []
     for item in as_list(inputs):
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if is_image_file(p))
+            images = sorted(p for p in path.rglob("*") if is_image_file(p))
         elif path.is_file():
-            found.append(path)
+            images = [path]
         elif any(c in str(item) for c in "*?["):
-            found += sorted(Path(p) for p in glob.glob(str(item), recursive=True) if is_image_file(Path(p)))
+            images = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if is_image_file(Path(p)))
         else:
             raise DataError(f"{item}: no such file or folder")
+        found += images
+        empty += [] if images else [str(item)]
     if not found:
         raise DataError(
             f"no images found in {', '.join(map(str, as_list(inputs)))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
+    if empty:  # one camera's folder among several: a camera that stopped writing frames must not look like a pass
+        log.warning("no images in %s", ", ".join(empty))
     unique: dict[Path, Path] = {}
     for path in found:  # a file reached twice (a folder and a file in it, a relative and an absolute path): once
         unique.setdefault(path.resolve(), path)
