@@ -732,8 +732,8 @@ def _warn_if_stale(onnx: Path, meta: dict) -> None:
         )
     elif abs(calibration.threshold - meta["threshold"]) > 1e-6:
         log.warning(
-            "%s carries the threshold %.3f, its run folder's calibration.json now %.3f: export again to score with "
-            "the new one",
+            "%s carries the threshold %.3f, its run folder's calibration.json now %.3f: export again (--force) to "
+            "score with the new one",
             onnx,
             meta["threshold"],
             calibration.threshold,

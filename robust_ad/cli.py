@@ -596,8 +596,8 @@ def threshold(
     console.print(
         f"threshold of {model}: {previous:.4g} -> {calibration.threshold:.4g} ({calibration.threshold_rule}); "
         f"{calibration.normal_images_above()} of {len(calibration.normal_scores)} held-out normal images score above "
-        "it; export again to carry it into an ONNX file (at the training size: one exported at another size refits "
-        "its own)"
+        f"it; 'robust-ad export --model {model} --force' carries it into the run's ONNX file (at the training size: "
+        "one exported at another size refits its own)"
     )
 
 

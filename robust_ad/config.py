@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from robust_ad.errors import ConfigError, counted
+from robust_ad.errors import ConfigError
 
 COMPONENTS = ("pixel", "ssim", "feature", "memory", "nearest", "energy", "colour")
 NOISES = ("gaussian", "poisson", "salt_pepper", "jpeg", "sensor")
@@ -239,8 +239,8 @@ def _one_line(exc: ValidationError, where: str) -> ConfigError:
     key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         return ConfigError(f"{where}: unknown key '{key}'")
-    extra = exc.error_count() - 1
-    more = f" (and {counted(extra, 'more problem')})" if extra else ""
+    others = [".".join(str(part) for part in error["loc"]) for error in exc.errors()[1:]]
+    more = f" (and {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})" if others else ""
     return ConfigError(f"{where}: {key} = {first['input']!r} is not valid: {message}{more}")
 
 
