@@ -99,6 +99,14 @@ def test_a_visa_split_file_with_an_unknown_label_or_split_is_refused(tmp_path: P
     assert AnomalyDataset.load(tmp_path, "candle", val_fraction=0.25).layout == "visa"
 
 
+def test_a_visa_split_file_saved_with_semicolons_says_so(tmp_path: Path) -> None:
+    """A spreadsheet set to a German locale saves CSV with ';': 'missing columns ...' named every column."""
+    split = _visa(tmp_path) / "split_csv" / "1cls.csv"
+    split.write_text(split.read_text().replace(",", ";"))
+    with pytest.raises(DataError, match=r"missing columns .* \(its header is separated by ';': save it with commas\)"):
+        AnomalyDataset.load(tmp_path, "candle")
+
+
 def test_a_visa_split_file_that_contradicts_itself_is_refused(tmp_path: Path) -> None:
     """A user trial: an anomalous image in the train split was trained on as normal (and counted among the held-out
     normals), an image in both splits was scored on; a mask file that does not exist was dropped without a word."""

@@ -110,7 +110,10 @@ def read_visa(root: Path, category: str, split_csv: Path | None = None) -> tuple
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
     if missing:
-        raise DataError(f"{split_csv}: missing columns {', '.join(sorted(missing))}")
+        header = text.partition("\n")[0]
+        other = next((sep for sep in ";\t|" if sep in header and "," not in header), None)
+        hint = f" (its header is separated by {other!r}: save it with commas)" if other else ""
+        raise DataError(f"{split_csv}: missing columns {', '.join(sorted(missing))}{hint}")
     for line, row in enumerate(reader, start=2):
         if row["object"] != category:
             continue
