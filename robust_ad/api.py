@@ -749,16 +749,18 @@ def evaluate(
     batch_size: int = 16,
     force: bool = False,
 ) -> dict:
-    """``robust-ad eval``: metrics.json, roc.png and report.html for a model on its category's test split.
+    """``robust-ad eval``: metrics.json, scores.csv (per test image), roc.png and report.html for a model on its
+    category's test split.
 
     Writes into ``out`` (default ``<model>/eval``) only; the model's own files are never changed.
     """
     from robust_ad import machine, rundir
     from robust_ad.data.loading import load_split, open_dataset
     from robust_ad.device import resolve_device
-    from robust_ad.fileio import output_folder
+    from robust_ad.fileio import output_folder, write_text
     from robust_ad.report import html_report, roc_figure
     from robust_ad.scoring.evaluate import evaluate as _evaluate
+    from robust_ad.scoring.evaluate import per_image_csv
     from robust_ad.scoring.inference import predict
 
     config = rundir.read_config(model)
@@ -785,6 +787,7 @@ def evaluate(
                 "evaluated images; use it with 'score --threshold' if you accept that"
             )
         write_json(folder / "metrics.json", metrics)
+        write_text(folder / "scores.csv", per_image_csv(test, prediction, calibration.threshold))
         roc_figure(folder / "roc.png", test, prediction, f"{dataset.category} (eps={config.encoder.eps})")
         html_report(folder, metrics, test, prediction, calibration.map_vmax)
     return metrics
@@ -850,7 +853,9 @@ def set_threshold(
         own = (rundir.model_digest(model), category)
         if (metrics.get("model_sha256", own[0]), metrics.get("category", own[1])) != own:  # older: category only
             measured = f"another model ({metrics.get('model')})"
-            if metrics.get("model") == os.path.abspath(model):
+            if metrics.get("category", category) != category:
+                measured = f"category '{metrics['category']}', not the model's '{category}'"
+            elif metrics.get("model") == os.path.abspath(model):
                 measured = "the model this folder held before it was trained again"
             raise ConfigError(
                 f"{path} evaluated {measured}: its threshold is in that model's units; evaluate {model} first "

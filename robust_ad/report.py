@@ -34,7 +34,10 @@ def roc_figure(path: Path, test: ImageSet, prediction: Prediction, title: str) -
             ax.plot(fpr, tpr, lw=2.5 if name == "all defects" else 1.2, label=name)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    else:  # no normal or no defective test images: no curve to draw
+        ax.text(0.5, 0.55, "no ROC: the test split lacks normal or defective images", ha="center", fontsize=8)
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     plt.close(fig)
     return path

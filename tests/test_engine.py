@@ -211,7 +211,8 @@ def test_threshold_is_adopted_explicitly_and_the_old_one_kept(tiny_run: Path, tm
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())  # another model's evaluation: refused
     for changed, said in (
         ({"model_sha256": "0" * 64}, "evaluated the model this folder held before it was trained again"),
-        ({"category": "screw", "model": "/elsewhere/screw"}, "evaluated another model (/elsewhere/screw)"),
+        ({"model_sha256": "1" * 64, "model": "/elsewhere/b"}, "evaluated another model (/elsewhere/b)"),
+        ({"category": "screw"}, "evaluated category 'screw', not the model's 'bottle'"),  # eval --category screw
     ):
         (tmp_path / "other").mkdir(exist_ok=True)
         (tmp_path / "other" / "metrics.json").write_text(json.dumps({**metrics, **changed}))

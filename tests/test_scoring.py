@@ -323,6 +323,21 @@ def test_the_best_f1_threshold_lies_halfway_between_the_classes() -> None:
     assert f1_score(labels, overlapping > threshold) == pytest.approx(f1) and 0.2 < threshold < 0.9
 
 
+def test_a_roc_figure_without_normal_test_images_says_so_without_a_warning(tmp_path: Path) -> None:
+    """A test split without test/good drew no curve, and matplotlib's legend warning leaked into eval's output."""
+    import warnings
+
+    from robust_ad.report import roc_figure
+
+    n = 3
+    samples = [Sample(tmp_path / f"{i}.png", 1, "hole") for i in range(n)]
+    test = ImageSet(np.zeros((n, 8, 8, 3)), np.zeros((n, 8, 8), bool), np.ones(n, int), samples, np.full((n, 2), 8))
+    prediction = Prediction(np.zeros((n, 8, 8)), np.arange(n, dtype=float), np.arange(n, dtype=float), None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert roc_figure(tmp_path / "roc.png", test, prediction, "t").is_file()
+
+
 def test_pixel_metrics_are_null_without_masks() -> None:
     test, prediction, _ = _random_evaluation(0, lambda i, defect: defect == "b")
     result = evaluate(test, prediction, 0.9)
@@ -426,6 +441,14 @@ def test_eval_cli_writes_metrics_report_and_roc(tiny_run: Path, tmp_path: Path) 
         f"<th>false_positive_rate</th><td>{saved['false_positive_rate']:.3f}</td>" in (out / "report.html").read_text()
     )
     assert saved["f1_max_threshold"] is not None and "optimistic" in saved["f1_max_threshold_rule"]
+    rows = list(csv.DictReader((out / "scores.csv").open()))  # per test image: which parts were missed or flagged
+    assert len(rows) == saved["n_normal"] + saved["n_anomalous"]
+    flagged = [float(r["normalized_score"]) > saved["threshold"] for r in rows]
+    assert [r["verdict"] == "anomalous" for r in rows] == flagged
+    truth = [r["label"] == "1" for r in rows]
+    assert [r["correct"] == "True" for r in rows] == [f == t for f, t in zip(flagged, truth, strict=True)]
+    normal = [f for f, r in zip(flagged, rows, strict=True) if r["label"] == "0"]
+    assert sum(normal) / len(normal) == pytest.approx(saved["false_positive_rate"])
     # eval writes into its own --out only: the deployed model's files stay as they are
     assert {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()} == model_files
 

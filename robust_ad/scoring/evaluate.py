@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import numpy as np
 
 from robust_ad.data.arrays import ImageSet
 from robust_ad.scoring import metrics
+from robust_ad.scoring.files import verdict
 from robust_ad.scoring.inference import Prediction
 
 
@@ -58,3 +62,16 @@ def evaluate(test: ImageSet, prediction: Prediction, threshold: float) -> dict:
         for defect in sorted(set(types) - {"good"})
     }
     return result
+
+
+def per_image_csv(test: ImageSet, prediction: Prediction, threshold: float) -> str:
+    """The eval folder's scores.csv: each test image's truth beside its scores and verdict (as 'score' gives them),
+    to see which parts were missed or flagged."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "defect_type", "label", "raw_score", "normalized_score", "verdict", "correct"])
+    for sample, raw, score in zip(test.samples, prediction.raw_scores, prediction.scores, strict=True):
+        said = verdict(float(score), threshold)
+        correct = (said == "anomalous") == bool(sample.label)
+        writer.writerow([sample.path, sample.defect_type, sample.label, float(raw), float(score), said, correct])
+    return buffer.getvalue()
