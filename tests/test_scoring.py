@@ -615,6 +615,22 @@ def test_torch_scoring_warns_of_frames_smaller_than_the_model(
     assert result.exit_code == 0 and "input frames of 20x20 px are smaller than the model's 32x32" in caplog.text
 
 
+def test_a_heat_map_far_above_vmax_still_shows_where() -> None:
+    """A uniform product's defect scored 1e5 normal standard deviations, its neighbourhood 30: both were clipped to
+    red, and the map showed no place. Below vmax the scale stays fixed (maps of two images compare)."""
+    from robust_ad.viz import heatmap
+
+    values = np.full((16, 16), 0.5, np.float32)
+    values[4:12, 4:12] = 30.0
+    values[7:9, 7:9] = 1e5
+    heat = heatmap(values, vmax=2.0)
+    spot, ring, calm = heat[8, 8], heat[5, 5], heat[0, 0]
+    assert spot[0] > 0.4 and spot[1] < 0.1 and spot[2] < 0.1  # the defect red
+    assert np.abs(spot - ring).max() > 0.3  # its neighbourhood another colour
+    np.testing.assert_allclose(calm, heatmap(np.full((2, 2), 0.5, np.float32), vmax=2.0)[0, 0])
+    assert np.isfinite(heatmap(np.full((2, 2), np.nan, np.float32), vmax=2.0)).all()
+
+
 def test_score_overlays_say_the_verdict_and_score_above_the_panels(
     tiny_run: Path, synth_root: Path, tmp_path: Path
 ) -> None:
