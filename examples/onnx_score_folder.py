@@ -91,6 +91,12 @@ def main() -> int:
     threshold, vmax = float(meta["threshold"]), float(meta["map_vmax"])
     graph_input = session.get_inputs()[0]
     batch_size = graph_input.shape[0] if isinstance(graph_input.shape[0], int) else 1  # export --batch N: N frames
+    if batch_size > 1:
+        print(
+            f"# a file of a fixed batch of {batch_size}: each frame is sent {batch_size} times (this script scores a "
+            "frame at a time; export with the default dynamic batch for it)",
+            file=sys.stderr,
+        )
     anomalous = unreadable = 0
     for path in files:
         try:

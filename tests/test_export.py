@@ -449,6 +449,7 @@ def test_example_script_refuses_what_would_lose_frames_or_pass_an_empty_line(
         scored = dict(line.split("\t", 1) for line in result.stdout.strip().splitlines())
         assert len(scored) == 2 * len(before) + 1 and "unreadable" not in result.stdout  # subfolders, float TIFF
         assert scored[str(frames / "float.tif")] == scored[str(frames / "000.png")]
+        assert ("each frame is sent 2 times" in result.stderr) == (model == fixed)  # 2x the work: said
     assert (tmp_path / "maps" / "line2" / "000.png.png").is_file() and (tmp_path / "maps" / "float.tif.png").is_file()
     one = _example_script(onnx_file, frames / "001.png")
     assert one.returncode in (0, 1) and one.stdout.count("\n") == 1
