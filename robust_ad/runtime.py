@@ -64,19 +64,20 @@ def _metadata(raw: dict[str, str], path: Path) -> dict:
 class FrameCheck:
     """Warns of frames the model will not see as it was trained: once per frame size whose width/height is unlike
     the training images' (:func:`aspect_warning`) or with a side smaller than the model's processing size
-    (:func:`size_warning`), and once when frames are grey where training was colour, or the other way round
+    (:func:`size_warning`), and once when a frame is grey where training was colour, or the other way round
     (:func:`colour_warning`)."""
 
     def __init__(self, train_aspect: float | None, size: int | None, train_spread: float | None = None) -> None:
         self.train_aspect, self.size, self.train_spread, self.seen = train_aspect, size, train_spread, set()
 
     def __call__(self, image: np.ndarray) -> None:
-        """``image`` (H, W, 3) RGB in [0, 1]; looked at once per frame size (a camera's mode and region do not
-        change from frame to frame, and a full-size frame's colour check costs a pass over its pixels)."""
-        if image.shape[:2] in self.seen:
-            return
-        self.seen.add(image.shape[:2])
-        warnings = [aspect_warning(image.shape, self.train_aspect), size_warning(image.shape, self.size)]
+        """``image`` (H, W, 3) RGB in [0, 1]. Its size is looked at once per frame size; its colour on every frame
+        until one warns (a grey frame among colour ones of the same size was passed over; a pass over the pixels
+        costs little beside the network)."""
+        warnings = []
+        if image.shape[:2] not in self.seen:
+            self.seen.add(image.shape[:2])
+            warnings += [aspect_warning(image.shape, self.train_aspect), size_warning(image.shape, self.size)]
         if "colour" not in self.seen and (colour := colour_warning(image, self.train_spread)):
             self.seen.add("colour")  # said once
             warnings.append(colour)

@@ -734,8 +734,10 @@ def test_a_camera_switched_between_colour_and_mono_is_warned_of(
     caplog.clear()
     onnx_file = tmp_path / "colour.onnx"
     assert runner.invoke(app, ["export", "--model", str(tiny_run), "--out", str(onnx_file)]).exit_code == 0
-    with caplog.at_level("WARNING"):  # grey frames for a colour model: said too
-        InferenceSession(onnx_file, device="cpu").predict(np.full((1, 32, 32, 3), 0.5, np.float32))
+    with caplog.at_level("WARNING"):  # grey frames for a colour model: said too, also after colour frames of that size
+        mixed = _normal_images(tiny_run)[:2]
+        mixed[1] = mixed[1].mean(axis=2, keepdims=True)
+        InferenceSession(onnx_file, device="cpu").predict(mixed)
     assert "frames are grey but the model was trained on colour images" in caplog.text
 
 
