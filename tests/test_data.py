@@ -404,6 +404,18 @@ def test_check_notes_images_that_the_layout_does_not_read(tmp_path: Path) -> Non
     assert any(n.startswith(f"1 image under {tmp_path / 'plain'} is not read (one is bad/ng.png)") for n in notes)
 
 
+def test_a_multi_page_tiff_says_that_only_its_first_page_is_read(tmp_path: Path, monkeypatch, caplog) -> None:
+    from robust_ad.data import images
+
+    monkeypatch.setattr(images, "_WARNED", set())
+    pages = [np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 200, np.uint8)]
+    cv2.imwritemulti(str(tmp_path / "stack.tif"), pages)
+    cv2.imwrite(str(tmp_path / "one.tif"), pages[1])
+    assert read_raw(tmp_path / "one.tif").max() == 200 and "pages" not in caplog.text
+    assert read_raw(tmp_path / "stack.tif").max() == 0
+    assert f"{tmp_path / 'stack.tif'} holds 2 pages: only the first is read" in caplog.text
+
+
 def test_a_jpeg_mask_is_binarised_at_half_its_largest_value() -> None:
     """A JPEG mask's ringing (small values around the defect) counted as defect: defects came out 2-4 times larger.
     A lossless mask keeps every non-zero pixel (VisA numbers its regions 1, 2, ...)."""

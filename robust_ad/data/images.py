@@ -93,6 +93,9 @@ def _oriented(image: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(np.flip(image, flips) if flips else image)
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+
+
 def read_raw(path: str | Path) -> np.ndarray:
     """Decode ``path`` as stored (dtype and channels unchanged, BGR order). Raises ImageReadError."""
     path = Path(path)
@@ -114,6 +117,9 @@ def read_raw(path: str | Path) -> np.ndarray:
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels not in (1, 3, 4):
         raise ImageReadError(f"{path}: {channels} channels are not supported (grey, RGB or RGBA)")
+    if data[:4] in TIFF_MAGIC and "pages" not in _WARNED and (pages := cv2.imcount(str(path))) > 1:
+        _WARNED.add("pages")
+        log.warning("%s holds %d pages: only the first is read (save each page as an image of its own)", path, pages)
     return _oriented(image, _orientation(data))
 
 
