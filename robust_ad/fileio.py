@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -43,6 +45,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 RUN = "run folder"
 EVALUATION = "evaluation folder"  # the one kind of output folder that belongs to the run folder it lies in
 _WRITTEN: dict[Path, set[str]] = {}  # per output folder this process holds: what it wrote there (relative paths)
+# per output folder being written: its kind, its files of before that are robust-ad's, when its record was written
+_RECORDING: dict[Path, tuple[str, set[str], float]] = {}
+RECORD_EVERY = 1.0  # seconds: the record follows the writes this often, so a process killed (SIGKILL, power cut)
+# mid-way leaves a folder whose files --force and --resume still know as robust-ad's
+# an atomic write's temporary (tempfile.mkstemp's 8 characters between the name and its suffix)
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)?$")
+
+
+def _is_temporary(name: str) -> bool:
+    match = _TEMPORARY.match(Path(name).name)
+    return bool(match) and match["name"].endswith(match["suffix"] or "")
 
 
 def _note_written(path: Path) -> None:
@@ -54,8 +67,17 @@ def _note_written(path: Path) -> None:
             relative = resolved.relative_to(folder)
             if relative.name != MARK_NAME:
                 written.add(relative.as_posix())
+                _keep_record(folder, written)
             elif relative.parent != Path():  # a nested output folder's record, not the folder's own
                 written.add(f"{relative.parent.as_posix()}/")
+
+
+def _keep_record(folder: Path, written: set[str]) -> None:
+    """The record of a folder being written, brought up to date at most every RECORD_EVERY seconds."""
+    if folder in _RECORDING and time.monotonic() - _RECORDING[folder][2] >= RECORD_EVERY:
+        what, ours, _ = _RECORDING[folder]
+        _RECORDING[folder] = (what, ours, time.monotonic())
+        _record(folder, what, ours | written)
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:
@@ -239,7 +261,7 @@ def _foreign(path: Path, what: str) -> list[str]:
     if mark.get("kind") != what:
         return [f"{path.name}/ ({_a(mark.get('kind'))})"]
     recorded = set(mark["files"])
-    present = _files(path)
+    present = {name for name in _files(path) if not _is_temporary(name)}  # a killed write's: robust-ad's
     foreign = [_described(path, name) for name in sorted(present - recorded)]
     for nested in sorted(recorded & {f for f in present if f.endswith("/")}):
         inner = _mark(path / nested)
@@ -333,14 +355,22 @@ def output_folder(
         ours = before & _EARLIER_RUN if what == RUN else set()  # --resume, threshold of a run of before
         if mark is not None:
             ours = before & set(mark["files"])
+        if keep:  # a killed process's temporaries: never a complete file
+            for name in before:
+                if _is_temporary(name):
+                    (path / name).unlink(missing_ok=True)
+            before = {name for name in before if not _is_temporary(name)}
+            ours &= before
         written = _WRITTEN.setdefault(path.resolve(), set())
         _record(path, what, ours)
+        _RECORDING[path.resolve()] = (what, ours, time.monotonic())
         if what == EVALUATION and (_mark(path.parent) or {}).get("kind") == RUN:  # <run>/eval: part of the run
             record_written(path, folder=True)
         try:
             yield path
         finally:
             del _WRITTEN[path.resolve()]
+            _RECORDING.pop(path.resolve(), None)
             # what this call wrote, even if it failed, and what is still there of before (--resume removed its
             # checkpoint)
             _record(path, what, (ours | written) & _files(path))

@@ -533,8 +533,13 @@ def test_long_work_says_how_far_it_is_off_a_terminal(monkeypatch, capsys) -> Non
     assert capsys.readouterr().err == ""
 
 
-def test_a_terminated_training_records_what_it_wrote_and_force_replaces_it(synth_root: Path, tmp_path: Path) -> None:
-    """SIGTERM skipped the record of what a training had written, so --force refused robust-ad's own folder."""
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_a_terminated_training_records_what_it_wrote_and_force_replaces_it(
+    synth_root: Path, tmp_path: Path, stop: str
+) -> None:
+    """SIGTERM skipped the record of what a training had written, so --force refused robust-ad's own folder; after
+    SIGKILL (an out-of-memory kill, a power cut) it still did, naming config.yaml, checkpoint.pt and a half-written
+    checkpoint's temporary: the record now follows the writes, and a killed write's temporary is robust-ad's."""
     import signal
     import subprocess
     import time
@@ -543,16 +548,24 @@ def test_a_terminated_training_records_what_it_wrote_and_force_replaces_it(synth
     args = [sys.executable, "-m", "robust_ad", "train", "--category", "bottle", "--data-root", str(synth_root)]
     args += ["--recipe", str(tiny_recipe(tmp_path, autoencoder={"epochs": 200})), "--out", str(run)]
     training = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(600):  # until its first checkpoint
-        if (run / rundir.CHECKPOINT).is_file() or training.poll() is not None:
+    mark = run / ".robust-ad.json"
+    for _ in range(600):  # until its first checkpoint is in the folder's record
+        if (mark.is_file() and "checkpoint.pt" in mark.read_text()) or training.poll() is not None:
             break
         time.sleep(0.1)
-    training.send_signal(signal.SIGTERM)
+    training.send_signal(getattr(signal, stop))
     _, err = training.communicate(timeout=120)
-    assert training.returncode == 143 and "terminated (an interrupted training continues with --resume)" in err
+    if stop == "SIGTERM":
+        assert training.returncode == 143 and "terminated (an interrupted training continues with --resume)" in err
+    else:
+        assert training.returncode == -9
+        (run / ".checkpoint.pt.k1ll3d_x.pt").write_bytes(b"half a checkpoint")
     again = ["train", "--category", "bottle", "--data-root", str(synth_root), "--epochs", "1", "--force"]
     result = runner.invoke(app, [*again, "--recipe", str(tiny_recipe(tmp_path)), "--out", str(run)])
     assert result.exit_code == 0, result.output
+    (run / ".model.pt.k1ll3d_x.pt").write_bytes(b"half a model")  # left by a killed threshold, say: removed by the next
+    assert runner.invoke(app, ["threshold", "--model", str(run), "--value", "3"]).exit_code == 0
+    assert not list(run.glob(".*.k1ll3d_x.pt"))
 
 
 def test_a_file_of_a_run_folder_is_not_replaced_by_another_commands_out(tiny_run: Path, tmp_path: Path) -> None:
