@@ -485,6 +485,7 @@ def train(config: Config | dict, out: str | Path, resume: bool = False, force: b
     Everything that can be checked (config, model layers, dataset, run folder) is checked before training.
     """
     import time
+    from datetime import UTC, datetime
 
     import torch
     from torch.utils.data import DataLoader
@@ -579,6 +580,7 @@ def train(config: Config | dict, out: str | Path, resume: bool = False, force: b
                     precision=effective_precision(config.precision, device),
                     colour_error_255=colour,
                     decoder_colour_error_255=decoder_colour if config.mode == "detect" else [],
+                    finished=datetime.now(UTC).isoformat(timespec="seconds"),
                     **info,
                 ),
             )

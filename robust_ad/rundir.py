@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -120,6 +121,7 @@ class TrainingInfo(_Record):
     colour_error_255: list[float] = []
     # detection: the decoder's own colour error, before its cast (fitted on the training images) is removed
     decoder_colour_error_255: list[float] = []
+    finished: str = ""  # when the training finished (ISO 8601, UTC); runs of before: empty
 
 
 # -- configuration -----------------------------------------------------------------------------------------
@@ -181,7 +183,17 @@ def find_run(category: str | None = None, runs: str | Path = RUNS) -> Path:
     finished = [p for p in listed if p.is_dir() and is_finished(p) and (p / CALIBRATION).is_file()]
     if not finished:
         raise ModelError(f"no --model given and no finished run in {runs}/ (train one with 'robust-ad train')")
-    return max(finished, key=lambda p: os.stat(p / MODEL).st_mtime)
+    return max(finished, key=_finished_at)
+
+
+def _finished_at(run_dir: Path) -> float:
+    """When a run's training finished, as recorded in training.json: a copy of runs/ (a backup restored, a line PC
+    set up) gives every model.pt the time of the copy, and the file times chose an older model. Runs trained before
+    the time was recorded: their model.pt's time."""
+    try:
+        return datetime.fromisoformat(read_training(run_dir).finished).timestamp()
+    except (ModelError, ValueError):  # no training.json, or no time in it
+        return os.stat(run_dir / MODEL).st_mtime
 
 
 # -- records ---------------------------------------------------------------------------------------------------

@@ -300,6 +300,13 @@ def test_score_without_model_uses_the_runs_folder(
     one = sorted(Path(images).iterdir())[0]
     result = runner.invoke(app, ["score", str(one), "--out", "results4"])
     assert result.exit_code == 0 and "1 image scored," in result.output, result.output
+    # 'the most recent' is by the training time recorded, not by file times (a copy of runs/ sets every model.pt's to
+    # the time of the copy, in copy order, and an older model was chosen)
+    training = json.loads((tmp_path / "runs" / "bottle" / rundir.TRAINING).read_text())
+    older = _copy_run(tiny_run, tmp_path / "runs" / "older")  # copied last: the newest files
+    (older / rundir.TRAINING).write_text(json.dumps({**training, "finished": "2020-01-01T00:00:00+00:00"}))
+    result = runner.invoke(app, ["score", str(one), "--out", "results5"])
+    assert result.exit_code == 0 and "model: runs/bottle" in result.output, result.output
 
 
 def test_datasets_check_lists_every_problem(synth_root: Path, tmp_path: Path) -> None:
