@@ -566,6 +566,11 @@ def evaluate(
         raise ConfigError(f"--mode must be detect or denoise, got {mode}")
     if mode == "denoise":
         return _evaluate_denoiser(model, baseline, data_root, category, out, device, force)
+    if baseline is not None:  # it was ignored: the report compared nothing
+        raise ConfigError(
+            "--baseline compares denoisers (--mode denoise); to compare two detection models, evaluate each (--out "
+            "apart) and compare their metrics.json and scores.csv"
+        )
     metrics = evaluate_model(model, data_root, category, out, device, force=force)
     table = Table(title=f"{metrics['category']} (eps={metrics['eps']}), threshold {metrics['threshold']:.2f}")
     keys = ("image_auroc", "pixel_auroc", "aupro", "f1", "recall")
@@ -576,6 +581,9 @@ def evaluate(
         table.add_row(defect, str(values["n"]), *(_number(values[k], 3) for k in keys))
     table.add_row("[bold]all[/bold]", str(metrics["n_anomalous"]), *(_number(metrics[k], 3) for k in keys))
     console.print(table)
+    normal = metrics["false_positive_rate"]
+    if normal is not None:
+        console.print(f"normal test images flagged at the threshold: {normal:.1%} of {metrics['n_normal']}")
     console.print(f"report: {out or Path(model) / 'eval'}/report.html")
 
 

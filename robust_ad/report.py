@@ -11,9 +11,8 @@ import numpy as np
 from robust_ad.data.arrays import ImageSet
 from robust_ad.data.images import write_image
 from robust_ad.fileio import write_atomic, write_text
-from robust_ad.scoring.files import verdict
+from robust_ad.scoring.files import overlay_picture, verdict
 from robust_ad.scoring.inference import Prediction
-from robust_ad.viz import overlay
 
 
 def roc_figure(path: Path, test: ImageSet, prediction: Prediction, title: str) -> Path:
@@ -52,21 +51,23 @@ def html_report(out: Path, metrics: dict, test: ImageSet, prediction: Prediction
     scores, labels = prediction.scores, test.labels
     threshold = metrics["threshold"]
     normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-    false_pos = [i for i in normal[np.argsort(-scores[normal])] if scores[i] > threshold][:worst]
-    false_neg = [i for i in anomalous[np.argsort(scores[anomalous])] if scores[i] <= threshold][:worst]
+    false_pos = [i for i in normal[np.argsort(-scores[normal])] if scores[i] > threshold]
+    false_neg = [i for i in anomalous[np.argsort(scores[anomalous])] if scores[i] <= threshold]
     sections = []
-    for title, chosen in (("Worst false positives", false_pos), ("Worst false negatives", false_neg)):
+    for title, every in (("False positives", false_pos), ("False negatives", false_neg)):
         cells = []
-        for i in chosen:
+        for i in every[:worst]:
             name = f"overlays/{i:04d}_{test.samples[i].path.stem}.png"
             caption = f"{verdict(float(scores[i]), threshold)} {scores[i]:.2f}"
-            write_image(out / name, overlay(test.images[i], prediction.maps[i], vmax, caption))
+            mask = test.masks[i] if test.labels[i] else None
+            write_image(out / name, overlay_picture(test.images[i], prediction.maps[i], vmax, caption, mask))
             cells.append(
-                f'<figure><img src="{html.escape(quote(name))}" width="480"><figcaption>'
+                f'<figure><img src="{html.escape(quote(name))}" width="768"><figcaption>'
                 f"{html.escape(str(test.samples[i].path))}<br>{html.escape(test.samples[i].defect_type)}, "
                 f"score {scores[i]:.2f}</figcaption></figure>"
             )
-        sections.append(f"<h2>{title} ({len(chosen)})</h2>" + ("".join(cells) or "<p>none</p>"))
+        shown = f"the {min(worst, len(every))} worst of {len(every)}" if len(every) > worst else str(len(every))
+        sections.append(f"<h2>{title} ({shown})</h2>" + ("".join(cells) or "<p>none</p>"))
     keys = ["image_auroc", "pixel_auroc", "aupro", "f1", "recall"]
     rows = "".join(
         f"<tr><td>{html.escape(t)}</td><td>{m['n']}</td>" + "".join(f"<td>{_fmt(m[k])}</td>" for k in keys) + "</tr>"

@@ -338,6 +338,27 @@ def test_a_roc_figure_without_normal_test_images_says_so_without_a_warning(tmp_p
         assert roc_figure(tmp_path / "roc.png", test, prediction, "t").is_file()
 
 
+def test_the_report_shows_how_many_it_left_out_and_outlines_the_true_defect(tmp_path: Path) -> None:
+    """A user trial: 'Worst false negatives (6)' where there were 14; overlays at the model's 32 px shown 480 px wide
+    (a blur), without the ground truth to judge the heat map by."""
+    from robust_ad.report import html_report
+
+    n = 8
+    masks = np.zeros((n, 32, 32), bool)
+    masks[:, 10:20, 10:20] = True
+    samples = [Sample(tmp_path / f"{i}.png", 1, "hole") for i in range(n)]
+    test = ImageSet(np.full((n, 32, 32, 3), 0.5, np.float32), masks, np.ones(n, int), samples, np.full((n, 2), 32))
+    missed = Prediction(np.zeros((n, 32, 32), np.float32), np.zeros(n), np.zeros(n), None)  # every defect missed
+    metrics = {"threshold": 1.0, "per_defect_type": {}, **dict.fromkeys(["image_auroc", "pixel_auroc", "aupro"])}
+    metrics |= {"f1": 0.0, "recall": 0.0, "false_positive_rate": None, "f1_max": None}
+    page = html_report(tmp_path, metrics, test, missed, vmax=1.0).read_text()
+    assert "False negatives (the 6 worst of 8)" in page and "False positives (0)" in page
+    picture = read_image(next((tmp_path / "overlays").iterdir()))
+    assert picture.shape[1] == 3 * 256  # each panel at a readable size
+    green = (picture[..., 1] > 0.9) & (picture[..., 0] < 0.1) & (picture[..., 2] < 0.1)
+    assert green.sum() > 3 * 4 * 60  # the mask's outline on each panel
+
+
 def test_pixel_metrics_are_null_without_masks() -> None:
     test, prediction, _ = _random_evaluation(0, lambda i, defect: defect == "b")
     result = evaluate(test, prediction, 0.9)
@@ -441,6 +462,10 @@ def test_eval_cli_writes_metrics_report_and_roc(tiny_run: Path, tmp_path: Path) 
         f"<th>false_positive_rate</th><td>{saved['false_positive_rate']:.3f}</td>" in (out / "report.html").read_text()
     )
     assert saved["f1_max_threshold"] is not None and "optimistic" in saved["f1_max_threshold_rule"]
+    assert f"normal test images flagged at the threshold: {saved['false_positive_rate']:.1%}" in result.output
+    baseline = ["eval", "--model", str(tiny_run), "--baseline", str(tiny_run), "--out", str(tmp_path / "e2")]
+    result = runner.invoke(app, baseline)  # it was ignored: the report compared nothing
+    assert result.exit_code == 2 and "--baseline compares denoisers (--mode denoise)" in result.output
     rows = list(csv.DictReader((out / "scores.csv").open()))  # per test image: which parts were missed or flagged
     assert len(rows) == saved["n_normal"] + saved["n_anomalous"]
     flagged = [float(r["normalized_score"]) > saved["threshold"] for r in rows]

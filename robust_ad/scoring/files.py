@@ -107,6 +107,26 @@ def _overlay_image(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_NEAREST)
 
 
+def overlay_picture(
+    image: np.ndarray, anomaly_map: np.ndarray, vmax: float, caption: str, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """The overlay of ``image`` and its map (any sizes) at a panel size one can read (:func:`_overlay_image`), with
+    the outline of a ground-truth ``mask`` (eval's report: does the heat point at the defect?) drawn in green."""
+    shown = _overlay_image(image)
+    size = shown.shape[1::-1]
+    full = cv2.resize(np.nan_to_num(anomaly_map, nan=vmax), size, interpolation=cv2.INTER_LINEAR)
+    picture = overlay(shown, full, vmax, caption)
+    if mask is not None and mask.any():
+        outline = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(outline, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        top = picture.shape[0] - shown.shape[0]  # below the caption strip
+        for panel in range(3):  # the frame, the blend, the map
+            view = np.ascontiguousarray(picture[top:, panel * size[0] : (panel + 1) * size[0]])
+            cv2.drawContours(view, contours, -1, (0.0, 1.0, 0.0), max(1, size[0] // 200))
+            picture[top:, panel * size[0] : (panel + 1) * size[0]] = view
+    return picture
+
+
 def verdict(score: float, threshold: float) -> str:
     """'anomalous' above the threshold; a non-finite score (a failed model) never passes a part as normal."""
     return "normal" if math.isfinite(score) and score <= threshold else "anomalous"
@@ -161,11 +181,8 @@ def score_files(
                 "verdict": verdict(float(score), threshold),
             }
             if overlays:
-                shown = _overlay_image(image)
-                full = cv2.resize(np.nan_to_num(amap, nan=vmax), shown.shape[1::-1], interpolation=cv2.INTER_LINEAR)
                 row["overlay"] = f"overlays/{_overlay_name(path, index)}"
-                caption = f"{row['verdict']} {float(score):.2f}"
-                write_image(out / row["overlay"], overlay(shown, full, vmax, caption))
+                write_image(out / row["overlay"], overlay_picture(image, amap, vmax, f"{row['verdict']} {score:.2f}"))
             run.rows.append(row)
             lines[index] = row
     buffer = io.StringIO()
