@@ -40,8 +40,14 @@ EXIT_ANOMALOUS, EXIT_ERROR, EXIT_UNREADABLE, EXIT_INTERNAL, EXIT_INTERRUPTED = 1
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {' '.join(message.split())}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {_printable(' '.join(message.split()))}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def _printable(text: str) -> str:
+    """``text`` with the bytes of a file name that is not UTF-8 (held as surrogates) shown as '?': printed as
+    they are, they stopped the command after its work was done."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class _OnceCommand(TyperCommand):
@@ -531,7 +537,7 @@ def score(
     for row in run.rows[:50]:
         colour = "red" if row["verdict"] == "anomalous" else "green"
         table.add_row(
-            row["path"],
+            _printable(row["path"]),
             _number(row["normalized_score"], 2),
             _number(row["raw_score"], 3),
             f"[{colour}]{row['verdict']}[/{colour}]",
@@ -540,7 +546,7 @@ def score(
         table.add_row(f"... and {len(run.rows) - 50} more in scores.csv", "", "", "")
     console.print(table)
     for error in run.errors:
-        err_console.print(f"[yellow]skipped:[/yellow] {error['error']}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]skipped:[/yellow] {_printable(error['error'])}", highlight=False, soft_wrap=True)
     if run.errors:
         raise typer.Exit(EXIT_UNREADABLE)
     if fail_on_anomaly and run.n_anomalous:
@@ -742,7 +748,7 @@ def denoise(
     written, errors = denoise_images(paths, model, out, compare, device, force, sigma, guard)
     console.print(f"denoised {counted(len(written), 'image')} into {out}")
     for error in errors:
-        err_console.print(f"[yellow]skipped:[/yellow] {error['error']}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]skipped:[/yellow] {_printable(error['error'])}", highlight=False, soft_wrap=True)
     if errors:
         raise typer.Exit(EXIT_UNREADABLE)
 

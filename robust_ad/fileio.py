@@ -88,7 +88,8 @@ def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    return write_atomic(path, lambda p: p.write_text(text))
+    """UTF-8; a file name that is not UTF-8 (held by Python as surrogates) is written back as its own bytes."""
+    return write_atomic(path, lambda p: p.write_text(text, encoding="utf-8", errors="surrogateescape"))
 
 
 def json_text(data: Any) -> str:
@@ -105,7 +106,7 @@ def write_texts(texts: dict[Path, str]) -> None:
     moved into place (a full disk leaves none of them, never one without the other)."""
     with ExitStack() as stack:
         for path, text in texts.items():
-            stack.enter_context(atomic_path(path)).write_text(text)
+            stack.enter_context(atomic_path(path)).write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
 def write_yaml(path: str | Path, data: Any) -> Path:
@@ -158,7 +159,11 @@ def _real_locations(item: Path) -> list[Path]:
     from a network share): an output there would clear the data as surely as one inside ``item``."""
     found, seen, pending = [], set(), [item]
     while pending:
-        real = pending.pop().resolve()
+        item = pending.pop()
+        try:
+            real = item.resolve()
+        except (OSError, RuntimeError):  # a link loop: it points nowhere
+            continue
         if real in seen:  # a link back up the tree
             continue
         seen.add(real)

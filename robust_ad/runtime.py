@@ -154,7 +154,11 @@ def as_frames(images: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) RGB frames as float32 in [0, 1]: uint8 and uint16 are scaled; floats must already lie in
     [0, 1]. Anything else is refused in one line (a frame in 0-255 as floats was clipped to white and scored, an
     HWC frame without its batch axis or a grey one failed deep in numpy)."""
+    if isinstance(images, list | tuple) and len({np.shape(frame) for frame in images}) > 1:
+        raise DataError("frames of different sizes in one batch: pass them one at a time (or use api.predict)")
     images = np.asarray(images)
+    if images.ndim == 4 and 0 in images.shape[1:3]:
+        raise DataError(f"frames must be at least 1 x 1 pixels, got shape {images.shape}")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise DataError(
             f"frames must be (N, H, W, 3) RGB, got shape {images.shape}: one frame is frame[None], a grey one "

@@ -332,6 +332,8 @@ def test_runtime_takes_camera_frames_and_refuses_other_conventions(onnx_file: Pa
         "got shape (1, 64, 64)": frame[None, :, :, 0],
         "NaN or infinite": np.full((1, 8, 8, 3), np.nan, np.float32),
         "uint8, uint16 or float": frame[None].astype(np.int32),
+        "at least 1 x 1 pixels, got shape (1, 0, 64, 3)": frame[None, :0],  # a ZeroDivisionError before
+        "frames of different sizes in one batch": [frame, frame[:32]],  # numpy's 'inhomogeneous shape' before
     }
     for message, images in wrong.items():
         with pytest.raises(DataError, match=re.escape(message)):

@@ -711,6 +711,57 @@ def test_a_full_disk_leaves_neither_score_file_and_names_the_file(
     assert not list(out.glob("*scores*")) and not list(out.glob(".scores*"))
 
 
+def test_no_single_input_stops_a_batch(
+    tiny_run: Path, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user trial on a 24/7 line: each of these stopped the whole batch with no verdict for any frame (exit 2 or
+    4), or went unaccounted with exit 0. Each is now an 'unreadable' row, the rest scored, exit 3."""
+    import os
+    import struct
+    import zlib
+
+    folder = tmp_path / "line"
+    folder.mkdir()
+    good = sorted((synth_root / "bottle" / "test" / "good").iterdir())[0]
+    shutil.copy(good, folder / "a.png")
+    shutil.copy(good, os.fsencode(folder) + b"/b_\xe9.png")  # a name that is not UTF-8
+    shutil.copy(good, folder / f"c{'x' * 230}.png")  # a long name: its overlay's temporary ran past 255 bytes
+    (folder / "d.png").symlink_to(folder / "d.png")  # a link loop
+    frame = read_image(good)
+    nan = frame.copy()
+    nan[3, 3, 0] = np.nan
+    cv2.imwrite(str(folder / "e.tif"), nan[:, :, ::-1])
+    cv2.imwrite(str(folder / "f.tif"), frame[:, :, ::-1] * 255)  # float in 0-255: it was clipped to white, scored
+    with (folder / "g.tif").open("wb") as huge:  # over 2 GiB (sparse): OpenCV takes no more, read whole before
+        huge.truncate(2**31 + 1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 40000, 30000, 8, 0, 0, 0, 0)  # a gigapixel grey PNG in 100 bytes
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+    (folder / "h.png").write_bytes(png + chunk(b"IEND", b""))
+    (folder / "locked").mkdir()
+    shutil.copy(good, folder / "locked" / "i.png")
+    scandir = os.scandir
+
+    def refused(path):  # a camera's folder without read permission (root reads it anyway)
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    out = tmp_path / "results"
+    result = runner.invoke(app, ["score", str(folder), "--model", str(tiny_run), "--out", str(out)])
+    monkeypatch.undo()
+    assert result.exit_code == 3, result.output
+    rows = list(csv.DictReader((out / "scores.csv").open(encoding="utf-8", errors="surrogateescape")))
+    verdicts = {Path(r["path"]).name[:2]: r["verdict"] for r in rows}
+    assert len(rows) == 9 and all(verdicts[name] != "unreadable" for name in ("a.", "b_", "cx")), verdicts
+    assert all(verdicts[name] == "unreadable" for name in ("d.", "e.", "f.", "g.", "h.", "lo")), verdicts
+    assert sum(bool(r["overlay"]) for r in rows) == 3
+
+
 def test_calibration_says_what_it_calibrated_on_and_warns_of_a_handful(
     tiny_run: Path, synth_root: Path, tmp_path: Path, caplog
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 
 import cv2
@@ -32,8 +33,12 @@ _JPEG_END = b"\xff\xd9"
 def is_image_file(path: Path) -> bool:
     """An image by its name; a link whose target is gone counts too (it is then reported as unreadable, not
     passed over in silence)."""
-    present = path.is_file() or (path.is_symlink() and not path.exists())
-    return present and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+        return False
+    try:
+        return path.is_file() or (path.is_symlink() and not path.exists())
+    except OSError:  # a name too long for the system, a link loop: listed, then reported as unreadable
+        return True
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -94,19 +99,30 @@ def _oriented(image: np.ndarray, orientation: int) -> np.ndarray:
 
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+MAX_FILE_BYTES = 2**31 - 1  # the largest buffer cv2.imdecode takes
 
 
 def read_raw(path: str | Path) -> np.ndarray:
     """Decode ``path`` as stored (dtype and channels unchanged, BGR order). Raises ImageReadError."""
     path = Path(path)
+    if path.is_dir():  # a folder that could not be listed (resolve_paths gives it in place of its images)
+        raise ImageReadError(f"{path}: a folder whose images cannot be listed ({_listing_error(path)})")
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:  # OpenCV decodes no more; reading it first took twice its size
+            raise ImageReadError(
+                f"{path}: {path.stat().st_size / 2**30:.1f} GiB is too large to decode (2 GiB at most)"
+            )
         data = path.read_bytes()
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a link loop
+        raise ImageReadError(f"{path}: cannot open ({getattr(exc, 'strerror', None) or exc})") from exc
     if not data:
         raise ImageReadError(f"{path}: empty file")
     _check_complete(data, path)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. more pixels than OpenCV decodes (a gigapixel header)
+        reason = str(exc).strip().splitlines()[-1][:200]
+        raise ImageReadError(f"{path}: not decodable ({reason})") from None
     if image is None or image.size == 0:
         raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
     if image.dtype not in (np.uint8, np.uint16) and image.dtype.kind != "f":
@@ -114,6 +130,14 @@ def read_raw(path: str | Path) -> np.ndarray:
             f"{path}: {image.dtype} pixels are not supported (8- or 16-bit unsigned, or float in [0, 1]): convert "
             "the image to 16-bit unsigned"
         )
+    if image.dtype.kind == "f":  # clipped, a 0-255 float image came out white; NaN scored as a defect
+        if not np.isfinite(image).all():
+            raise ImageReadError(f"{path}: float pixels hold NaN or infinite values")
+        low, high = float(image.min()), float(image.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise ImageReadError(
+                f"{path}: float pixels span {low:g} to {high:g}, not [0, 1] (save 8- or 16-bit, or scale to [0, 1])"
+            )
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels not in (1, 3, 4):
         raise ImageReadError(f"{path}: {channels} channels are not supported (grey, RGB or RGBA)")
@@ -121,6 +145,14 @@ def read_raw(path: str | Path) -> np.ndarray:
         _WARNED.add("pages")
         log.warning("%s holds %d pages: only the first is read (save each page as an image of its own)", path, pages)
     return _oriented(image, _orientation(data))
+
+
+def _listing_error(folder: Path) -> str:
+    try:
+        next(os.scandir(folder), None)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return "listing it failed"
 
 
 def to_float_rgb(image: np.ndarray) -> np.ndarray:

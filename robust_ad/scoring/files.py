@@ -10,6 +10,7 @@ import glob
 import io
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ Predictor = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarra
 COLUMNS = ("path", "raw_score", "normalized_score", "verdict", "error", "overlay")  # new columns go last
 BATCH_PIXELS = 16_000_000  # a batch of camera frames stops here (one 4000 x 4000 frame): 190 MB of float RGB
 OVERLAY_SIDES = (256, 1024)  # an overlay's panels: a camera frame made smaller, a tiny one larger to be seen
+OVERLAY_STEM = 100  # characters of a frame's name kept in its overlay's name
 
 
 @dataclass
@@ -58,7 +60,7 @@ def resolve_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     for item in as_list(inputs):
         path = Path(item)
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if is_image_file(p))
+            images = _images_under(path)
         elif path.is_file():
             images = [path]
         elif any(c in str(item) for c in "*?["):
@@ -75,8 +77,28 @@ def resolve_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
         log.warning("no images in %s", ", ".join(empty))
     unique: dict[Path, Path] = {}
     for path in found:  # a file reached twice (a folder and a file in it, a relative and an absolute path): once
-        unique.setdefault(path.resolve(), path)
+        try:
+            unique.setdefault(path.resolve(), path)
+        except (OSError, RuntimeError):  # a link loop: read, and reported as unreadable, on its own
+            unique.setdefault(path.absolute(), path)
     return list(unique.values())
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """The image files under ``folder``, to any depth (linked folders too, each real folder once), sorted; a
+    subfolder that cannot be listed (no permission) comes as itself, to be reported as unreadable (rglob passed
+    over it and over linked folders, and a camera's frames went unaccounted)."""
+    found: list[Path] = []
+    seen = {os.path.realpath(folder)}
+
+    def unlisted(error: OSError) -> None:
+        found.append(Path(error.filename))
+
+    for root, dirs, files in os.walk(folder, onerror=unlisted, followlinks=True):
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(root, d)) not in seen]  # a link loop: once
+        seen.update(os.path.realpath(os.path.join(root, d)) for d in dirs)
+        found += [Path(root) / name for name in files if is_image_file(Path(root) / name)]
+    return sorted(found)
 
 
 def output_names(inputs: str | Path | Sequence[str | Path], files: list[Path]) -> dict[Path, str]:
@@ -92,7 +114,9 @@ def output_names(inputs: str | Path | Sequence[str | Path], files: list[Path]) -
 
 
 def _overlay_name(path: Path, index: int) -> str:
-    return f"{index:05d}_{path.stem}.png"
+    """Unique by its index; the stem shortened (a 240-byte name with the atomic write's temporary parts ran past the
+    file system's 255)."""
+    return f"{index:05d}_{path.stem[:OVERLAY_STEM]}.png"
 
 
 def _overlay_image(image: np.ndarray) -> np.ndarray:
@@ -181,8 +205,13 @@ def score_files(
                 "verdict": verdict(float(score), threshold),
             }
             if overlays:
-                row["overlay"] = f"overlays/{_overlay_name(path, index)}"
-                write_image(out / row["overlay"], overlay_picture(image, amap, vmax, f"{row['verdict']} {score:.2f}"))
+                name = f"overlays/{_overlay_name(path, index)}"
+                try:
+                    write_image(out / name, overlay_picture(image, amap, vmax, f"{row['verdict']} {score:.2f}"))
+                    row["overlay"] = name
+                except OSError as exc:  # a full disk: the verdicts matter more than their pictures
+                    log.warning("overlays are no longer written (%s: %s): the scores are", name, exc.strerror or exc)
+                    overlays = False
             run.rows.append(row)
             lines[index] = row
     buffer = io.StringIO()
