@@ -758,6 +758,8 @@ def _interrupted(argv: list[str]) -> str:
     words = [word for word in argv if not word.startswith("-")]
     if words[:1] == ["train"] or words[:2] in (["encoder", "train"], ["encoder", "pretrain"]):
         return "interrupted (an interrupted training continues with --resume)"
+    if words[:1] == ["score"]:
+        return "interrupted: scores.csv lists the frames scored before it, the others as 'not scored'"
     return "interrupted: any output it had begun is incomplete; run the command again (with --force to replace it)"
 
 

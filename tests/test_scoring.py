@@ -762,6 +762,30 @@ def test_no_single_input_stops_a_batch(
     assert sum(bool(r["overlay"]) for r in rows) == 3
 
 
+def test_a_stopped_score_writes_the_verdicts_it_has(tmp_path: Path) -> None:
+    """A service stop (SIGTERM) or Ctrl-C during a long batch left overlays and no scores at all."""
+    from robust_ad.scoring.files import score_files
+    from tests.conftest import make_image
+
+    files = [make_image(tmp_path / "in" / f"{i}.png", seed=i) for i in range(5)]
+    calls = []
+
+    def predictor(images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise SystemExit(143)  # as the SIGTERM handler stops it
+        n = len(images)
+        return np.zeros((n, 8, 8), np.float32), np.full(n, 0.5), np.full(n, 0.1)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SystemExit):
+        score_files(files, predictor, threshold=1.0, out=out, vmax=1.0, batch_size=2, overlays=False)
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [r["verdict"] for r in rows] == ["normal", "normal", "not scored", "not scored", "not scored"]
+    assert json.loads((out / "scores.json").read_text())["stopped"] is True
+
+
 def test_calibration_says_what_it_calibrated_on_and_warns_of_a_handful(
     tiny_run: Path, synth_root: Path, tmp_path: Path, caplog
 ) -> None:

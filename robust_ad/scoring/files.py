@@ -35,6 +35,7 @@ COLUMNS = ("path", "raw_score", "normalized_score", "verdict", "error", "overlay
 BATCH_PIXELS = 16_000_000  # a batch of camera frames stops here (one 4000 x 4000 frame): 190 MB of float RGB
 OVERLAY_SIDES = (256, 1024)  # an overlay's panels: a camera frame made smaller, a tiny one larger to be seen
 OVERLAY_STEM = 100  # characters of a frame's name kept in its overlay's name
+NOT_SCORED = "not scored"  # the verdict of a file the command was stopped before
 
 
 @dataclass
@@ -192,9 +193,42 @@ def score_files(
     batch_size: int = 16,
     overlays: bool = True,
 ) -> ScoreRun:
-    """Score ``paths``; unreadable files are reported in the result and skipped, never fatal."""
+    """Score ``paths``; unreadable files are reported in the result and skipped, never fatal. Stopped (Ctrl-C,
+    SIGTERM), the scores so far are written, the rest listed as 'not scored' (a service stop lost every verdict)."""
     run = ScoreRun()
     lines: dict[int, dict] = {}  # scores.csv's rows by input position
+    try:
+        _score_batches(paths, predict, threshold, out, vmax, batch_size, overlays, run, lines)
+    except (KeyboardInterrupt, SystemExit):
+        stopped = "the command was stopped before this file was scored"
+        missing = [index for index in range(len(paths)) if index not in lines]
+        lines |= {index: {"path": str(paths[index]), "verdict": NOT_SCORED, "error": stopped} for index in missing}
+        _write_scores(out, lines, {"threshold": threshold, "images": run.rows, "errors": run.errors, "stopped": True})
+        raise
+    _write_scores(out, lines, {"threshold": threshold, "images": run.rows, "errors": run.errors})
+    return run
+
+
+def _write_scores(out: Path, lines: dict[int, dict], scores: dict) -> None:
+    """scores.csv (a row per input, in input order) and scores.json, together or not at all."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(lines[index] for index in sorted(lines))
+    write_texts({out / "scores.csv": buffer.getvalue(), out / "scores.json": json_text(scores)})
+
+
+def _score_batches(
+    paths: Sequence[Path],
+    predict: Predictor,
+    threshold: float,
+    out: Path,
+    vmax: float,
+    batch_size: int,
+    overlays: bool,
+    run: ScoreRun,
+    lines: dict[int, dict],
+) -> None:
     for kept, images in _read_batches(paths, batch_size, run, lines):
         maps, scores, raw = predict(images)
         for (index, path), image, amap, score, raw_score in zip(kept, images, maps, scores, raw, strict=True):
@@ -214,10 +248,3 @@ def score_files(
                     overlays = False
             run.rows.append(row)
             lines[index] = row
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(lines[index] for index in sorted(lines))
-    scores = {"threshold": threshold, "images": run.rows, "errors": run.errors}
-    write_texts({out / "scores.csv": buffer.getvalue(), out / "scores.json": json_text(scores)})
-    return run
