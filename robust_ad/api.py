@@ -639,7 +639,7 @@ def score(
     files = resolve_paths(paths)
     predictor, chosen, vmax, used = _scoring_model(model, onnx, threshold, batch_size, device, category)
     with output_folder(out, force, "results folder", inputs=_input_paths(paths, files), models=[used]) as folder:
-        result = score_files(files, predictor, chosen, folder, vmax, batch_size, overlays)
+        result = score_files(files, predictor, chosen, folder, vmax, batch_size, overlays, str(Path(used).resolve()))
     result.model = str(used)
     return result
 

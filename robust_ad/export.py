@@ -11,6 +11,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,10 @@ def _graph(run_dir: Path, size: tuple[int, int] | None, uint8: bool, reconstruct
         "layout": "NCHW",
         "input_format": "uint8" if uint8 else "float32 in [0, 1]",
         "value_range": "0..255 (uint8)" if uint8 else "0..1 (float32)",
+        # which model this is, wherever it is copied: two exports of two runs differed only in their numbers
+        "run": str(Path(run_dir).resolve()),
+        "model_sha256": rundir.model_digest(run_dir),
+        "exported": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if config.mode == "denoise":
         if size or reconstruction:  # a denoiser's graph works at the frame's own size and has one output

@@ -113,6 +113,9 @@ def test_export_verifies_on_the_runs_own_images_and_records_the_contract(onnx_fi
     )
     assert meta["resize"] == "bilinear-antialias" and "antialias=True" in meta["resize_definition"]
     assert meta["value_range"].startswith("0..255") and meta["train_aspect_ratio"] == pytest.approx(1.0)
+    # which model it is, wherever it is copied (two exports of two runs differed only in their numbers)
+    assert meta["model_sha256"] == rundir.model_digest(tiny_run) and meta["run"] == str(tiny_run.resolve())
+    assert meta["exported"].endswith("+00:00")
 
 
 def test_export_refuses_a_file_that_fails_parity(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:

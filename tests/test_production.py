@@ -204,6 +204,7 @@ def test_unreadable_files_are_never_hidden_by_an_anomaly(tiny_run: Path, synth_r
     assert result.exit_code == 3 and "broken.png" in result.output  # 3 (unreadable) wins over 1 (anomalous)
     scores = _strict_json(out / "scores.json")
     assert scores["images"][0]["verdict"] == "anomalous" and "broken.png" in scores["errors"][0]["path"]
+    assert scores["model"] == str(tiny_run.resolve()) and scores["threshold"] == -1000  # what scored, and against what
 
 
 def test_a_non_finite_score_never_passes_a_part() -> None:

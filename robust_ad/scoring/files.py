@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -192,20 +193,34 @@ def score_files(
     vmax: float,
     batch_size: int = 16,
     overlays: bool = True,
+    model: str = "",
 ) -> ScoreRun:
     """Score ``paths``; unreadable files are reported in the result and skipped, never fatal. Stopped (Ctrl-C,
-    SIGTERM), the scores so far are written, the rest listed as 'not scored' (a service stop lost every verdict)."""
+    SIGTERM), the scores so far are written, the rest listed as 'not scored' (a service stop lost every verdict).
+    scores.json names the ``model`` (a run folder or an ONNX file) and when the scoring ended."""
     run = ScoreRun()
     lines: dict[int, dict] = {}  # scores.csv's rows by input position
+
+    def record(**more: object) -> dict:
+        ended = datetime.now(UTC).isoformat(timespec="seconds")
+        return {
+            "model": model,
+            "ended": ended,
+            "threshold": threshold,
+            **more,
+            "images": run.rows,
+            "errors": run.errors,
+        }
+
     try:
         _score_batches(paths, predict, threshold, out, vmax, batch_size, overlays, run, lines)
     except (KeyboardInterrupt, SystemExit):
         stopped = "the command was stopped before this file was scored"
         missing = [index for index in range(len(paths)) if index not in lines]
         lines |= {index: {"path": str(paths[index]), "verdict": NOT_SCORED, "error": stopped} for index in missing}
-        _write_scores(out, lines, {"threshold": threshold, "images": run.rows, "errors": run.errors, "stopped": True})
+        _write_scores(out, lines, record(stopped=True))
         raise
-    _write_scores(out, lines, {"threshold": threshold, "images": run.rows, "errors": run.errors})
+    _write_scores(out, lines, record())
     return run
 
 
