@@ -894,7 +894,33 @@ def set_threshold(
             above,
             len(updated.normal_scores),
         )
+    passed, defects = _defects_passed(model, updated)
+    if passed:  # the other direction: a threshold that lets defects through was said nothing of
+        log.warning(
+            "the threshold %.4g passes %d of the %d defective images kept with the run (verification.npz) as normal",
+            updated.threshold,
+            passed,
+            defects,
+        )
     return updated
+
+
+def _defects_passed(model: str | Path, calibration) -> tuple[int, int]:
+    """How many of the run's kept defective images (verification.npz) score at or below its threshold, of how many."""
+    import numpy as np
+
+    from robust_ad import rundir
+
+    try:
+        defects = rundir.read_verification(model)["defect"]
+    except ModelError:  # a run of before, without the file: nothing to tell
+        return 0, 0
+    if not len(defects):
+        return 0, 0
+    scorer = rundir.load_scorer(model, "cpu")
+    predictor = _torch_predictor(scorer, 16, calibration.train_aspect_ratio, calibration.train_channel_spread)
+    _, scores, _ = predictor([image.astype(np.float32) / 255.0 for image in defects])
+    return int((scores <= calibration.threshold).sum()), len(defects)
 
 
 def export(run_dir: str | Path, out: str | Path | None = None, **options) -> dict:

@@ -243,6 +243,13 @@ def test_threshold_says_how_many_normal_images_it_flags_and_a_stale_onnx_file_wa
         result = runner.invoke(app, ["threshold", "--model", str(run), "--value", "-1e9"])
     assert f"{len(normal)} of {len(normal)} held-out normal images score above it" in " ".join(result.output.split())
     assert f"flags {len(normal)} of {len(normal)} held-out normal images as anomalous" in caplog.text
+    assert "passes" not in caplog.text
+    caplog.clear()
+    kept = len(rundir.read_verification(run)["defect"])
+    with caplog.at_level("WARNING"):  # the other direction, said nothing of before: every defect would pass
+        assert runner.invoke(app, ["threshold", "--model", str(run), "--value", "1e9"]).exit_code == 0
+    assert f"passes {kept} of the {kept} defective images kept with the run (verification.npz)" in caplog.text
+    assert runner.invoke(app, ["threshold", "--model", str(run), "--value", "-1e9"]).exit_code == 0
     caplog.clear()
     folder = str(synth_root / "bottle" / "test" / "good")
     with caplog.at_level("WARNING"):  # the file carries the threshold of its export
