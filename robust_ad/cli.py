@@ -50,17 +50,21 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+ONCE = {"--category", "--model", "--onnx", "--data-root", "--corpus"}  # what a command works on: one of each
+
+
 class _OnceCommand(TyperCommand):
-    """A command that refuses an option of one value given twice (click keeps the last: 'train --category a
-    --category b' trained b alone and said nothing)."""
+    """A command that refuses an option naming what it works on, given twice where it takes one (click keeps the
+    last: 'train --category a --category b' trained b alone and said nothing). Settings given twice keep the
+    usual rule, the last one counts (a script's base arguments, then an override)."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         given = args[: args.index("--")] if "--" in args else args
         for param in self.params:
-            if isinstance(param, TyperOption) and not (param.multiple or param.is_flag or param.count):
+            if isinstance(param, TyperOption) and not param.multiple and ONCE & set(param.opts):
                 times = sum(arg.split("=", 1)[0] in param.opts for arg in given)
                 if times > 1:
-                    raise typer.BadParameter(f"given {times} times; give it once", ctx, param)
+                    raise typer.BadParameter(f"given {times} times; this command takes one", ctx, param)
         return super().parse_args(ctx, args)
 
 
