@@ -588,15 +588,21 @@ def train(config: Config | dict, out: str | Path, resume: bool = False, force: b
     return run_dir
 
 
-def _torch_predictor(scorer, batch_size: int, train_aspect: float | None, train_spread: float | None = None):
-    """The torch twin of the ONNX predictor: full-size frames resized on the host with the graph's resize."""
+def _torch_predictor(scorer, batch_size: int, calibration):
+    """The torch twin of the ONNX predictor: full-size frames resized on the host with the graph's resize, checked
+    against the training images as ``calibration`` describes them."""
     import numpy as np
 
     from robust_ad.data.resize import resize_image
     from robust_ad.runtime import FrameCheck
     from robust_ad.scoring.inference import predict
 
-    check_frames = FrameCheck(train_aspect, scorer.train_size, train_spread)
+    check_frames = FrameCheck(
+        calibration.train_aspect_ratio,
+        scorer.train_size,
+        calibration.train_channel_spread,
+        calibration.train_colour_range,
+    )
 
     def run(images):
         for image in images:
@@ -670,7 +676,7 @@ def _scoring_model(model, onnx, threshold: float | None, batch_size: int, device
         log.info("scoring with the run %s", model)
     scorer = rundir.load_scorer(model, resolve_device(device))
     calibration = rundir.read_calibration(model)
-    predictor = _torch_predictor(scorer, batch_size, calibration.train_aspect_ratio, calibration.train_channel_spread)
+    predictor = _torch_predictor(scorer, batch_size, calibration)
     chosen = calibration.threshold if threshold is None else threshold
     return predictor, chosen, calibration.map_vmax, model
 
@@ -918,7 +924,7 @@ def _defects_passed(model: str | Path, calibration) -> tuple[int, int]:
     if not len(defects):
         return 0, 0
     scorer = rundir.load_scorer(model, "cpu")
-    predictor = _torch_predictor(scorer, 16, calibration.train_aspect_ratio, calibration.train_channel_spread)
+    predictor = _torch_predictor(scorer, 16, calibration)
     _, scores, _ = predictor([image.astype(np.float32) / 255.0 for image in defects])
     return int((scores <= calibration.threshold).sum()), len(defects)
 

@@ -134,6 +134,11 @@ def _graph(run_dir: Path, size: tuple[int, int] | None, uint8: bool, reconstruct
             if calibration.train_channel_spread is None
             else {"train_channel_spread": calibration.train_channel_spread}
         ),
+        **(
+            {}
+            if calibration.train_colour_range is None
+            else {"train_colour_range": json.dumps(calibration.train_colour_range)}
+        ),
         "image_size": size[0],
         "map_size": f"{size[0]},{size[1]}",
         **{key: record[key] for key in ("threshold", "map_vmax", "score_mean", "score_std")},

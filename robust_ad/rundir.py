@@ -82,6 +82,8 @@ class Calibration(_Record):
     # the largest difference between a training image's channels: about 0 for a monochrome camera; none in
     # calibrations written before it was kept
     train_channel_spread: NonNegativeFinite | None = None
+    # [[lowest R, G, B], [highest R, G, B]] mean colour of the training images; none in calibrations of before
+    train_colour_range: list[list[Finite]] | None = None
     # the decoder's mean colour cast (R, G, B; pixel values in [0, 1]) on the normal training images, removed from
     # every reconstruction in scoring; none in calibrations written before it was fitted
     colour_offset: RGB = [0.0, 0.0, 0.0]

@@ -11,6 +11,7 @@ and calibration (see the ``resize`` metadata entry).
 from __future__ import annotations
 
 import ctypes.util
+import json
 import logging
 import math
 from pathlib import Path
@@ -34,6 +35,20 @@ _NUMERIC = {
 _REQUIRED = {"detect": ("threshold", "map_vmax", "score_mean", "score_std", "image_size"), "denoise": ()}
 ASPECT_TOLERANCE = 0.05  # relative difference of width/height from training above which a warning is given
 GREY_TOLERANCE = 1.5 / 255  # the largest channel difference of a grey image (8-bit rounding): a monochrome camera's
+LIGHT_TOLERANCE = 16 / 255  # how far a frame's mean colour may lie outside the training images' (8-bit levels)
+
+
+def _colour_range(text: str | None, path: Path) -> list[list[float]] | None:
+    """The metadata's train_colour_range ([[R, G, B] lowest, [R, G, B] highest], JSON); files of before have none."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+        if np.asarray(value, float).shape != (2, 3) or not np.isfinite(value).all():
+            raise ValueError
+    except (ValueError, TypeError):
+        raise ModelError(f"{path}: metadata 'train_colour_range' {text!r} is not two finite R, G, B triples") from None
+    return value
 
 
 def _metadata(raw: dict[str, str], path: Path) -> dict:
@@ -67,8 +82,15 @@ class FrameCheck:
     (:func:`size_warning`), and once when a frame is grey where training was colour, or the other way round
     (:func:`colour_warning`)."""
 
-    def __init__(self, train_aspect: float | None, size: int | None, train_spread: float | None = None) -> None:
+    def __init__(
+        self,
+        train_aspect: float | None,
+        size: int | None,
+        train_spread: float | None = None,
+        train_colours: list[list[float]] | None = None,
+    ) -> None:
         self.train_aspect, self.size, self.train_spread, self.seen = train_aspect, size, train_spread, set()
+        self.train_colours = train_colours
 
     def __call__(self, image: np.ndarray) -> None:
         """``image`` (H, W, 3) RGB in [0, 1]. Its size is looked at once per frame size; its colour on every frame
@@ -81,6 +103,9 @@ class FrameCheck:
         if "colour" not in self.seen and (colour := colour_warning(image, self.train_spread)):
             self.seen.add("colour")  # said once
             warnings.append(colour)
+        if "light" not in self.seen and (light := brightness_warning(image, self.train_colours)):
+            self.seen.add("light")
+            warnings.append(light)
         for warning in filter(None, warnings):
             log.warning("%s", warning)
 
@@ -98,6 +123,25 @@ def colour_warning(image: np.ndarray, train_spread: float | None) -> str | None:
     return (
         f"input frames are {frames} but the model was trained on {trained} images: scores will be off; use the "
         "camera mode of the training images"
+    )
+
+
+def brightness_warning(image: np.ndarray, train_colours: list[list[float]] | None) -> str | None:
+    """A warning when an (H, W, 3) frame's mean colour lies outside the training images' (``train_colours``: their
+    lowest and highest mean R, G, B) by more than LIGHT_TOLERANCE and a quarter of their own range: a changed camera
+    gain, lens or lighting, which makes every part score as anomalous with no hint why."""
+    if not train_colours:
+        return None
+    low, high = np.asarray(train_colours[0]), np.asarray(train_colours[1])
+    margin = LIGHT_TOLERANCE + (high - low) / 4
+    means = image.reshape(-1, 3).mean(0)
+    if ((means >= low - margin) & (means <= high + margin)).all():
+        return None
+    shown = "/".join(f"{v * 255:.0f}" for v in means)
+    trained = "/".join(f"{a * 255:.0f}-{b * 255:.0f}" for a, b in zip(low, high, strict=True))
+    return (
+        f"input frames' mean colour (R/G/B {shown} of 255) is outside the training images' ({trained}): a camera, "
+        "gain, lens or lighting change? Scores will be off; retrain on images of the new set-up"
     )
 
 
@@ -214,7 +258,10 @@ class InferenceSession:
         self.output_names = [o.name for o in self.session.get_outputs()]
         known = self.metadata if require_robust_ad else {}
         self.check_frames = FrameCheck(
-            known.get("train_aspect_ratio"), known.get("image_size"), known.get("train_channel_spread")
+            known.get("train_aspect_ratio"),
+            known.get("image_size"),
+            known.get("train_channel_spread"),
+            _colour_range(known.get("train_colour_range"), path),
         )
 
     def run_raw(self, images: np.ndarray) -> list[np.ndarray]:

@@ -841,6 +841,26 @@ def test_a_camera_switched_between_colour_and_mono_is_warned_of(
     assert "frames are grey but the model was trained on colour images" in caplog.text
 
 
+def test_a_camera_whose_light_changed_is_warned_of(tiny_run: Path, tmp_path: Path, caplog) -> None:
+    """A user trial: a new camera's gain (x1.4, x0.6) or tint made every part anomalous with no hint why."""
+    from robust_ad.api import predict
+
+    normal = _normal_images(tiny_run)
+    low, high = (np.array(v) for v in rundir.read_calibration(tiny_run).train_colour_range)
+    assert (low <= normal.mean((1, 2)).min(0) + 0.05).all() and (low <= high).all()
+    with caplog.at_level("WARNING"):
+        predict(list(normal[:2]), tiny_run)
+    assert "mean colour" not in caplog.text
+    onnx_file = tmp_path / "model.onnx"
+    assert runner.invoke(app, ["export", "--model", str(tiny_run), "--out", str(onnx_file)]).exit_code == 0
+    for changed in (np.clip(normal[:2] * 1.6, 0, 1), normal[:2] * 0.4):
+        for model in ({"model": tiny_run}, {"onnx": onnx_file}):
+            caplog.clear()
+            with caplog.at_level("WARNING"):
+                predict(list(changed), **model)
+            assert "mean colour (R/G/B" in caplog.text and "outside the training images'" in caplog.text, model
+
+
 def test_a_recalibrated_scorer_shows_its_new_buffers_to_a_captured_graph(tiny_run: Path) -> None:
     """A CUDA graph replays the tensors it captured: GraphedForward captures again when the scorer's own buffers
     move (tests/test_cuda.py replays it on a GPU)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -99,15 +100,23 @@ def fit_normalisation(scorer: AnomalyScorer, maps: torch.Tensor) -> tuple[torch.
 
 
 class ChannelSpread:
-    """The largest difference between an image's channels over the training images: about 0 when all are grey (a
-    monochrome camera). Scoring compares frames with it (robust_ad.runtime.colour_warning)."""
+    """The largest difference between an image's channels over the training images (about 0 when all are grey: a
+    monochrome camera), and the range of their mean colours (per channel, lowest and highest). Scoring compares
+    frames with both (robust_ad.runtime.colour_warning, brightness_warning)."""
 
     def __init__(self) -> None:
         self.spread = 0.0
+        self.low, self.high = torch.full((3,), math.inf), torch.full((3,), -math.inf)
 
     def observe(self, batch: torch.Tensor) -> torch.Tensor:
         self.spread = max(self.spread, float((batch.amax(1) - batch.amin(1)).amax()))
+        means = batch.float().mean((2, 3)).cpu()
+        self.low, self.high = torch.minimum(self.low, means.amin(0)), torch.maximum(self.high, means.amax(0))
         return batch
+
+    def colour_range(self) -> list[list[float]] | None:
+        """[[lowest R, G, B], [highest R, G, B]] of the training images' mean colours (None before any)."""
+        return None if torch.isinf(self.low).any() else [self.low.tolist(), self.high.tolist()]
 
 
 @torch.no_grad()
@@ -166,6 +175,7 @@ def calibrate(
         "score_fusion": scorer.config.score_fusion,
         "image_size": scorer.train_size,
         "train_channel_spread": channels.spread,
+        "train_colour_range": channels.colour_range(),
         "colour_offset": [float(v) for v in scorer.colour_offset],
         "colour_matrix": scorer.colour_matrix.tolist(),
         "normal_scores": [float(v) for v in normalised],
