@@ -470,6 +470,11 @@ def train(
     from robust_ad.config import from_scratch
     from robust_ad.errors import ConfigError
 
+    default_out = Path("runs") / (category if (mode or "detect") == "detect" else f"{category}-denoise")
+    if resume and recipe is None and ((out or default_out) / "config.yaml").is_file():
+        # the run's own settings under the flags given now: only those can differ from it (laid over the default
+        # recipe, every setting the run's recipe changed was said to be ignored)
+        recipe = str((out or default_out) / "config.yaml")
     config = _config(
         recipe,
         mode=mode,
@@ -499,7 +504,7 @@ def train(
         config = from_scratch(config)
     elif encoder is None and encoder_weights is None and eps is not None:
         config = encoder_at_eps(config, eps)
-    default_out = Path("runs") / (category if config.mode == "detect" else f"{category}-denoise")
+    default_out = Path("runs") / (category if config.mode == "detect" else f"{category}-denoise")  # the recipe's
     run_dir = train_run(config, out or default_out, resume=resume, force=force)
     if _main_process():
         console.print(f"[green]trained[/green] {category}: run folder {run_dir}")

@@ -267,6 +267,22 @@ def test_resume_says_which_settings_given_now_it_ignores(synth_root: Path, caplo
     )
 
 
+def test_resume_without_flags_ignores_nothing(tiny_run: Path, synth_root: Path, tmp_path: Path, caplog) -> None:
+    """A user trial: '--resume' alone warned that the default recipe's image size, epochs and denoise epochs were
+    ignored (flags never given). The run's own config.yaml is now the base: only flags given now can differ."""
+    said = {}
+    for name, flags in (("alone", []), ("size", ["--image-size", "48"])):
+        run = _copy_run(tiny_run, tmp_path / name)
+        (run / rundir.MODEL).unlink()  # as if training had been interrupted (before its first checkpoint)
+        args = ["train", "--category", "bottle", "--data-root", str(synth_root), "--out", str(run), "--resume"]
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert runner.invoke(app, [*args, *flags]).exit_code == 0
+        said[name] = caplog.text
+    assert "ignored" not in said["alone"]
+    assert "ignored: data.image_size 48 (the run's 32)" in said["size"] and "epochs" not in said["size"]
+
+
 def test_data_root_defaults_to_the_environment_then_the_usual_places(
     synth_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
