@@ -31,12 +31,13 @@ def heatmap(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
     """A (H, W) map as RGB jet colours in [0, 1]: 0 → blue, up to ``vmax`` (the normal maps' high end) on a fixed
     scale to yellow, above it on a log scale up to the map's own maximum → red. With one fixed scale a defect of
     1e5 normal standard deviations turned the whole map red, the defect's neighbourhood too, and showed no place."""
-    vmax = max(vmax, 1e-12)
-    ratio = np.nan_to_num(anomaly_map / vmax, nan=1.0, posinf=1.0, neginf=0.0)
+    raw = anomaly_map / max(vmax, 1e-12)
+    ratio = np.nan_to_num(raw, nan=1.0, posinf=0.0, neginf=0.0)  # infinite: red (below), as with one fixed scale
     scaled = np.clip(ratio, 0, 1) * (1 - ABOVE_VMAX)
     top = float(ratio.max())
     if top > 1:
         scaled = np.where(ratio > 1, 1 - ABOVE_VMAX + ABOVE_VMAX * np.log(np.maximum(ratio, 1)) / np.log(top), scaled)
+    scaled = np.where(np.isposinf(raw), 1.0, scaled)
     coloured = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
 

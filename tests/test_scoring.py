@@ -654,6 +654,7 @@ def test_a_heat_map_far_above_vmax_still_shows_where() -> None:
     assert np.abs(spot - ring).max() > 0.3  # its neighbourhood another colour
     np.testing.assert_allclose(calm, heatmap(np.full((2, 2), 0.5, np.float32), vmax=2.0)[0, 0])
     assert np.isfinite(heatmap(np.full((2, 2), np.nan, np.float32), vmax=2.0)).all()
+    np.testing.assert_allclose(heatmap(np.array([[0.5, np.inf]], np.float32), vmax=2.0)[0, 1], spot)  # red, as before
 
 
 def test_score_overlays_say_the_verdict_and_score_above_the_panels(
