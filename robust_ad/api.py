@@ -399,7 +399,7 @@ def _check_calibration_images(dataset, config: Config) -> None:
     1e6 or more, all anomalous): refused before training."""
     from robust_ad.scoring.calibration import MIN_CALIBRATION
 
-    calibrating = len(dataset.val) or min(16, len(dataset.train))
+    calibrating = len(dataset.val) or len(dataset.train)  # without held-out images: the training images
     if config.mode == "detect" and calibrating < MIN_CALIBRATION:
         total = len(dataset.train) + len(dataset.val)
         raise DataError(
@@ -645,9 +645,7 @@ def score(
     files = resolve_paths(paths)
     predictor, chosen, vmax, used = _scoring_model(model, onnx, threshold, batch_size, device, category)
     with output_folder(out, force, "results folder", inputs=_input_paths(paths, files), models=[used]) as folder:
-        result = score_files(files, predictor, chosen, folder, vmax, batch_size, overlays, str(Path(used).resolve()))
-    result.model = str(used)
-    return result
+        return score_files(files, predictor, chosen, folder, vmax, batch_size, overlays, str(used))
 
 
 def _scoring_model(model, onnx, threshold: float | None, batch_size: int, device: str, category: str | None):

@@ -424,6 +424,11 @@ def encoder_eval(
     console.print(table)
 
 
+def _run_folder(category: str, mode: str) -> Path:
+    """Where train writes a category's run by default: runs/<category>, a denoiser's runs/<category>-denoise."""
+    return Path("runs") / (category if mode == "detect" else f"{category}-denoise")
+
+
 @app.command("train")
 def train(
     category: str = typer.Option(..., "--category", help="Product category to train on (normal images only)."),
@@ -470,11 +475,11 @@ def train(
     from robust_ad.config import from_scratch
     from robust_ad.errors import ConfigError
 
-    default_out = Path("runs") / (category if (mode or "detect") == "detect" else f"{category}-denoise")
-    if resume and recipe is None and ((out or default_out) / "config.yaml").is_file():
+    resumed = out or _run_folder(category, mode or "detect")
+    if resume and recipe is None and (resumed / "config.yaml").is_file():
         # the run's own settings under the flags given now: only those can differ from it (laid over the default
         # recipe, every setting the run's recipe changed was said to be ignored)
-        recipe = str((out or default_out) / "config.yaml")
+        recipe = str(resumed / "config.yaml")
     config = _config(
         recipe,
         mode=mode,
@@ -504,8 +509,7 @@ def train(
         config = from_scratch(config)
     elif encoder is None and encoder_weights is None and eps is not None:
         config = encoder_at_eps(config, eps)
-    default_out = Path("runs") / (category if config.mode == "detect" else f"{category}-denoise")  # the recipe's
-    run_dir = train_run(config, out or default_out, resume=resume, force=force)
+    run_dir = train_run(config, out or _run_folder(category, config.mode), resume=resume, force=force)
     if _main_process():
         console.print(f"[green]trained[/green] {category}: run folder {run_dir}")
 

@@ -76,11 +76,11 @@ def check_dataset(dataset: AnomalyDataset) -> CheckReport:
             report.problems.append(
                 f"{sample.mask_path}: mask size {mask.shape[1::-1]} differs from image {image.shape[1::-1]}"
             )
-        elif not (binary := to_mask(mask, is_lossy(sample.mask_path))).any():
+        elif not (binary := to_mask(mask, lossy := is_lossy(sample.mask_path))).any():
             report.problems.append(f"{sample.mask_path}: mask of a defective image is empty")
         else:
             report.masks_matched += 1
-            if is_lossy(sample.mask_path):
+            if lossy:
                 odd_masks["are lossy JPEGs (stored as PNG, a mask keeps its edges)"].append(sample)
             elif mask.ndim == 3 and len(np.unique(mask.reshape(-1, mask.shape[2]), axis=0)) > 16:
                 odd_masks["hold a photograph's many colours (an annotated image instead of its mask?)"].append(sample)

@@ -108,10 +108,8 @@ def read_raw(path: str | Path) -> np.ndarray:
     if path.is_dir():  # a folder that could not be listed (resolve_paths gives it in place of its images)
         raise ImageReadError(f"{path}: a folder whose images cannot be listed ({_listing_error(path)})")
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:  # OpenCV decodes no more; reading it first took twice its size
-            raise ImageReadError(
-                f"{path}: {path.stat().st_size / 2**30:.1f} GiB is too large to decode (2 GiB at most)"
-            )
+        if (size := path.stat().st_size) > MAX_FILE_BYTES:  # OpenCV decodes no more; reading it took twice its size
+            raise ImageReadError(f"{path}: {size / 2**30:.1f} GiB is too large to decode (2 GiB at most)")
         data = path.read_bytes()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a link loop
         raise ImageReadError(f"{path}: cannot open ({getattr(exc, 'strerror', None) or exc})") from exc

@@ -198,13 +198,13 @@ def score_files(
     """Score ``paths``; unreadable files are reported in the result and skipped, never fatal. Stopped (Ctrl-C,
     SIGTERM), the scores so far are written, the rest listed as 'not scored' (a service stop lost every verdict).
     scores.json names the ``model`` (a run folder or an ONNX file) and when the scoring ended."""
-    run = ScoreRun()
+    run = ScoreRun(model=model)
     lines: dict[int, dict] = {}  # scores.csv's rows by input position
 
     def record(**more: object) -> dict:
         ended = datetime.now(UTC).isoformat(timespec="seconds")
         return {
-            "model": model,
+            "model": str(Path(model).resolve()) if model else "",
             "ended": ended,
             "threshold": threshold,
             **more,
